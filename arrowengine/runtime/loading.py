@@ -1,0 +1,155 @@
+"""Build a ``transformers`` architecture from a model directory and fill it with zero-copy mapped weights.
+
+The module is built with its parameters on the ``meta`` device (no memory allocated, no init work), then
+``load_state_dict(..., assign=True)`` puts the mapped tensors in place: no byte of the weights is copied.
+Buffers (position ids, rotary tables) are built normally, since they are computed rather than stored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from arrowengine.errors import ModelConfigError, SchemaError, WeightFileNotFoundError
+from arrowengine.format.reader import WeightFile
+
+__all__ = ["load_config_dict", "load_model", "load_state_dict", "parameters_on_meta"]
+
+logger = logging.getLogger(__name__)
+
+
+def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """All tensors of a weight file (or model directory) as a dict; mapped, not copied."""
+    return WeightFile.open(path).state_dict()
+
+
+def load_config_dict(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The parsed ``config.json`` of a model directory; ``ModelConfigError`` naming the fix if absent."""
+    model_dir = Path(model_dir)
+    if not model_dir.exists():
+        raise WeightFileNotFoundError(f"model directory {model_dir} does not exist; convert a model into it "
+                                      f"first (python scripts/fetch_models.py or arrowengine convert)")
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise ModelConfigError(f"{model_dir} has no config.json, so no architecture can be built; re-convert "
+                               f"the model (arrowengine convert SRC {model_dir})")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ModelConfigError(f"{path} is not valid JSON ({exc}); re-convert the model") from None
+
+
+@contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Inside this block every registered ``nn.Parameter`` is moved to the meta device as it is created."""
+    original = nn.Module.register_parameter
+
+    def register(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        original(module, name, param)
+        if param is not None and param.device.type != "meta":
+            kwargs = dict(param.__dict__)
+            module._parameters[name] = type(param)(param.to("meta"), requires_grad=param.requires_grad, **kwargs)
+
+    nn.Module.register_parameter = register  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original  # type: ignore[method-assign]
+
+
+def _architecture(config: Any, architecture: str | None) -> type[nn.Module]:
+    import transformers
+
+    names = [architecture] if architecture else list(getattr(config, "architectures", None) or [])
+    for name in names:
+        cls = getattr(transformers, name, None)
+        if cls is not None:
+            return cls
+    if architecture:
+        raise ModelConfigError(f"transformers has no architecture {architecture!r}; check the name")
+    mapping = transformers.AutoModel._model_mapping
+    try:
+        return mapping[type(config)]
+    except KeyError:
+        raise ModelConfigError(f"no transformers architecture for model_type {config.model_type!r}; "
+                               f"set 'architectures' in config.json") from None
+
+
+def _match_prefix(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Add or strip the base-model prefix (``bert.``, ``model.``) when the stored names and the module disagree."""
+    expected = set(model.state_dict().keys())
+    if not state or expected & state.keys():
+        return state
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    if not prefix:
+        return state
+    stripped = {k.removeprefix(prefix + "."): v for k, v in state.items()}
+    if expected & stripped.keys():
+        return stripped
+    added = {f"{prefix}.{k}": v for k, v in state.items()}
+    return added if expected & added.keys() else state
+
+
+def load_model(
+    model_dir: str | os.PathLike[str],
+    device: str = "cpu",
+    dtype: str | torch.dtype | None = None,
+    *,
+    architecture: str | None = None,
+) -> nn.Module:
+    """Build the model of ``model_dir`` (its ``config.json`` architecture) with zero-copy mapped weights.
+
+    Args:
+        model_dir: a directory written by :func:`arrowengine.convert`.
+        device: ``cpu`` keeps the weights in the file mapping; any other torch device copies them there.
+        dtype: cast the weights (a copy) when given and different from the stored dtype.
+        architecture: a ``transformers`` class name overriding ``config.json``'s ``architectures``.
+
+    Returns:
+        The module in eval mode with ``requires_grad`` off; ``model.arrowengine_weights`` is its ``WeightFile``.
+    """
+    from transformers import AutoConfig
+
+    start = time.perf_counter()
+    model_dir = Path(model_dir)
+    load_config_dict(model_dir)  # clear errors for a missing dir / config before transformers sees it
+    weights = WeightFile.open(model_dir)
+    config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+    cls = _architecture(config, architecture)
+    with parameters_on_meta():
+        model = cls(config)
+    state = _match_prefix(model, weights.state_dict())
+    result = model.load_state_dict(state, strict=False, assign=True)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    missing = [name for name, p in model.named_parameters() if p.device.type == "meta"]
+    if missing:
+        raise SchemaError(
+            f"{weights.path} lacks {len(missing)} parameters of {cls.__name__} (first: {missing[:3]}); the "
+            f"weights do not match {model_dir / 'config.json'}: re-convert the model"
+        )
+    if result.unexpected_keys:
+        logger.debug("ignored %d stored tensors the architecture does not use: %s", len(result.unexpected_keys),
+                     result.unexpected_keys[:5])
+    model.eval()
+    model.requires_grad_(False)
+    if dtype is not None:
+        target = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        if any(p.dtype != target for p in model.parameters()):
+            logger.info("casting %s to %s (copies the weights out of the mapping)", model_dir.name, target)
+            model.to(target)
+    if device != "cpu":
+        model.to(device)
+    model.arrowengine_weights = weights  # keeps the file's zero-copy status and metadata at hand
+    logger.info("loaded %s (%s) from %s in %.3f s, zero_copy=%s", cls.__name__, config.model_type, model_dir,
+                time.perf_counter() - start, weights.zero_copy)
+    return model

@@ -1,0 +1,142 @@
+"""Sentence embeddings from a converted encoder (all-MiniLM-L6-v2 and other BERT-style models)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from arrowengine.errors import ModelConfigError
+from arrowengine.runtime.loading import load_config_dict, load_model
+
+__all__ = ["TextEncoder"]
+
+logger = logging.getLogger(__name__)
+
+_POOLING_MODES = ("mean", "cls", "max")
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _pooling_from_dir(model_dir: Path) -> tuple[str, bool]:
+    """(pooling mode, normalise) from sentence-transformers files; mean + L2 normalise when absent."""
+    pooling = _read_json(model_dir / "1_Pooling" / "config.json")
+    mode = "mean"
+    if pooling.get("pooling_mode_cls_token"):
+        mode = "cls"
+    elif pooling.get("pooling_mode_max_tokens"):
+        mode = "max"
+    modules = model_dir / "modules.json"
+    normalize = True
+    if modules.is_file():
+        entries = json.loads(modules.read_text(encoding="utf-8"))
+        normalize = any(str(e.get("type", "")).endswith("Normalize") for e in entries)
+    return mode, normalize
+
+
+class TextEncoder:
+    """Embed text with a converted encoder: tokenise, run the model batched, pool, L2-normalise.
+
+    Batches are formed from length-sorted inputs and padded only to the longest member (dynamic padding), so
+    short chat messages do not pay for long ones. Results come back in input order as float32 ``[n, dim]``.
+
+    Args:
+        model_dir: a converted model directory (``models/all-MiniLM-L6-v2``).
+        device: torch device for the forward pass.
+        dtype: ``float32`` (exact) or ``bfloat16`` (autocast; fast on CPUs with AMX/AVX512-BF16).
+        batch_size: sentences per forward pass.
+        max_length: token limit per text (default: the model's ``max_seq_length``).
+        pooling: ``mean``, ``cls`` or ``max`` (default: from the model's pooling config).
+        normalize: L2-normalise the embeddings (default: from the model's modules config).
+    """
+
+    def __init__(self, model_dir: str | os.PathLike[str], *, device: str = "cpu", dtype: str = "float32",
+                 batch_size: int = 32, max_length: int | None = None, pooling: str | None = None,
+                 normalize: bool | None = None) -> None:
+        from tokenizers import Tokenizer
+
+        self.model_dir = Path(model_dir)
+        config = load_config_dict(self.model_dir)
+        tokenizer_file = self.model_dir / "tokenizer.json"
+        if not tokenizer_file.is_file():
+            raise ModelConfigError(f"{self.model_dir} has no tokenizer.json; re-convert the model with its "
+                                   f"tokenizer files")
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+        default_mode, default_norm = _pooling_from_dir(self.model_dir)
+        self.pooling = pooling or default_mode
+        if self.pooling not in _POOLING_MODES:
+            raise ValueError(f"pooling must be one of {_POOLING_MODES}, got {self.pooling!r}")
+        self.normalize = default_norm if normalize is None else normalize
+        st_config = _read_json(self.model_dir / "sentence_bert_config.json")
+        self.max_length = int(max_length or st_config.get("max_seq_length")
+                              or config.get("max_position_embeddings", 512))
+        self.batch_size = int(batch_size)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = device
+        self.dtype = dtype
+        self.model = load_model(self.model_dir, device=device)
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(self.max_length)
+        self.pad_id = int(config.get("pad_token_id") or 0)
+        self.dimension = int(config.get("hidden_size") or config.get("d_model") or 0)
+
+    def encode(self, texts: Sequence[str] | str, *, batch_size: int | None = None) -> np.ndarray:
+        """Embeddings of ``texts`` as float32 ``[len(texts), dimension]`` (a single string gives ``[1, dim]``)."""
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"texts[{i}] is a {type(text).__name__}, expected str")
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        if not texts:
+            return out
+        encodings = self.tokenizer.encode_batch(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids), reverse=True)
+        size = batch_size or self.batch_size
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16,
+                                                    enabled=self.dtype == "bfloat16"):
+            for start in range(0, len(order), size):
+                index = order[start : start + size]
+                batch = [encodings[i] for i in index]
+                embeddings = self._forward(batch)
+                out[index] = embeddings.float().cpu().numpy()
+        return out
+
+    def _forward(self, batch: list) -> torch.Tensor:
+        width = max(len(e.ids) for e in batch)
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        types = torch.zeros((len(batch), width), dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, enc in enumerate(batch):
+            n = len(enc.ids)
+            ids[row, :n] = torch.tensor(enc.ids)
+            types[row, :n] = torch.tensor(enc.type_ids)
+            mask[row, :n] = 1
+        ids, types, mask = (t.to(self.device) for t in (ids, types, mask))
+        hidden = self.model(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        elif self.pooling == "max":
+            pooled = hidden.masked_fill(mask.unsqueeze(-1) == 0, float("-inf")).amax(dim=1)
+        else:
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+        pooled = pooled.float()
+        if self.normalize:
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        return pooled
+
+    def __repr__(self) -> str:
+        return (f"TextEncoder({str(self.model_dir)!r}, dim={self.dimension}, pooling={self.pooling!r}, "
+                f"dtype={self.dtype!r})")
