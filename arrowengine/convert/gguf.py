@@ -203,7 +203,8 @@ def _tensors(src: Path, reader: Any, config: dict[str, Any]) -> dict[str, torch.
                 f"{src}: tensor {t.name!r} has quantization type {t.tensor_type.name} which the installed "
                 f"gguf package cannot dequantize ({exc}); upgrade gguf"
             ) from exc
-        weights = np.asarray(weights, dtype=np.float32)
+        # float tensors come back as read-only views of the file mapping: copy them into our own memory
+        weights = np.array(weights, dtype=np.float32, copy=True)
         if ".attn_q." in t.name:
             weights = unpermute_rotary(weights, config["num_attention_heads"])
         elif ".attn_k." in t.name:
@@ -233,6 +234,11 @@ def _tokenizer_files(src: Path) -> dict[str, Path | bytes]:
             if path.name == "special_tokens_map.json" or not path.is_file():
                 continue
             files[path.name] = path.read_bytes()
+    # save_pretrained records how this process loaded it; a model dir must not carry that
+    tok_config = json.loads(files["tokenizer_config.json"])
+    for key in ("is_local", "local_files_only"):
+        tok_config.pop(key, None)
+    files["tokenizer_config.json"] = _json_bytes(tok_config)
     return files
 
 

