@@ -24,7 +24,18 @@ _EXPORTS: dict[str, str] = {
     "load_config": "arrowengine.config",
 }
 
-__all__ = ["__version__", *sorted(_EXPORTS)]
+__all__ = [
+    "EngineConfig",
+    "TextEncoder",
+    "WeightFile",
+    "__version__",
+    "convert",
+    "load_config",
+    "load_model",
+    "load_state_dict",
+    "verify_weights",
+    "write_weights",
+]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from arrowengine.config import EngineConfig, load_config

@@ -93,8 +93,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"torch {t['torch']}: dispatch {t['cpu_capability']}, oneDNN "
           f"{t['onednn_version'] if t['onednn_available'] else 'unavailable'}, {t['threads']} threads")
     gpus = t["cuda_devices"]
-    print(f"accelerators: {', '.join(gpus) if gpus else 'none'}"
-          f"{' (ROCm)' if t['rocm'] else ''}{', MPS' if t['mps_available'] else ''}{', XPU' if t['xpu_available'] else ''}")
+    extras = [name for key, name in (("rocm", "ROCm"), ("mps_available", "MPS"), ("xpu_available", "XPU")) if t[key]]
+    print(f"accelerators: {', '.join(gpus + extras) if gpus or extras else 'none'}")
     print(f"models in {models_dir}:")
     if not info["models"]:
         print("  (none; run python scripts/fetch_models.py)")

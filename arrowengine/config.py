@@ -84,9 +84,10 @@ class EngineConfig:
     source: str = "defaults"  # where the values came from, for `arrowengine info`
 
 
-def read_config_file(path: str | os.PathLike[str] | None = None) -> tuple[dict[str, Any], str]:
+def read_config_file(path: str | os.PathLike[str] | None = None,
+                     environ: typing.Mapping[str, str] | None = None) -> tuple[dict[str, Any], str]:
     """The parsed YAML mapping and its path (``({}, "defaults")`` when no file is configured or present)."""
-    explicit = path or os.environ.get(CONFIG_ENV)
+    explicit = path or (os.environ if environ is None else environ).get(CONFIG_ENV)
     candidate = Path(explicit) if explicit else Path(DEFAULT_CONFIG_FILE)
     if not candidate.is_file():
         if explicit:
@@ -189,7 +190,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *, environ: dict[str
                 strict: bool | None = None) -> EngineConfig:
     """The engine configuration from defaults, the YAML file and the environment (see the module docstring)."""
     environ = os.environ if environ is None else environ
-    data, source = read_config_file(path)
+    data, source = read_config_file(path, environ)
     if strict is None:
         raw_strict = environ.get(f"{_ENV_PREFIX}STRICT", data.get("strict", False))
         strict = _coerce(raw_strict, bool)

@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 # Source readers, tried in order; each module has detect(Path) -> bool and read(Path, **options).
 _READERS: tuple[str, ...] = (
     "arrowengine.convert.huggingface",
+    "arrowengine.convert.gguf", "arrowengine.convert.ctranslate2", "arrowengine.convert.onnx_dinov2",
 )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from arrowengine.errors import EngineError
 
-__all__ = ["ContextOverflowError", "SamplingConfigError", "UnsupportedModelError"]
+__all__ = ["ContextOverflowError", "InvalidPromptError", "SamplingConfigError", "UnsupportedModelError"]
 
 
 class UnsupportedModelError(EngineError, ValueError):
@@ -17,3 +17,7 @@ class SamplingConfigError(EngineError, ValueError):
 
 class ContextOverflowError(EngineError, ValueError):
     """A prompt (or the newest chat turn with the system message) does not fit the context window."""
+
+
+class InvalidPromptError(EngineError, ValueError):
+    """A prompt, chat message list or perplexity text is malformed or empty."""

@@ -1,0 +1,178 @@
+"""Speech embeddings and transcripts from a converted Whisper model (tiny.en, base).
+
+``encode`` runs Whisper's encoder on log-mel features and mean-pools the frames that hold audio (a clip of
+``n`` samples fills ``ceil(n / 320)`` of the 1,500 encoder frames; the rest is padding), then L2-normalises.
+``transcribe`` decodes greedily with the decoder and a key/value cache, 30 s window by window.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from arrowengine.errors import ConfigError, ModelConfigError
+from arrowengine.runtime.audio_features import WHISPER_SAMPLE_RATE, LogMelConfig, as_waveform, log_mel, resample
+from arrowengine.runtime.loading import load_config_dict, load_model
+
+__all__ = ["AudioEncoder"]
+
+logger = logging.getLogger(__name__)
+
+Waveform = np.ndarray | torch.Tensor | Sequence[float]
+_DTYPES = ("float32", "bfloat16")
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+class AudioEncoder:
+    """Embed and transcribe speech with a converted Whisper model from ``models/``.
+
+    Args:
+        model_dir: a converted Whisper directory (``models/whisper-tiny.en``).
+        device: torch device for the forward passes.
+        dtype: ``float32`` (exact) or ``bfloat16`` (autocast; fast on CPUs with AMX/AVX512-BF16).
+        batch_size: waveforms per encoder pass (each is a 30 s window).
+    """
+
+    def __init__(self, model_dir: str | os.PathLike[str], *, device: str = "cpu", dtype: str = "float32",
+                 batch_size: int = 8) -> None:
+        self.model_dir = Path(model_dir)
+        config = load_config_dict(self.model_dir)
+        if config.get("model_type") != "whisper":
+            raise ModelConfigError(f"{self.model_dir} holds a {config.get('model_type')!r} model, not whisper; "
+                                   "point AudioEncoder at a converted Whisper model")
+        if dtype not in _DTYPES:
+            raise ConfigError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.device, self.dtype, self.batch_size = device, dtype, batch_size
+        self.features = LogMelConfig.from_dict(_read_json(self.model_dir / "preprocessor_config.json"))
+        self.generation = _read_json(self.model_dir / "generation_config.json")
+        self.model = load_model(self.model_dir, device=device)
+        self.dim = int(config["d_model"])
+        self._tokenizer = None
+
+    @property
+    def sampling_rate(self) -> int:
+        """The rate the model expects (16 kHz); other rates are resampled on the way in."""
+        return self.features.sampling_rate
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16)
+
+    def _prepare(self, waveforms: Waveform | Sequence[Waveform], sampling_rate: int) -> list[np.ndarray]:
+        if isinstance(waveforms, (np.ndarray, torch.Tensor)) and np.ndim(waveforms) == 1:
+            waveforms = [waveforms]
+        out = [resample(as_waveform(w), sampling_rate, self.sampling_rate) for w in waveforms]
+        for i, w in enumerate(out):
+            if len(w) > self.features.n_samples:
+                logger.warning("waveform %d lasts %.1f s; only the first %d s are encoded", i,
+                               len(w) / self.sampling_rate, self.features.chunk_seconds)
+        return out
+
+    def _batches(self, waves: list[np.ndarray]) -> Iterator[tuple[torch.Tensor, list[int]]]:
+        frames_per_token = 2  # conv2 has stride 2: two mel frames per encoder frame
+        for start in range(0, len(waves), self.batch_size):
+            features, valid = log_mel(waves[start : start + self.batch_size], self.features)
+            with torch.inference_mode(), self._autocast():
+                hidden = self.model.model.encoder(features.to(self.device)).last_hidden_state
+            yield hidden.float().cpu(), [max(1, math.ceil(v / frames_per_token)) for v in valid]
+
+    def encode(self, waveforms: Waveform | Sequence[Waveform], sampling_rate: int = WHISPER_SAMPLE_RATE, *,
+               normalize: bool = True) -> np.ndarray:
+        """Pooled embeddings ``[n, d_model]`` (float32): mean of the encoder frames that hold audio."""
+        waves = self._prepare(waveforms, sampling_rate)
+        out = np.zeros((len(waves), self.dim), dtype=np.float32)
+        row = 0
+        for hidden, valid in self._batches(waves):
+            for h, v in zip(hidden, valid, strict=True):
+                out[row] = h[:v].mean(dim=0).numpy()
+                row += 1
+        if normalize:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
+
+    def hidden_states(self, waveforms: Waveform | Sequence[Waveform],
+                      sampling_rate: int = WHISPER_SAMPLE_RATE) -> list[np.ndarray]:
+        """The encoder's last hidden state per waveform, trimmed to its valid frames: ``[frames_i, d_model]``."""
+        waves = self._prepare(waveforms, sampling_rate)
+        return [h[:v].numpy() for hidden, valid in self._batches(waves) for h, v in zip(hidden, valid, strict=True)]
+
+    # -- transcription -------------------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self):
+        """The model's ``tokenizers.Tokenizer`` (loaded on first use)."""
+        if self._tokenizer is None:
+            from tokenizers import Tokenizer
+
+            path = self.model_dir / "tokenizer.json"
+            if not path.is_file():
+                raise ModelConfigError(f"{self.model_dir} has no tokenizer.json; re-convert the Whisper model")
+            self._tokenizer = Tokenizer.from_file(str(path))
+        return self._tokenizer
+
+    def _prompt(self, language: str | None, task: str) -> list[int]:
+        g = self.generation
+        prompt = [int(g["decoder_start_token_id"])]
+        if g.get("is_multilingual"):
+            lang = f"<|{language or 'en'}|>"
+            if lang not in g.get("lang_to_id", {}):
+                raise ConfigError(f"language {language!r} is not one of this model's languages")
+            if task not in g.get("task_to_id", {}):
+                raise ConfigError(f"task must be 'transcribe' or 'translate', got {task!r}")
+            prompt += [int(g["lang_to_id"][lang]), int(g["task_to_id"][task])]
+        return [*prompt, int(g["no_timestamps_token_id"])]
+
+    def transcribe(self, waveform: Waveform, sampling_rate: int = WHISPER_SAMPLE_RATE, *,
+                   language: str | None = "en", task: str = "transcribe", max_new_tokens: int = 224) -> str:
+        """Greedy transcript of one waveform; audio past 30 s is decoded window by window and joined."""
+        wave = resample(as_waveform(waveform), sampling_rate, self.sampling_rate)
+        prompt = self._prompt(language, task)
+        step = self.features.n_samples
+        texts = []
+        for start in range(0, max(len(wave), 1), step):
+            features, _ = log_mel([wave[start : start + step]], self.features)
+            tokens = self.generate_tokens(features, prompt, max_new_tokens)
+            texts.append(self.tokenizer.decode(tokens, skip_special_tokens=True).strip())
+        return " ".join(t for t in texts if t)
+
+    def generate_tokens(self, features: torch.Tensor, prompt: list[int], max_new_tokens: int = 224) -> list[int]:
+        """Greedy decoding of one window's features ``(1, n_mels, frames)``; returns the new tokens (no EOS)."""
+        g = self.generation
+        eos = int(g["eos_token_id"])
+        suppress = torch.tensor(g.get("suppress_tokens", []), dtype=torch.long)
+        begin_suppress = torch.tensor(g.get("begin_suppress_tokens", []), dtype=torch.long)
+        limit = min(max_new_tokens, int(self.model.config.max_target_positions) - len(prompt))
+        model = self.model
+        out: list[int] = []
+        with torch.inference_mode(), self._autocast():
+            encoded = model.model.encoder(features.to(self.device)).last_hidden_state
+            cache = None  # the decoder creates its self- and cross-attention cache on the first call
+            ids = torch.tensor([prompt], device=self.device)
+            for i in range(limit):
+                dec = model.model.decoder(input_ids=ids, encoder_hidden_states=encoded, past_key_values=cache,
+                                          use_cache=True)
+                cache = dec.past_key_values
+                logits = model.proj_out(dec.last_hidden_state[:, -1]).float()[0]
+                logits[suppress] = -math.inf  # Whisper's non-speech symbols, as generate() suppresses them
+                if i == 0:
+                    logits[begin_suppress] = -math.inf  # no blank or EOS as the first token
+                token = int(logits.argmax())
+                if token == eos:
+                    break
+                out.append(token)
+                ids = torch.tensor([[token]], device=self.device)
+        return out

