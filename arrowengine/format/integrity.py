@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import xxhash
 
 from arrowengine.errors import ChecksumMismatchError
-from arrowengine.format.reader import WeightFile
+from arrowengine.format.reader import WeightFile, _index_from_footer, _read_small_columns
 
 __all__ = ["VerifyReport", "verify_weights"]
 
@@ -38,6 +38,14 @@ def verify_weights(path: str | os.PathLike[str], *, strict: bool = False) -> Ver
     """
     weights = WeightFile.open(path)
     report = VerifyReport(str(weights.path))
+    footer_index = _index_from_footer(weights.metadata, weights.num_rows)
+    if footer_index is not None and footer_index != _read_small_columns(weights.path, weights.parquet):
+        message = (f"{weights.path}: the footer index disagrees with the index columns; the file was modified "
+                   f"after writing: re-convert it")
+        report.mismatches.append("footer index")
+        logger.error(message)
+        if strict:
+            raise ChecksumMismatchError(message)
     for name in list(weights.keys()):
         if name in weights.aliases:
             continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import mmap
 import os
 import warnings
@@ -42,7 +43,7 @@ from arrowengine.format.schema import (
     SUPPORTED_SCHEMA_VERSIONS,
     dtype_from_name,
 )
-from arrowengine.format.writer import META_ALIASES
+from arrowengine.format.writer import META_ALIASES, META_INDEX
 
 __all__ = ["TensorInfo", "WeightFile", "ZeroCopyFallbackWarning", "resolve_weights_path"]
 
@@ -142,9 +143,10 @@ class WeightFile(Mapping[str, torch.Tensor]):
         except (pa.ArrowInvalid, OSError) as exc:
             raise CorruptFileError(f"{path}: the Parquet footer cannot be read ({exc}); the file is damaged: "
                                    f"re-convert the model or restore it from its source") from None
-        metadata = {k.decode(): v.decode() for k, v in (parquet.schema_arrow.metadata or {}).items()}
+        metadata = {k.decode(): v.decode() for k, v in (parquet.metadata.metadata or {}).items()
+                    if k != b"ARROW:schema"}
         _check_schema(path, parquet, metadata)
-        small = _read_small_columns(path, parquet)
+        small = _index_from_footer(metadata, parquet.metadata.num_rows) or _read_small_columns(path, parquet)
         size = path.stat().st_size
         with open(path, "rb") as fh:
             mapping = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)  # private: writes never reach the file
@@ -211,6 +213,16 @@ class WeightFile(Mapping[str, torch.Tensor]):
     def aliases(self) -> dict[str, str]:
         """Tied tensors stored once: alias name -> stored name."""
         return dict(self._aliases)
+
+    @property
+    def parquet(self) -> pq.ParquetFile:
+        """The underlying ``pyarrow.parquet.ParquetFile`` (footer already parsed)."""
+        return self._parquet
+
+    @property
+    def num_rows(self) -> int:
+        """Rows in the file (tensors plus extra chunks of large tensors)."""
+        return self._parquet.metadata.num_rows
 
     @property
     def num_row_groups(self) -> int:
@@ -314,6 +326,21 @@ def _check_schema(path: Path, parquet: pq.ParquetFile, metadata: dict[str, str])
                                      f"by arrowengine.write_weights: re-convert the model")
 
 
+def _index_from_footer(metadata: dict[str, str], num_rows: int) -> dict[str, list] | None:
+    """The small columns from the footer copy written by arrowengine (None if absent or inconsistent)."""
+    text = metadata.get(META_INDEX)
+    if not text:
+        return None
+    try:
+        index = json.loads(text)
+        if all(len(index[name]) == num_rows for name in SMALL_COLUMNS):
+            return index
+    except (ValueError, KeyError, TypeError):
+        pass
+    logger.warning("the footer index of this weight file is unreadable; reading the index columns instead")
+    return None
+
+
 def _read_small_columns(path: Path, parquet: pq.ParquetFile) -> dict[str, list]:
     try:
         table = parquet.read(columns=list(SMALL_COLUMNS), use_threads=False)
@@ -346,7 +373,7 @@ def _tensor_infos(path: Path, parquet: pq.ParquetFile, small: dict[str, list],
         if any(s < 0 for s in shape):
             raise CorruptFileError(f"{path}: tensor {name!r} has a negative dimension in shape {shape}")
         nbytes = sum(int(small["nbytes"][r]) for r in rows)
-        numel = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        numel = math.prod(shape)
         expected = numel * dtype.itemsize
         if nbytes != expected:
             raise TensorSizeError(

@@ -43,11 +43,14 @@ from arrowengine.format.schema import (
 )
 from arrowengine.format.thrift import parse_page_header
 
-__all__ = ["META_ALIASES", "WriteReport", "layer_group", "write_weights"]
+__all__ = ["META_ALIASES", "META_INDEX", "WriteReport", "layer_group", "write_weights"]
 
 logger = logging.getLogger(__name__)
 
 META_ALIASES = "arrowengine.aliases"  # JSON {alias: target} for tensors sharing storage (tied weights)
+# JSON copy of the small columns ({column: [values...]}) in the footer, so that opening a file needs no column
+# read at all; the columns stay the source of truth for other readers and for `arrowengine verify`.
+META_INDEX = "arrowengine.index"
 _WRITER_OPTIONS: dict[str, Any] = dict(
     compression="NONE",
     use_dictionary=False,
@@ -265,14 +268,19 @@ def write_weights(
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     position = 4  # after the leading "PAR1" magic
     groups = _group_rows(rows)
+    index: dict[str, list] = {name: [] for name in ("name", "dtype", "shape", "chunk", "data_offset", "nbytes",
+                                                     "checksum")}
     try:
         with pq.ParquetWriter(str(tmp), schema, **_WRITER_OPTIONS) as writer:
             for group in groups:
                 table, size = _align_row_group(group, position, schema)
                 writer.write_table(table, row_group_size=table.num_rows)
                 position += size
+                for name in index:
+                    index[name].extend(table.column(name).to_pylist())
                 if progress is not None:
                     progress(sum(row.payload.size for row in group))
+            writer.add_key_value_metadata({META_INDEX: json.dumps(index, separators=(",", ":"))})
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -29,9 +29,13 @@ PAGE_HEADERS = [
     (693, "150015f40215f4022c15041500150615061c000000"),
 ]
 METADATA_KEYS = {
-    b"arrowengine.checksum", b"arrowengine.config", b"arrowengine.created_by", b"arrowengine.model_type",
-    b"arrowengine.schema_version",
+    b"ARROW:schema", b"arrowengine.checksum", b"arrowengine.config", b"arrowengine.created_by",
+    b"arrowengine.index", b"arrowengine.model_type", b"arrowengine.schema_version",
 }
+# The footer copy of the small columns (xxh64 checksums of the payload bytes above).
+INDEX = (b'{"name":["embed.weight","layers.0.w","layers.0.b"],"dtype":["float32","int8","bfloat16"],'
+         b'"shape":[[2,3],[3],[2]],"chunk":[0,0,0],"data_offset":[111,114,57],"nbytes":[24,3,4],'
+         b'"checksum":[14318584094891001958,7712852026633679908,10644706558649508554]}')
 
 
 def test_golden_layout(tmp_path):
@@ -39,7 +43,7 @@ def test_golden_layout(tmp_path):
     write_weights(path, STATE, config={"model_type": "golden"})
     raw = path.read_bytes()
     assert raw[:4] == raw[-4:] == b"PAR1"
-    assert len(raw) == 3330
+    assert len(raw) == 3602
     weights = WeightFile.open(path)
     pads = {r["name"]: r["data_offset"] for r in pq.read_table(path, columns=["name", "data_offset"]).to_pylist()}
     for name, (group, offset, pad, payload) in LAYOUT.items():
@@ -57,7 +61,8 @@ def test_golden_layout(tmp_path):
         assert raw[offset : offset + len(header_hex) // 2].hex() == header_hex
         header = parse_page_header(memoryview(raw)[offset:])
         assert (header.page_type_name, header.encoding_name, header.header_length) == ("DATA_PAGE", "PLAIN", 21)
-    metadata = pq.ParquetFile(path).schema_arrow.metadata
+    metadata = pq.ParquetFile(path).metadata.metadata
     assert set(metadata) == METADATA_KEYS
+    assert metadata[b"arrowengine.index"] == INDEX
     assert metadata[b"arrowengine.schema_version"] == b"1"
     assert metadata[b"arrowengine.checksum"] == b"xxh64"
