@@ -21,6 +21,8 @@ from torch import nn
 
 from arrowengine.errors import ModelConfigError, SchemaError, WeightFileNotFoundError
 from arrowengine.format.reader import WeightFile
+from arrowengine.runtime.devices import select_device
+from arrowengine.runtime.placement import VramMonitor, move_to_device
 
 __all__ = ["load_config_dict", "load_model", "load_state_dict", "parameters_on_meta"]
 
@@ -110,7 +112,8 @@ def load_model(
 
     Args:
         model_dir: a directory written by :func:`arrowengine.convert`.
-        device: ``cpu`` keeps the weights in the file mapping; any other torch device copies them there.
+        device: ``cpu`` keeps the weights in the file mapping; ``auto`` or a GPU name copies them to that device
+            (once per tensor) unless it is unavailable or short of memory, then CPU is used with a warning.
         dtype: cast the weights (a copy) when given and different from the stored dtype.
         architecture: a ``transformers`` class name overriding ``config.json``'s ``architectures``.
 
@@ -147,8 +150,9 @@ def load_model(
         if any(p.dtype != target for p in model.parameters()):
             logger.info("casting %s to %s (copies the weights out of the mapping)", model_dir.name, target)
             model.to(target)
-    if device != "cpu":
-        model.to(device)
+    choice = select_device(device)
+    if choice.is_gpu:
+        model, choice = move_to_device(model, choice, monitor=VramMonitor())
     model.arrowengine_weights = weights  # keeps the file's zero-copy status and metadata at hand
     logger.info("loaded %s (%s) from %s in %.3f s, zero_copy=%s", cls.__name__, config.model_type, model_dir,
                 time.perf_counter() - start, weights.zero_copy)

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 
 from arrowengine.errors import ModelConfigError
+from arrowengine.runtime.backends import prepare_backend
+from arrowengine.runtime.devices import DeviceChoice, autocast, select_device, select_dtype
 from arrowengine.runtime.loading import load_config_dict, load_model
 
 __all__ = ["TextEncoder"]
@@ -41,6 +43,14 @@ def _pooling_from_dir(model_dir: Path) -> tuple[str, bool]:
     return mode, normalize
 
 
+def _model_device(model: torch.nn.Module) -> DeviceChoice:
+    """Where ``load_model`` put the weights (it may have fallen back to CPU)."""
+    torch_device = str(next(model.parameters()).device)
+    if torch_device == "cpu":
+        return DeviceChoice("cpu", "cpu", "cpu")
+    return select_device(torch_device)
+
+
 class TextEncoder:
     """Embed text with a converted encoder: tokenise, run the model batched, pool, L2-normalise.
 
@@ -49,8 +59,10 @@ class TextEncoder:
 
     Args:
         model_dir: a converted model directory (``models/all-MiniLM-L6-v2``).
-        device: torch device for the forward pass.
-        dtype: ``float32`` (exact) or ``bfloat16`` (autocast; fast on CPUs with AMX/AVX512-BF16).
+        device: ``cpu``, ``auto`` or a device name (see :func:`arrowengine.runtime.devices.select_device`).
+        dtype: ``float32`` (exact), ``bfloat16`` or ``float16`` (autocast; bf16 is fast on CPUs with
+            AMX/AVX512-BF16); a dtype the device cannot run falls back with a warning.
+        backend: ``eager``, ``compile``, ``onnxruntime`` or ``ipex`` (falls back to eager with a warning).
         batch_size: sentences per forward pass.
         max_length: token limit per text (default: the model's ``max_seq_length``).
         pooling: ``mean``, ``cls`` or ``max`` (default: from the model's pooling config).
@@ -58,8 +70,8 @@ class TextEncoder:
     """
 
     def __init__(self, model_dir: str | os.PathLike[str], *, device: str = "cpu", dtype: str = "float32",
-                 batch_size: int = 32, max_length: int | None = None, pooling: str | None = None,
-                 normalize: bool | None = None) -> None:
+                 backend: str = "eager", batch_size: int = 32, max_length: int | None = None,
+                 pooling: str | None = None, normalize: bool | None = None) -> None:
         from tokenizers import Tokenizer
 
         self.model_dir = Path(model_dir)
@@ -68,8 +80,6 @@ class TextEncoder:
         if not tokenizer_file.is_file():
             raise ModelConfigError(f"{self.model_dir} has no tokenizer.json; re-convert the model with its "
                                    f"tokenizer files")
-        if dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
         default_mode, default_norm = _pooling_from_dir(self.model_dir)
         self.pooling = pooling or default_mode
         if self.pooling not in _POOLING_MODES:
@@ -81,9 +91,12 @@ class TextEncoder:
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.device = device
-        self.dtype = dtype
         self.model = load_model(self.model_dir, device=device)
+        self.device_choice = select_device(device) if device == "cpu" else _model_device(self.model)
+        self.device = self.device_choice.torch_device
+        self.torch_dtype = select_dtype(dtype, self.device_choice)
+        self.dtype = str(self.torch_dtype).removeprefix("torch.")
+        self.backend = prepare_backend(self.model, backend)
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(self.max_length)
@@ -104,8 +117,7 @@ class TextEncoder:
         encodings = self.tokenizer.encode_batch(texts)
         order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids), reverse=True)
         size = batch_size or self.batch_size
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16,
-                                                    enabled=self.dtype == "bfloat16"):
+        with torch.inference_mode(), autocast(self.device_choice, self.torch_dtype):
             for start in range(0, len(order), size):
                 index = order[start : start + size]
                 batch = [encodings[i] for i in index]
@@ -124,7 +136,7 @@ class TextEncoder:
             types[row, :n] = torch.tensor(enc.type_ids)
             mask[row, :n] = 1
         ids, types, mask = (t.to(self.device) for t in (ids, types, mask))
-        hidden = self.model(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+        hidden = self.backend.forward(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         elif self.pooling == "max":
@@ -139,4 +151,4 @@ class TextEncoder:
 
     def __repr__(self) -> str:
         return (f"TextEncoder({str(self.model_dir)!r}, dim={self.dimension}, pooling={self.pooling!r}, "
-                f"dtype={self.dtype!r})")
+                f"dtype={self.dtype!r}, backend={self.backend.name!r}, device={self.device!r})")
