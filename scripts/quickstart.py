@@ -1,20 +1,28 @@
-"""The main job on embedded defaults: fetch + convert MiniLM into models/, map it zero-copy, embed sentences.
+"""The main job on embedded defaults: models into models/, zero-copy loading, then the memory job.
 
-Usage: python scripts/quickstart.py [--models-dir models]
+Fetches and converts MiniLM and SmolLM2 into models/, maps MiniLM zero-copy and embeds sentences, then stores
+real chat conversations in a memory store (LanceDB, in a temporary directory unless --store is given),
+searches it, and compresses a conversation losslessly (zstd with a trained dictionary, and the arithmetic coder
+driven by SmolLM2) with exact round trips.
+
+Usage: python scripts/quickstart.py [--models-dir models] [--store DIR] [--conversations 20] [--lm-messages 6]
 Prints what happened and how long each step took.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import psutil
 
-from arrowengine.convert.packages import fetch_model
+from arrowengine.converters.packages import fetch_model
 from arrowengine.format.reader import WeightFile
 from arrowengine.logging_setup import configure_logging
 from arrowengine.runtime.text_encoder import TextEncoder
@@ -32,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the demo and print a short report; returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models-dir", default="models")
+    parser.add_argument("--store", default=None, help="memory store directory (default: a new temporary one)")
+    parser.add_argument("--conversations", type=int, default=20)
+    parser.add_argument("--lm-messages", type=int, default=6)
     args = parser.parse_args(argv)
     configure_logging("WARNING")
     process = psutil.Process()
@@ -65,7 +76,68 @@ def main(argv: list[str] | None = None) -> int:
     for i, text in enumerate(SENTENCES):
         j = int(sims[i].argmax())
         print(f"    {text!r}\n      nearest: {SENTENCES[j]!r} (cosine {sims[i, j]:.3f})")
+    memory_job(encoder, args)
     return 0
+
+
+def _conversations(limit: int) -> list[tuple[str, list[str]]]:
+    spec = importlib.util.find_spec("chitchat_dataset")
+    data = json.loads((Path(spec.origin).parent / "dataset.json").read_text(encoding="utf-8"))
+    out = []
+    for cid, conv in list(data.items())[:limit]:
+        msgs = [m["text"].strip() for turn in conv["messages"] for m in turn if m["text"].strip()]
+        out.append((cid, msgs))
+    return out
+
+
+def memory_job(encoder: TextEncoder, args: argparse.Namespace) -> None:
+    """Store, search and compress real conversations; prints figures."""
+    import zstandard
+    from transformers import AutoTokenizer
+
+    from arrowengine.runtime.loading import load_model
+    from memory import CompressionConfig, Compressor, HFCausalLM, MemoryStore, Reconstructor
+
+    conversations = _conversations(args.conversations)
+    store_dir = Path(args.store) if args.store else Path(tempfile.mkdtemp(prefix="arrowengine-memory-"))
+    t0 = time.perf_counter()
+    store = MemoryStore(store_dir, embedder=encoder)
+    items = [{"content": m, "session": cid} for cid, msgs in conversations for m in msgs]
+    store.add_many(items)
+    add_s = time.perf_counter() - t0
+    print(f"[5] memory store at {store_dir}: added {len(items)} real chat messages from {len(conversations)} "
+          f"conversations in {add_s:.1f} s ({len(items) / add_s:.0f} memories/s, embedding included)")
+    for query in ("what do you do on weekends", "favorite movie"):
+        t0 = time.perf_counter()
+        hits = store.search(query, k=3)
+        ms = (time.perf_counter() - t0) * 1e3
+        print(f"    search {query!r} ({ms:.0f} ms):")
+        for hit in hits:
+            scores = f"sim {hit.similarity:.3f}, text {hit.text_score:.2f}, link {hit.link_score:.2f}"
+            print(f"      {hit.score:.3f} ({scores}) {hit.content[:70]!r}")
+    store.close()
+
+    messages = conversations[0][1][: args.lm_messages]
+    raw = sum(len(m.encode()) for m in messages)
+    zstd_bytes = sum(len(zstandard.ZstdCompressor(level=19).compress(m.encode())) for m in messages)
+    compressor = Compressor(CompressionConfig(lossless_method="zstd_dict"))
+    compressor.train_dictionary([m for _, msgs in conversations[1:] for m in msgs])
+    records = compressor.compress(messages)
+    restored = Reconstructor(dictionary=compressor.dictionary).reconstruct(records)
+    assert restored == messages, "zstd dictionary round trip failed"
+    dict_bytes = sum(len(r.payload) for r in records)
+    print(f"[6] lossless compression of {len(messages)} messages ({raw} bytes): zstd -19 {raw / zstd_bytes:.2f}x, "
+          f"zstd + trained dictionary {raw / dict_bytes:.2f}x (exact round trip)")
+    lm_dir = fetch_model("smollm2-135m-instruct", args.models_dir, progress=True)
+    t0 = time.perf_counter()
+    lm = HFCausalLM(load_model(lm_dir), AutoTokenizer.from_pretrained(str(lm_dir)))
+    coder = Compressor(CompressionConfig(lossless_method="lm"), lm=lm)
+    records = coder.compress(messages)
+    restored = Reconstructor(lm=lm).reconstruct(records)
+    assert restored == messages, "LM coder round trip failed"
+    lm_bytes = sum(len(r.payload) for r in records)
+    print(f"    SmolLM2 arithmetic coder (conversation as context): {raw / lm_bytes:.2f}x, "
+          f"{8 * lm_bytes / raw:.2f} bits/byte, exact round trip, {time.perf_counter() - t0:.1f} s")
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def minilm_source() -> Path:
 @pytest.fixture(scope="session")
 def minilm_dir(tmp_path_factory: pytest.TempPathFactory, minilm_source: Path) -> Path:
     """MiniLM converted into a fresh model directory (once per session)."""
-    from arrowengine.convert import convert
+    from arrowengine.converters import convert
 
     return convert(minilm_source, tmp_path_factory.mktemp("models") / "all-MiniLM-L6-v2")
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import xxhash
 
 from arrowengine.errors import ChecksumMismatchError
-from arrowengine.format.reader import WeightFile, _index_from_footer, _read_small_columns
+from arrowengine.format.index import index_from_footer, read_small_columns
+from arrowengine.format.reader import WeightFile
 
 __all__ = ["VerifyReport", "verify_weights"]
 
@@ -38,8 +39,9 @@ def verify_weights(path: str | os.PathLike[str], *, strict: bool = False) -> Ver
     """
     weights = WeightFile.open(path)
     report = VerifyReport(str(weights.path))
-    footer_index = _index_from_footer(weights.metadata, weights.num_rows)
-    if footer_index is not None and footer_index != _read_small_columns(weights.path, weights.parquet):
+    version = weights.schema_version
+    footer_index = index_from_footer(weights.metadata, weights.num_rows, version)
+    if footer_index is not None and footer_index != read_small_columns(weights.path, weights.parquet, version):
         message = (f"{weights.path}: the footer index disagrees with the index columns; the file was modified "
                    f"after writing: re-convert it")
         report.mismatches.append("footer index")
@@ -50,10 +52,14 @@ def verify_weights(path: str | os.PathLike[str], *, strict: bool = False) -> Ver
         if name in weights.aliases:
             continue
         info = weights.info(name)
+        blobs = ("data", "scales", "zero_points") if info.is_quantized else ("data",)
         for chunk, expected in enumerate(info.checksums):
-            data = weights.raw_bytes(name, chunk)
-            actual = xxhash.xxh64_intdigest(data)
-            report.bytes_checked += len(data)
+            digest = xxhash.xxh64()
+            for column in blobs:
+                data = weights.raw_bytes(name, chunk, column)
+                digest.update(data)
+                report.bytes_checked += len(data)
+            actual = digest.intdigest()
             if actual != expected:
                 label = f"{name}[{chunk}]"
                 report.mismatches.append(label)

@@ -32,16 +32,16 @@ class RowGroupLayout:
 
 
 def plan_row_group(path: Path, meta: pq.FileMetaData, index: int, mapping: mmap.mmap, lengths: list[int],
-                   file_size: int) -> RowGroupLayout | str:
-    """The layout of row group ``index``, or the reason it cannot be mapped (the caller falls back to pyarrow).
+                   file_size: int, column_name: str = "data") -> RowGroupLayout | str:
+    """The layout of one blob column in row group ``index``, or why it cannot be mapped (then: pyarrow decodes).
 
-    ``lengths`` are the expected value lengths (``data_offset + nbytes`` of each row). Damage that a fallback
-    could not survive either (a header that does not parse, sizes that disagree) raises ``CorruptFileError``.
+    ``lengths`` are the expected value lengths (pad + bytes of each row). Damage that a fallback could not
+    survive either (a header that does not parse, sizes that disagree) raises ``CorruptFileError``.
     """
     group = meta.row_group(index)
-    column_index = meta.schema.names.index("data") if "data" in meta.schema.names else meta.num_columns - 1
+    column_index = meta.schema.names.index(column_name)
     column = group.column(column_index)
-    where = f"{path}: row group {index}, column 'data'"
+    where = f"{path}: row group {index}, column {column_name!r}"
     if column.compression != "UNCOMPRESSED":
         return f"compressed with {column.compression}"
     if column.has_dictionary_page or column.dictionary_page_offset:
@@ -75,8 +75,8 @@ def plan_row_group(path: Path, meta: pq.FileMetaData, index: int, mapping: mmap.
     expected = sum(4 + n for n in lengths)
     if expected != header.compressed_page_size:
         raise CorruptFileError(
-            f"{where}: the page holds {header.compressed_page_size} bytes but the rows' data_offset + nbytes "
-            f"add up to {expected}; the file is damaged: re-convert the model"
+            f"{where}: the page holds {header.compressed_page_size} bytes but the rows' pads and sizes add up "
+            f"to {expected}; the file is damaged: re-convert the model"
         )
     payload = start + header.header_length
     offsets = []

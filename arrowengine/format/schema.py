@@ -13,6 +13,7 @@ from arrowengine.errors import UnknownDtypeError
 
 __all__ = [
     "ALIGNMENT",
+    "BLOB_COLUMNS",
     "CHECKSUM_ALGORITHM",
     "MAX_CHUNK_BYTES",
     "MAX_ROW_GROUP_BYTES",
@@ -21,12 +22,19 @@ __all__ = [
     "META_CONFIG",
     "META_CREATED_BY",
     "META_MODEL_TYPE",
+    "META_QUANT_RECIPE",
     "META_SCHEMA_VERSION",
+    "PAD_COLUMN",
+    "QUANT_TYPES",
     "SMALL_COLUMNS",
+    "SMALL_COLUMNS_V2",
     "SUPPORTED_SCHEMA_VERSIONS",
     "dtype_from_name",
     "dtype_name",
+    "schema_for",
     "schema_v1",
+    "schema_v2",
+    "small_columns",
 ]
 
 ALIGNMENT = 64  # every tensor payload starts at a file offset divisible by this (cache line, AVX-512 loads)
@@ -40,10 +48,22 @@ META_CONFIG = "arrowengine.config"
 META_CREATED_BY = "arrowengine.created_by"
 META_CHECKSUM = "arrowengine.checksum"
 CHECKSUM_ALGORITHM = "xxh64"
-SUPPORTED_SCHEMA_VERSIONS = (1,)
+SUPPORTED_SCHEMA_VERSIONS = (1, 2)
+META_QUANT_RECIPE = "arrowengine.quant_recipe"  # V2: JSON of method, bits, group size, calibration, FP16 layers
 
 # Columns the reader loads at open time: everything but the tensor bytes.
 SMALL_COLUMNS = ("name", "dtype", "shape", "chunk", "data_offset", "nbytes", "checksum")
+SMALL_COLUMNS_V2 = (*SMALL_COLUMNS, "quant_type", "bits", "group_size", "axis", "symmetric", "scales_dtype",
+                    "scales_offset", "scales_nbytes", "zero_points_offset", "zero_points_nbytes", "packed_shape")
+# Binary columns in file order (data last); each value is [leading pad][payload], the pad in its *_offset column.
+BLOB_COLUMNS = {1: ("data",), 2: ("scales", "zero_points", "data")}
+PAD_COLUMN = {"data": "data_offset", "scales": "scales_offset", "zero_points": "zero_points_offset"}
+QUANT_TYPES = ("none", "int8", "int4", "int2", "gptq_int8", "gptq_int4", "gptq_int2")
+
+
+def small_columns(version: int) -> tuple[str, ...]:
+    """The index columns of schema ``version``."""
+    return SMALL_COLUMNS if version == 1 else SMALL_COLUMNS_V2
 
 _DTYPES: dict[str, torch.dtype] = {
     "float64": torch.float64,
@@ -85,16 +105,55 @@ def dtype_from_name(name: str, *, tensor: str = "?", path: object = "?") -> torc
         ) from None
 
 
-def schema_v1(metadata: dict[str, str] | None = None) -> pa.Schema:
-    """Arrow schema of a V1 weight file; every field is non-nullable (no definition levels in the pages)."""
-    fields = [
+def _int_list() -> pa.DataType:
+    return pa.list_(pa.field("item", pa.int64(), nullable=False))
+
+
+def _index_fields() -> list[pa.Field]:
+    return [
         pa.field("name", pa.string(), nullable=False),
         pa.field("dtype", pa.string(), nullable=False),
-        pa.field("shape", pa.list_(pa.field("item", pa.int64(), nullable=False)), nullable=False),
+        pa.field("shape", _int_list(), nullable=False),
         pa.field("chunk", pa.int32(), nullable=False),
         pa.field("data_offset", pa.int32(), nullable=False),
         pa.field("nbytes", pa.int64(), nullable=False),
         pa.field("checksum", pa.uint64(), nullable=False),
+    ]
+
+
+def schema_v1(metadata: dict[str, str] | None = None) -> pa.Schema:
+    """Arrow schema of a V1 weight file; every field is non-nullable (no definition levels in the pages)."""
+    return pa.schema([*_index_fields(), pa.field("data", pa.binary(), nullable=False)], metadata=metadata)
+
+
+def schema_v2(metadata: dict[str, str] | None = None) -> pa.Schema:
+    """Arrow schema of a V2 (quantized) weight file: V1's columns plus the quantization columns.
+
+    For a quantized row, ``dtype`` is the float dtype it dequantizes to, ``shape`` the logical shape, ``data``
+    the packed codes (``packed_shape`` uint8, bit order in ``quant.packing``), ``scales`` float16/float32 and
+    ``zero_points`` uint8 raw little-endian blobs of ``[rows, groups]``. ``quant_type = none`` rows are plain
+    tensors, as in V1, with empty scales and zero points.
+    """
+    fields = [
+        *_index_fields(),
+        pa.field("quant_type", pa.string(), nullable=False),
+        pa.field("bits", pa.int8(), nullable=False),
+        pa.field("group_size", pa.int32(), nullable=False),
+        pa.field("axis", pa.int8(), nullable=False),
+        pa.field("symmetric", pa.bool_(), nullable=False),
+        pa.field("scales_dtype", pa.string(), nullable=False),
+        pa.field("scales_offset", pa.int32(), nullable=False),
+        pa.field("scales_nbytes", pa.int64(), nullable=False),
+        pa.field("zero_points_offset", pa.int32(), nullable=False),
+        pa.field("zero_points_nbytes", pa.int64(), nullable=False),
+        pa.field("packed_shape", _int_list(), nullable=False),
+        pa.field("scales", pa.binary(), nullable=False),
+        pa.field("zero_points", pa.binary(), nullable=False),
         pa.field("data", pa.binary(), nullable=False),
     ]
     return pa.schema(fields, metadata=metadata)
+
+
+def schema_for(version: int, metadata: dict[str, str] | None = None) -> pa.Schema:
+    """The Arrow schema of weight-file schema ``version``."""
+    return schema_v1(metadata) if version == 1 else schema_v2(metadata)

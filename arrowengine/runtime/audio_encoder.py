@@ -14,6 +14,7 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ import torch
 from arrowengine.errors import ConfigError, ModelConfigError
 from arrowengine.runtime.audio_features import WHISPER_SAMPLE_RATE, LogMelConfig, as_waveform, log_mel, resample
 from arrowengine.runtime.loading import load_config_dict, load_model
+
+if TYPE_CHECKING:  # tokenizers is imported lazily at run time
+    from tokenizers import Tokenizer
 
 __all__ = ["AudioEncoder"]
 
@@ -59,6 +63,8 @@ class AudioEncoder:
         self.features = LogMelConfig.from_dict(_read_json(self.model_dir / "preprocessor_config.json"))
         self.generation = _read_json(self.model_dir / "generation_config.json")
         self.model = load_model(self.model_dir, device=device)
+        # load_model resolves "auto" and falls back to CPU when a device cannot run: follow where it landed
+        self.device = str(next(self.model.parameters()).device)
         self.dim = int(config["d_model"])
         self._tokenizer = None
 
@@ -113,7 +119,7 @@ class AudioEncoder:
     # -- transcription -------------------------------------------------------------------------------------
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> Tokenizer:
         """The model's ``tokenizers.Tokenizer`` (loaded on first use)."""
         if self._tokenizer is None:
             from tokenizers import Tokenizer

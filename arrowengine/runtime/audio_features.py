@@ -70,15 +70,15 @@ def load_wav(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
 def as_waveform(data: np.ndarray | torch.Tensor | Sequence[float]) -> np.ndarray:
     """Mono float32 samples in [-1, 1] from int PCM or float data; channels (last axis) are averaged."""
     arr = data.detach().cpu().numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
+    if arr.ndim not in (1, 2):
+        raise ConfigError(f"a waveform must be 1-D (or 2-D with channels), got shape {arr.shape}")
+    if arr.dtype == np.uint8:  # 8-bit WAV is unsigned with its zero at 128
+        arr = (arr.astype(np.float32) - 128.0) / 128.0
+    elif np.issubdtype(arr.dtype, np.integer):
+        arr = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max + 1)
     if arr.ndim == 2:
         # (samples, channels) as wavfile returns it, or (channels, samples) as torch audio code keeps it
         arr = arr.mean(axis=1 if arr.shape[1] <= arr.shape[0] else 0)
-    if arr.ndim != 1:
-        raise ConfigError(f"a waveform must be 1-D (or 2-D with channels), got shape {arr.shape}")
-    if arr.dtype == np.uint8:  # 8-bit WAV is unsigned with its zero at 128
-        return ((arr.astype(np.float32) - 128.0) / 128.0).astype(np.float32)
-    if np.issubdtype(arr.dtype, np.integer):
-        return (arr.astype(np.float32) / float(np.iinfo(arr.dtype).max + 1)).astype(np.float32)
     return arr.astype(np.float32, copy=False)
 
 

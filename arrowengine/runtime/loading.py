@@ -101,12 +101,27 @@ def _match_prefix(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str,
     return added if expected & added.keys() else state
 
 
+def _install_quantized(model: nn.Module, quantized: dict[str, Any], mode: str) -> None:
+    """Swap each Linear whose weight is stored quantized for a ``QuantLinear`` over the mapped blobs."""
+    from quant import QuantLinear, replace_linears
+
+    targets = {}
+    for name, qt in quantized.items():
+        if not name.endswith(".weight"):
+            raise SchemaError(f"quantized tensor {name!r} is not a Linear weight; only Linear layers can be quantized")
+        targets[name.removesuffix(".weight")] = qt
+    replace_linears(model, targets, mode=mode)
+    count = sum(isinstance(m, QuantLinear) for m in model.modules())
+    logger.info("built %d QuantLinear layers in mode %s", count, mode)
+
+
 def load_model(
     model_dir: str | os.PathLike[str],
     device: str = "cpu",
     dtype: str | torch.dtype | None = None,
     *,
     architecture: str | None = None,
+    quant_mode: str = "dequant-on-the-fly",
 ) -> nn.Module:
     """Build the model of ``model_dir`` (its ``config.json`` architecture) with zero-copy mapped weights.
 
@@ -116,6 +131,9 @@ def load_model(
             (once per tensor) unless it is unavailable or short of memory, then CPU is used with a warning.
         dtype: cast the weights (a copy) when given and different from the stored dtype.
         architecture: a ``transformers`` class name overriding ``config.json``'s ``architectures``.
+        quant_mode: for a quantized (schema V2) model, how its ``QuantLinear`` layers run:
+            ``dequant-on-the-fly`` (zero-copy, least memory), ``int8-kernel`` (one int8 copy, fastest int8
+            matmul available) or ``dequant-on-load`` (one float copy, fastest float path).
 
     Returns:
         The module in eval mode with ``requires_grad`` off; ``model.arrowengine_weights`` is its ``WeightFile``.
@@ -131,8 +149,12 @@ def load_model(
     with parameters_on_meta():
         model = cls(config)
     state = _match_prefix(model, weights.state_dict())
-    result = model.load_state_dict(state, strict=False, assign=True)
-    if hasattr(model, "tie_weights"):
+    quantized = {name: value for name, value in state.items() if not isinstance(value, torch.Tensor)}
+    plain = {name: value for name, value in state.items() if isinstance(value, torch.Tensor)}
+    result = model.load_state_dict(plain, strict=False, assign=True)
+    if quantized:
+        _install_quantized(model, quantized, quant_mode)
+    if hasattr(model, "tie_weights") and not quantized:
         model.tie_weights()
     missing = [name for name, p in model.named_parameters() if p.device.type == "meta"]
     if missing:
@@ -140,9 +162,9 @@ def load_model(
             f"{weights.path} lacks {len(missing)} parameters of {cls.__name__} (first: {missing[:3]}); the "
             f"weights do not match {model_dir / 'config.json'}: re-convert the model"
         )
-    if result.unexpected_keys:
-        logger.debug("ignored %d stored tensors the architecture does not use: %s", len(result.unexpected_keys),
-                     result.unexpected_keys[:5])
+    unexpected = [k for k in result.unexpected_keys if k not in quantized]
+    if unexpected:
+        logger.debug("ignored %d stored tensors the architecture does not use: %s", len(unexpected), unexpected[:5])
     model.eval()
     model.requires_grad_(False)
     if dtype is not None:

@@ -67,11 +67,13 @@ class TextEncoder:
         max_length: token limit per text (default: the model's ``max_seq_length``).
         pooling: ``mean``, ``cls`` or ``max`` (default: from the model's pooling config).
         normalize: L2-normalise the embeddings (default: from the model's modules config).
+        quant_mode: execution mode of a quantized (V2) model's layers (see :func:`load_model`).
     """
 
     def __init__(self, model_dir: str | os.PathLike[str], *, device: str = "cpu", dtype: str = "float32",
                  backend: str = "eager", batch_size: int = 32, max_length: int | None = None,
-                 pooling: str | None = None, normalize: bool | None = None) -> None:
+                 pooling: str | None = None, normalize: bool | None = None,
+                 quant_mode: str = "dequant-on-the-fly") -> None:
         from tokenizers import Tokenizer
 
         self.model_dir = Path(model_dir)
@@ -91,7 +93,7 @@ class TextEncoder:
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model = load_model(self.model_dir, device=device)
+        self.model = load_model(self.model_dir, device=device, quant_mode=quant_mode)
         self.device_choice = select_device(device) if device == "cpu" else _model_device(self.model)
         self.device = self.device_choice.torch_device
         self.torch_dtype = select_dtype(dtype, self.device_choice)

@@ -107,7 +107,7 @@ def test_unknown_schema_version(tmp_path):
     path = tmp_path / "w.parquet"
     _write_rows(path, [_row()], version="99")
     with _raises(UnsupportedSchemaVersionError, f"{path} declares schema version '99'; this build reads versions "
-                 f"1. Upgrade arrowengine or re-convert the model."):
+                 f"1, 2. Upgrade arrowengine or re-convert the model."):
         WeightFile.open(path)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from arrowengine.convert import ConvertedModel, read_model_card, write_model_dir
+from arrowengine.converters import ConvertedModel, read_model_card, write_model_dir
 from arrowengine.runtime.loading import load_model
 from tests.conftest import chitchat_messages
 

@@ -30,12 +30,11 @@ class LLM:
     ``LLM("models/smollm2-135m-instruct", dtype="bfloat16")`` maps the weights zero-copy through
     ``arrowengine.load_model`` and loads the tokenizer from the same directory; ``LLM.from_model(model,
     tokenizer)`` wraps an already built ``LlamaForCausalLM``. fp32 shares the model's tensors; bf16 / fp16
-    make one copy (with Q/K/V and gate/up fused). ``compile=True`` compiles the decode step with
-    ``torch.compile`` and falls back to eager, with a warning, if that fails.
+    make one copy (with Q/K/V and gate/up fused).
     """
 
     def __init__(self, model_dir: str | os.PathLike[str], *, dtype: str = "float32", device: str = "cpu",
-                 compile: bool = False, fuse_projections: bool | None = None, max_context: int | None = None) -> None:
+                 fuse_projections: bool | None = None, max_context: int | None = None) -> None:
         from transformers import AutoTokenizer
 
         from arrowengine.runtime.loading import load_model
@@ -44,20 +43,20 @@ class LLM:
         started = time.perf_counter()
         model = load_model(model_dir, device=device)
         tokenizer = AutoTokenizer.from_pretrained(os.fspath(model_dir))
-        self._setup(model, tokenizer, dtype=dtype, compile=compile, fuse_projections=fuse_projections,
+        self._setup(model, tokenizer, dtype=dtype, fuse_projections=fuse_projections,
                     max_context=max_context)
         logger.info("LLM: loaded %s in %.2f s (%s, %s)", model_dir, time.perf_counter() - started, dtype, device)
 
     @classmethod
-    def from_model(cls, model: Any, tokenizer: Any, *, dtype: str = "float32", compile: bool = False,
+    def from_model(cls, model: Any, tokenizer: Any, *, dtype: str = "float32",
                    fuse_projections: bool | None = None, max_context: int | None = None) -> LLM:
         """Wrap a built ``LlamaForCausalLM`` and its tokenizer (the weights stay where they are)."""
         self = cls.__new__(cls)
-        self._setup(model, tokenizer, dtype=dtype, compile=compile, fuse_projections=fuse_projections,
+        self._setup(model, tokenizer, dtype=dtype, fuse_projections=fuse_projections,
                     max_context=max_context)
         return self
 
-    def _setup(self, model: Any, tokenizer: Any, *, dtype: str, compile: bool, fuse_projections: bool | None,
+    def _setup(self, model: Any, tokenizer: Any, *, dtype: str, fuse_projections: bool | None,
                max_context: int | None) -> None:
         if dtype not in _DTYPES:
             raise UnsupportedModelError(f"LLM dtype={dtype!r} is not supported; use one of {sorted(_DTYPES)}")
@@ -70,14 +69,7 @@ class LLM:
         self.stop_token_ids = _eos_ids(model, tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else min(self.stop_token_ids, default=0))
-        self.compiled = False
         self._decode_step = self.forward.forward
-        if compile:
-            from arrowengine.runtime.llm.compiled import compile_decode_step
-
-            step = compile_decode_step(self.forward)
-            if step is not None:
-                self._decode_step, self.compiled = step, True
 
     # ------------------------------------------------------------------ generation
     def _params(self, params: SamplingParams | None, overrides: dict[str, Any]) -> SamplingParams:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -12,10 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from arrowengine import __version__
-from arrowengine.convert.source import ConvertedModel
+from arrowengine.converters.source import ConvertedModel
 from arrowengine.errors import ConversionError
 from arrowengine.format.writer import write_weights
 
@@ -27,6 +29,12 @@ WEIGHTS_FILE = "weights.parquet"
 MODEL_CARD = "model_card.json"
 
 
+def _stored_bytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    return sum(t.numel() * t.element_size() for t in (value.packed, value.scales, value.zero_points))
+
+
 def read_model_card(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """The ``model_card.json`` of a model directory, or ``{}`` when it has none."""
     path = Path(model_dir) / MODEL_CARD
@@ -34,11 +42,13 @@ def read_model_card(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def write_model_dir(model: ConvertedModel, dst: str | os.PathLike[str], *, progress: bool = False,
-                    overwrite: bool = True) -> Path:
+                    overwrite: bool = True, quant_recipe: dict[str, Any] | None = None,
+                    quant_types: dict[str, str] | None = None) -> Path:
     """Write ``model`` into the directory ``dst`` and return it.
 
     Everything is first written to a sibling temporary directory and renamed into place at the end, so a
-    failed conversion leaves no half-written model behind.
+    failed conversion leaves no half-written model behind. A state dict holding ``quant.QuantizedTensor`` values
+    is written as schema V2 with ``quant_recipe`` in its metadata and model card.
     """
     dst = Path(dst)
     if dst.exists() and not overwrite:
@@ -48,10 +58,11 @@ def write_model_dir(model: ConvertedModel, dst: str | os.PathLike[str], *, progr
     staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; a model store is meant to be shared
     try:
-        total = sum(t.numel() * t.element_size() for t in model.state_dict.values())
+        total = sum(_stored_bytes(t) for t in model.state_dict.values())
         with tqdm(total=total, unit="B", unit_scale=True, desc=f"convert {dst.name}", disable=not progress) as bar:
             report = write_weights(staging / WEIGHTS_FILE, model.state_dict, model_type=model.model_type,
-                                   config=model.config, progress=bar.update)
+                                   config=model.config, quant_recipe=quant_recipe, quant_types=quant_types,
+                                   progress=bar.update)
         (staging / "config.json").write_text(json.dumps(model.config, indent=2, sort_keys=True), encoding="utf-8")
         for rel, content in model.files.items():
             target = staging / rel
@@ -60,7 +71,7 @@ def write_model_dir(model: ConvertedModel, dst: str | os.PathLike[str], *, progr
                 target.write_bytes(content)
             else:
                 shutil.copyfile(content, target)
-        num_params = sum(t.numel() for name, t in model.state_dict.items() if name not in report.aliases)
+        num_params = sum(math.prod(t.shape) for name, t in model.state_dict.items() if name not in report.aliases)
         card = {
             "name": dst.name,
             "source": model.source,
@@ -68,7 +79,7 @@ def write_model_dir(model: ConvertedModel, dst: str | os.PathLike[str], *, progr
             "license": model.license,
             "converted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "converted_by": f"arrowengine {__version__}",
-            "schema_version": 1,
+            "schema_version": report.schema_version,
             "model_type": model.model_type,
             "architectures": model.config.get("architectures", []),
             "num_tensors": report.num_tensors,
@@ -78,6 +89,8 @@ def write_model_dir(model: ConvertedModel, dst: str | os.PathLike[str], *, progr
             "conversion_seconds": round(time.perf_counter() - start, 3),
             **model.card_extra,
         }
+        if quant_recipe is not None:
+            card["quant_recipe"] = quant_recipe
         (staging / MODEL_CARD).write_text(json.dumps(card, indent=2, default=str), encoding="utf-8")
         if dst.exists():
             shutil.rmtree(dst)

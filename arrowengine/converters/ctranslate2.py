@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from arrowengine.convert.source import ConvertedModel
+from arrowengine.converters.source import ConvertedModel
 from arrowengine.errors import ConversionError
 
 __all__ = ["SUPPORTED_BINARY_VERSION", "ct2_to_hf_names", "detect", "model_bin_parts", "parse_model_bin", "read"]
@@ -65,7 +65,8 @@ def model_bin_parts(src: Path, extra_dirs: Sequence[Path] = ()) -> list[Path]:
                 parts.setdefault(int(m.group(1)), path)
     if not parts:
         raise ConversionError(f"{src} has no model.bin (nor model.bin.partN files); pass a CTranslate2 model dir")
-    missing = [i for i in range(1, max(parts) + 1) if i not in parts]
+    # a split has at least two parts; the count is stored nowhere, so a lone part1 means part2 is elsewhere
+    missing = [i for i in range(1, max(max(parts), 2) + 1) if i not in parts]
     if missing:
         raise ConversionError(
             f"{src}: model.bin.part{missing[0]} is missing; pass the folder holding it with part_dirs=[...]"

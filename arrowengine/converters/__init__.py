@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from arrowengine.convert.model_dir import MODEL_CARD, WEIGHTS_FILE, read_model_card, write_model_dir
-from arrowengine.convert.source import ConvertedModel
+from arrowengine.converters.model_dir import MODEL_CARD, WEIGHTS_FILE, read_model_card, write_model_dir
+from arrowengine.converters.source import ConvertedModel
 from arrowengine.errors import ConversionError, WeightFileNotFoundError
 
 __all__ = [
@@ -26,8 +26,8 @@ logger = logging.getLogger(__name__)
 
 # Source readers, tried in order; each module has detect(Path) -> bool and read(Path, **options).
 _READERS: tuple[str, ...] = (
-    "arrowengine.convert.huggingface",
-    "arrowengine.convert.gguf", "arrowengine.convert.ctranslate2", "arrowengine.convert.onnx_dinov2",
+    "arrowengine.converters.huggingface",
+    "arrowengine.converters.gguf", "arrowengine.converters.ctranslate2", "arrowengine.converters.onnx_dinov2",
 )
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from arrowengine.convert.source import ConvertedModel
+from arrowengine.converters.source import ConvertedModel
 from arrowengine.errors import ConversionError
 
 __all__ = ["GGUF_MAGIC", "detect", "gguf_to_hf_name", "read", "unpermute_rotary"]

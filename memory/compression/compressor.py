@@ -1,0 +1,219 @@
+"""``Compressor``: turns memories into :class:`CompressedMemory` records, lossless or semantic.
+
+Lossless records restore the exact text (LM arithmetic coder, zstd with a trained dictionary, or zstd).
+Semantic records keep a summary, the exact key entities and an int8 embedding; each is scored at compression
+time (cosine of original vs reconstruction embeddings, entity retention) and a record under the quality
+threshold is flagged and keeps the raw text (zstd) instead of losing it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+
+from memory.compression import semantic
+from memory.compression.config import CompressionConfig
+from memory.compression.entities import entity_retention, extract_entities
+from memory.compression.errors import (
+    CorruptPayloadError,
+    EmptyContentError,
+    InvalidContentError,
+    MissingCoderError,
+)
+from memory.compression.lm_coder import LM_CODER_VERSION, LMArithmeticCoder
+from memory.compression.lm_model import TokenStepper
+from memory.compression.records import CompressedMemory
+from memory.compression.zstd_dict import ZSTD_CODER_VERSION, ZstdDictionary, zstd_compress
+
+__all__ = ["Compressor", "as_context", "validate_texts"]
+
+logger = logging.getLogger(__name__)
+
+SEMANTIC_CODER_VERSION = 1
+
+
+def validate_texts(items: object, what: str = "memory") -> list[str]:
+    """``items`` as a list of non-empty UTF-8-encodable strings, or the error that says which one is wrong."""
+    if isinstance(items, (bytes, bytearray)) or not isinstance(items, Sequence):
+        raise InvalidContentError(
+            f"{what} content is {type(items).__name__}, expected str or a list of str; decode bytes or "
+            "serialise objects to text first"
+        )
+    texts = list(items)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InvalidContentError(
+                f"{what} {i} is {type(text).__name__}, expected str; decode bytes or serialise objects to text "
+                "first"
+            )
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidContentError(
+                f"{what} {i} holds a character that is not valid UTF-8 (index {exc.start}: a lone surrogate); "
+                "it cannot be stored"
+            ) from None
+    return texts
+
+
+def as_context(context: str | Sequence[str] | None) -> list:
+    """The context messages as a list (a single ``str`` is one message, ``None`` none)."""
+    if context is None:
+        return []
+    return [context] if isinstance(context, str) else list(context)
+
+
+class Compressor:
+    """Compresses memories (see module docstring).
+
+    ``lm`` is a :class:`~memory.compression.lm_model.TokenStepper` (wrap any transformers causal LM with
+    :class:`~memory.compression.lm_model.HFCausalLM`); ``embedder`` anything with ``encode(list[str])``;
+    ``llm`` anything with ``generate(prompt, max_new_tokens=...)``; ``dictionary`` a trained
+    :class:`ZstdDictionary` (or call :meth:`train_dictionary`).
+    """
+
+    def __init__(
+        self,
+        config: CompressionConfig | None = None,
+        *,
+        lm: TokenStepper | None = None,
+        embedder: semantic.Embedder | None = None,
+        llm: semantic.TextGenerator | None = None,
+        dictionary: ZstdDictionary | None = None,
+    ) -> None:
+        self.config = config or CompressionConfig()
+        self.lm = lm
+        self.embedder = embedder
+        self.llm = llm
+        self.dictionary = dictionary
+        self._coder = LMArithmeticCoder(lm, total_bits=self.config.lm_total_bits) if lm is not None else None
+
+    def train_dictionary(self, texts: Sequence[str]) -> ZstdDictionary:
+        """Train (and keep) a zstd dictionary on the store's own texts; returns it for saving with the state."""
+        texts = validate_texts(texts, "training text")
+        self.dictionary = ZstdDictionary.train(
+            texts, size=self.config.dictionary_size, level=self.config.zstd_level
+        )
+        return self.dictionary
+
+    def lossless_method(self) -> str:
+        """The lossless method this compressor uses, after resolving ``auto``."""
+        method = self.config.lossless_method
+        if method == "auto":
+            return "lm" if self._coder else "zstd_dict" if self.dictionary else "zstd"
+        if method == "lm" and self._coder is None:
+            raise MissingCoderError("lossless_method='lm' needs an LM: pass lm=HFCausalLM(model, tokenizer)")
+        if method == "zstd_dict" and self.dictionary is None:
+            raise MissingCoderError(
+                "lossless_method='zstd_dict' needs a dictionary: call train_dictionary(texts) or pass dictionary="
+            )
+        return method
+
+    def compress(
+        self, memories: str | Sequence[str], tier: str = "lossless", context: str | Sequence[str] | None = None
+    ) -> CompressedMemory | list[CompressedMemory]:
+        """Compress one memory (a ``str``) or several (a list, returned as a list).
+
+        Lossless: item ``i`` of a list is coded with ``context + memories[:i]`` as its LM context (a
+        conversation); pass the same ``context`` to the reconstructor. Semantic: each item is one memory.
+        """
+        single = isinstance(memories, str)
+        texts = validate_texts([memories] if single else memories)
+        if not texts:
+            raise EmptyContentError("no memories to compress: got an empty list")
+        for i, text in enumerate(texts):
+            if not text:
+                raise EmptyContentError(f"memory {i} is empty; there is nothing to compress")
+        ctx = validate_texts(as_context(context), "context message")
+        if tier == "lossless":
+            out = [self._lossless(text, [*ctx, *texts[:i]]) for i, text in enumerate(texts)]
+        elif tier == "semantic":
+            out = [self._semantic(text) for text in texts]
+        else:
+            raise InvalidContentError(f"unknown tier {tier!r}; expected 'lossless' or 'semantic'")
+        return out[0] if single else out
+
+    def _lossless(self, text: str, context: list[str]) -> CompressedMemory:
+        start = time.perf_counter()
+        data = text.encode("utf-8")
+        method = self.lossless_method()
+        common = {"original_length": len(data), "content_crc32": zlib.crc32(data), "cosine": 1.0,
+                  "entity_retention": 1.0}
+        if method == "lm":
+            assert self._coder is not None
+            code = self._coder.encode(text, context)
+            record = CompressedMemory(
+                method="lm", coder_version=LM_CODER_VERSION, payload=code.payload,
+                model_checksum=self._coder.checksum, context_checksum=code.context_checksum,
+                token_path=code.path, **common,
+            )
+        elif method == "zstd_dict":
+            assert self.dictionary is not None
+            record = CompressedMemory(
+                method="zstd_dict", coder_version=ZSTD_CODER_VERSION, payload=self.dictionary.compress(data),
+                model_checksum=self.dictionary.checksum, **common,
+            )
+        else:
+            record = CompressedMemory(
+                method="zstd", coder_version=ZSTD_CODER_VERSION,
+                payload=zstd_compress(data, self.config.zstd_level), **common,
+            )
+        if self.config.verify_lossless:
+            from memory.compression.reconstructor import Reconstructor
+
+            restored = Reconstructor(self.config, lm=self.lm, dictionary=self.dictionary).reconstruct(
+                record, context=context
+            )
+            if restored != text:
+                raise CorruptPayloadError(f"{method} round trip differs from the original ({len(data)} bytes)")
+        return self._finish(record, start)
+
+    def _finish(self, record: CompressedMemory, start: float) -> CompressedMemory:
+        # the metric fields are fixed-width, so the row size does not depend on the values written into them
+        ratio = record.original_length / record.stored_bytes
+        return record.with_metrics(ratio=ratio, latency_ms=(time.perf_counter() - start) * 1000.0)
+
+    def _semantic(self, text: str) -> CompressedMemory:
+        if self.embedder is None:
+            raise MissingCoderError(
+                "the semantic tier needs an embedder (anything with encode(list[str]) -> ndarray); pass embedder="
+            )
+        start = time.perf_counter()
+        cfg = self.config
+        data = text.encode("utf-8")
+        entities = tuple(extract_entities(text))
+        sentences = semantic.split_sentences(text) or [text]
+        original = semantic.embed_documents(self.embedder, [text])[0]
+        embedding, scale = semantic.quantize_embedding(original)
+        skeleton = CompressedMemory(
+            method="semantic", coder_version=SEMANTIC_CODER_VERSION, original_length=len(data),
+            content_crc32=zlib.crc32(data), entities=entities, embedding=embedding, embedding_scale=scale,
+        )
+        budget = int(len(data) / cfg.semantic_target_ratio) - skeleton.stored_bytes
+        if self.llm is not None:
+            summary = semantic.llm_summary(self.llm, text, cfg.summary_max_words, cfg.summary_max_new_tokens)
+            reconstruction = semantic.llm_reconstruction(
+                self.llm, summary, entities, cfg.reconstruction_max_new_tokens
+            )
+        else:
+            vectors = np.asarray(self.embedder.encode(sentences), dtype=np.float32)
+            summary = semantic.extractive_summary(
+                sentences, vectors, original, budget, entities=entities, shortlist=cfg.summary_shortlist,
+                embedder=self.embedder if cfg.summary_shortlist else None,
+            )
+            reconstruction = semantic.render_reconstruction(summary, entities)
+        cosine = float(semantic.embed_documents(self.embedder, [reconstruction])[0] @ original)
+        retention = entity_retention(entities, reconstruction)
+        flagged = cosine < cfg.quality_threshold or retention < 1.0
+        if flagged:
+            logger.info("semantic compression flagged (cosine %.3f, retention %.2f): raw text kept", cosine,
+                        retention)
+        record = skeleton.with_metrics(
+            summary=summary, flagged=flagged, cosine=cosine, entity_retention=retention,
+            payload=zstd_compress(data, cfg.zstd_level) if flagged else b"",
+        )
+        return self._finish(record, start)

@@ -1,0 +1,175 @@
+"""Building blocks of the semantic tier: sentence splitting, document embeddings, extractive or LLM summaries,
+int8 embeddings and the reconstruction template.
+
+A document's embedding is the L2-normalised mean of its chunks' embeddings (chunks of whole sentences), because
+sentence encoders such as MiniLM truncate long inputs (256 word pieces) and would otherwise see only the start
+of a conversation. The same function embeds the original and the reconstruction, so the cosine compares like
+with like.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = [
+    "Embedder",
+    "TextGenerator",
+    "dequantize_embedding",
+    "embed_documents",
+    "extractive_summary",
+    "llm_reconstruction",
+    "llm_summary",
+    "quantize_embedding",
+    "render_reconstruction",
+    "split_sentences",
+]
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=\S)")
+_CHUNK_CHARS = 600  # about 150 word pieces: well inside MiniLM's 256-piece window
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Any sentence encoder: ``encode(texts) -> (n, d)`` array (``arrowengine.TextEncoder``, MiniLM...)."""
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Embed ``texts``."""
+
+
+@runtime_checkable
+class TextGenerator(Protocol):
+    """Any LLM client with ``generate(prompt, max_new_tokens=...) -> str``."""
+
+    def generate(self, prompt: str, max_new_tokens: int = ...) -> str:
+        """Complete ``prompt``."""
+
+
+def split_sentences(text: str) -> list[str]:
+    """Lines, then sentences inside lines (after ``.``, ``!`` or ``?``); blank pieces dropped."""
+    out: list[str] = []
+    for line in text.splitlines():
+        out += [s.strip() for s in _SENTENCE_END.split(line) if s.strip()]
+    return out
+
+
+def _normalise(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float32)
+    norms = np.linalg.norm(v, axis=-1, keepdims=True)
+    return v / np.maximum(norms, 1e-12)
+
+
+def _chunks(text: str) -> list[str]:
+    chunks: list[str] = []
+    current = ""
+    for sentence in split_sentences(text) or [text]:
+        if current and len(current) + 1 + len(sentence) > _CHUNK_CHARS:
+            chunks.append(current)
+            current = sentence
+        else:
+            current = f"{current}\n{sentence}" if current else sentence
+    return [*chunks, current] if current else chunks or [text]
+
+
+def embed_documents(embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
+    """One L2-normalised embedding per text: the mean of its sentence-chunk embeddings, normalised."""
+    pieces = [_chunks(t) for t in texts]
+    flat = [c for p in pieces for c in p]
+    vectors = _normalise(np.asarray(embedder.encode(flat), dtype=np.float32))
+    out, start = [], 0
+    for p in pieces:
+        out.append(vectors[start:start + len(p)].mean(axis=0))
+        start += len(p)
+    return _normalise(np.stack(out))
+
+
+def quantize_embedding(vector: np.ndarray) -> tuple[bytes, float]:
+    """Symmetric int8 quantisation: ``(int8 bytes, scale)`` with ``vector ~= int8 * scale``."""
+    v = np.asarray(vector, dtype=np.float32)
+    scale = float(np.abs(v).max()) / 127.0 if v.size else 0.0
+    q = np.zeros_like(v, dtype=np.int8) if scale == 0.0 else np.clip(np.rint(v / scale), -127, 127).astype(np.int8)
+    return q.tobytes(), scale
+
+
+def dequantize_embedding(data: bytes, scale: float) -> np.ndarray:
+    """Invert :func:`quantize_embedding`."""
+    return np.frombuffer(data, dtype=np.int8).astype(np.float32) * np.float32(scale)
+
+
+def extractive_summary(
+    sentences: Sequence[str],
+    sentence_vectors: np.ndarray,
+    target: np.ndarray,
+    budget_bytes: int,
+    *,
+    embedder: Embedder | None = None,
+    entities: Sequence[str] = (),
+    shortlist: int = 12,
+) -> str:
+    """Greedily pick sentences whose reconstruction embeds closest to ``target`` within ``budget_bytes``.
+
+    Each step ranks the sentences that still fit by the cosine of (chosen + candidate) summed sentence
+    embeddings; with an ``embedder`` the best ``shortlist`` of them are re-scored on the real embedding of the
+    rendered reconstruction (summary + ``entities``). The best single sentence is always taken, even over
+    budget, so a summary is never empty; chosen sentences keep their original order, one per line.
+    """
+    vectors = _normalise(sentence_vectors)
+    target = _normalise(target)
+    sizes = np.array([len(s.encode("utf-8")) + 1 for s in sentences])
+    chosen: list[int] = []
+    total = np.zeros_like(target)
+    score, used = -2.0, 0
+    while True:
+        sums = vectors + total
+        approx = sums @ target / np.maximum(np.linalg.norm(sums, axis=1), 1e-12)
+        allowed = np.ones(len(sentences), dtype=bool) if not chosen else sizes <= budget_bytes - used
+        allowed[chosen] = False
+        if not allowed.any():
+            break
+        ranked = [int(i) for i in np.argsort(-np.where(allowed, approx, -np.inf))[: max(shortlist, 1)]
+                  if allowed[i]]
+        if embedder is not None:
+            drafts = [render_reconstruction(_join(sentences, [*chosen, i]), entities) for i in ranked]
+            real = embed_documents(embedder, drafts) @ target
+            best, best_score = ranked[int(np.argmax(real))], float(real.max())
+        else:
+            best, best_score = ranked[0], float(approx[ranked[0]])
+        if best_score <= score + 1e-4:
+            break
+        chosen.append(best)
+        total = total + vectors[best]
+        score, used = best_score, used + int(sizes[best])
+    return _join(sentences, chosen)
+
+
+def _join(sentences: Sequence[str], chosen: Sequence[int]) -> str:
+    return "\n".join(sentences[i] for i in sorted(chosen))
+
+
+def render_reconstruction(summary: str, entities: Sequence[str]) -> str:
+    """The template reconstruction: the summary, then the key entities it does not already contain."""
+    missing = [e for e in entities if e not in summary]
+    return f"{summary}\nKey facts: {'; '.join(missing)}." if missing else summary
+
+
+def llm_summary(llm: TextGenerator, text: str, max_words: int, max_new_tokens: int) -> str:
+    """Ask the LLM for a summary of at most ``max_words`` words that keeps names, dates and numbers."""
+    prompt = (
+        f"Summarize this conversation in at most {max_words} words. Keep every name, place, date, time "
+        f"and number.\n\nConversation:\n{text}\n\nSummary:"
+    )
+    return llm.generate(prompt, max_new_tokens=max_new_tokens).strip()
+
+
+def llm_reconstruction(llm: TextGenerator, summary: str, entities: Sequence[str], max_new_tokens: int) -> str:
+    """Ask the LLM to expand summary + entities into prose; entities it drops are appended by the template."""
+    facts = "; ".join(entities) if entities else "none"
+    prompt = (
+        "Rewrite these notes as a short account of the conversation, using every key fact verbatim.\n\n"
+        f"Notes:\n{summary}\nKey facts: {facts}\n\nAccount:"
+    )
+    text = llm.generate(prompt, max_new_tokens=max_new_tokens).strip() or summary
+    return render_reconstruction(text, entities)

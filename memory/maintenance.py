@@ -1,0 +1,176 @@
+"""The store's housekeeping: access-stat flushes, tiering, eviction, compression, indexes and ``stats()``.
+
+``maintain()`` runs, in order: flush access statistics; evict past capacity (configured eviction policy);
+move cold memories to ``archived`` through the compression policy and bring re-read archived memories back
+to ``short``; build the ANN index past the size threshold (or fold new rows into the indexes). Every tier
+change is logged and appended to the ``tier_log`` table.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from memory.lance_io import open_table
+from memory.policies import get_compression_policy, get_eviction_policy, select_evictions
+from memory.retrieval import quote
+from memory.schema import memory_schema
+from memory.tiering import TierChange, hot_mask, tfidf_salience
+
+__all__ = ["MaintenanceMixin"]
+
+logger = logging.getLogger(__name__)
+_TIER_LOG = pa.schema([("id", pa.string()), ("from_tier", pa.string()), ("to_tier", pa.string()),
+                       ("reason", pa.string()), ("at", pa.float64())])
+_LIGHT = ["id", "created_at", "last_access", "access_count", "importance", "tier", "content", "content_zstd",
+          "embedding_q", "metadata"]
+
+
+class MaintenanceMixin:
+    """Housekeeping methods of :class:`memory.MemoryStore` (kept apart so each module holds one concern)."""
+
+    # ------------------------------------------------------------------ access statistics
+    def _maybe_flush(self) -> None:
+        if self._access.due():
+            self.flush()
+
+    def flush(self) -> int:
+        """Write the buffered access statistics in one merge; returns how many memories were updated."""
+        pending = self._access.drain()
+        if not pending or self._table is None:
+            return 0
+        try:
+            current = self._rows_by_id(list(pending), ["id", "access_count", "last_access"])
+            ids = [mid for mid in pending if mid in current]  # deleted meanwhile: nothing to count
+            if not ids:
+                return 0
+            schema = memory_schema(1)
+            data = pa.table(
+                {"id": ids,
+                 "access_count": [current[i]["access_count"] + pending[i][0] for i in ids],
+                 "last_access": [max(current[i]["last_access"], pending[i][1]) for i in ids]},
+                schema=pa.schema([schema.field("id"), schema.field("access_count"), schema.field("last_access")]),
+            )
+            table = self._table
+            self._commit(lambda: table.merge_insert("id").when_matched_update_all().execute(data),
+                         "flush access statistics")
+        except BaseException:
+            self._access.restore(pending)  # a failed flush keeps its records for the next one
+            raise
+        logger.debug("flushed access statistics of %d memories", len(ids))
+        return len(ids)
+
+    # ------------------------------------------------------------------ maintain
+    def _has_vector_index(self) -> bool:
+        return self._table is not None and any(
+            idx.columns == ["embedding"] for idx in self._table.list_indices()
+        )
+
+    def _scan(self) -> pa.Table:
+        rows = self._table.search().select(_LIGHT).limit(None).to_arrow()
+        size = (pc.fill_null(pc.binary_length(rows.column("content").cast(pa.binary())), 0)
+                .to_numpy().astype(np.int64)
+                + pc.fill_null(pc.binary_length(rows.column("content_zstd")), 0).to_numpy()
+                + pc.fill_null(pc.binary_length(rows.column("embedding_q")), 0).to_numpy()
+                + pc.fill_null(pc.binary_length(rows.column("metadata").cast(pa.binary())), 0).to_numpy()
+                + 4 * (self.dim or 0) + 64)  # + float32 embedding and fixed-width columns
+        return rows.append_column("nbytes", pa.array(size, pa.int64()))
+
+    def maintain(self, now: float | None = None) -> dict[str, Any]:
+        """Flush, evict, tier and compress, index; returns a report (counts and the tier changes)."""
+        now = time.time() if now is None else now
+        report: dict[str, Any] = {"flushed": self.flush(), "evicted": [], "archived": [], "restored": []}
+        if self._table is None:
+            return report
+        tcfg = self.config.tiering
+        changes: list[TierChange] = []
+        with self._lock:
+            rows = self._scan()
+            if tcfg.eviction_policy and (tcfg.capacity_rows or tcfg.capacity_bytes):
+                evict = select_evictions(get_eviction_policy(tcfg.eviction_policy), rows,
+                                         tcfg.capacity_rows, tcfg.capacity_bytes)
+                tier_of = dict(zip(rows.column("id").to_pylist(), rows.column("tier").to_pylist(), strict=True))
+                for start in range(0, len(evict), 1000):
+                    clause = f"id IN ({', '.join(quote(i) for i in evict[start:start + 1000])})"
+                    self._commit(lambda clause=clause, table=self._table: table.delete(clause), "evict memories")
+                changes += [TierChange(i, tier_of[i], "evicted", f"eviction:{tcfg.eviction_policy}", now)
+                            for i in evict]
+                report["evicted"] = evict
+                if evict:
+                    rows = rows.filter(pc.invert(pc.is_in(rows.column("id"), pa.array(evict))))
+            if tcfg.compression_policy and rows.num_rows:
+                changes += self._retier(rows, now)
+            if changes:
+                log = pa.Table.from_pylist([asdict(c) for c in changes], schema=_TIER_LOG)
+                log_table = open_table(self._db, "tier_log", self.path) or self._db.create_table(
+                    "tier_log", schema=_TIER_LOG, exist_ok=True)
+                self._commit(lambda: log_table.add(log), "append tier log")
+                for c in changes:
+                    logger.info("memory %s: tier %s -> %s (%s)", c.id, c.from_tier, c.to_tier, c.reason)
+            report["archived"] = [c.id for c in changes if c.to_tier == "archived"]
+            report["restored"] = [c.id for c in changes if c.reason == "re-read"]
+            report["index"] = self._maintain_indexes()
+        return report
+
+    def _retier(self, rows: pa.Table, now: float) -> list[TierChange]:
+        tcfg = self.config.tiering
+        policy = get_compression_policy(tcfg.compression_policy, embedding_codec=tcfg.embedding_codec,
+                                        zstd_level=tcfg.zstd_level)
+        created = rows.column("created_at").to_numpy()
+        last = rows.column("last_access").to_numpy()
+        hot = hot_mask(created, last, tfidf_salience(rows.column("content").to_pylist()), now,
+                       tcfg.hot_window_s, tcfg.salience_quantile)
+        tiers = np.asarray(rows.column("tier").to_pylist(), dtype=object)
+        ids = np.asarray(rows.column("id").to_pylist(), dtype=object)
+        to_archive = ids[(tiers == "short") & ~hot].tolist()
+        to_restore = ids[(tiers == "archived") & (now - last <= tcfg.hot_window_s)].tolist()
+        if not to_archive and not to_restore:
+            return []
+        full = self._rows_by_id(to_archive + to_restore)
+        updates = [{"id": i, **policy.compress(full[i])} for i in to_archive if i in full]
+        updates += [{"id": i, **policy.restore(full[i])} for i in to_restore if i in full]
+        keep = ["id", "content", "summary", "content_zstd", "embedding_q", "embedding_codec", "tier"]
+        schema = pa.schema([self._table.schema.field(c) for c in keep])
+        data = pa.Table.from_pylist([{c: u.get(c, full[u["id"]][c]) for c in keep} for u in updates], schema=schema)
+        table = self._table
+        self._commit(lambda: table.merge_insert("id").when_matched_update_all().execute(data), "apply tiering")
+        return ([TierChange(i, "short", "archived", f"cold:{policy.name}", now) for i in to_archive]
+                + [TierChange(i, "archived", "short", "re-read", now) for i in to_restore])
+
+    def _maintain_indexes(self) -> str:
+        table, rcfg = self._table, self.config.retrieval
+        if not self._has_vector_index():
+            if table.count_rows() < rcfg.index_threshold:
+                return "flat"
+            logger.info("memory table past %d rows: building %s index", rcfg.index_threshold, rcfg.index_type)
+            self._commit(lambda: table.create_index(metric="cosine", vector_column_name="embedding",
+                                                    index_type=rcfg.index_type), "build vector index")
+            return f"built {rcfg.index_type}"
+        self._commit(lambda: table.optimize(), "optimize indexes")
+        return "optimized"
+
+    # ------------------------------------------------------------------ stats / close
+    def stats(self) -> dict[str, Any]:
+        """Row counts by tier and modality, dimension, version, indexes, bytes on disk, pending accesses."""
+        out: dict[str, Any] = {"path": str(self.path), "rows": len(self), "dim": self.dim, "version": self.version,
+                               "pending_access": len(self._access), "tiers": {}, "modalities": {}, "indexes": []}
+        if self._table is None:
+            return out
+        rows = self._table.search().select(["tier", "modality"]).limit(None).to_arrow()
+        for col in ("tier", "modality"):
+            counts = pc.value_counts(rows.column(col)).to_pylist() if rows.num_rows else []
+            out[col + "s" if col == "tier" else "modalities"] = {d["values"]: d["counts"] for d in counts}
+        out["indexes"] = [f"{idx.name}:{idx.index_type}" for idx in self._table.list_indices()]
+        table_dir = self.path / f"{self.config.table}.lance"
+        out["disk_bytes"] = sum(p.stat().st_size for p in table_dir.rglob("*") if p.is_file())
+        return out
+
+    def close(self) -> None:
+        """Flush buffered access statistics; the store stays usable (a later close flushes again)."""
+        self.flush()

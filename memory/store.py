@@ -1,0 +1,367 @@
+"""``MemoryStore``: memories in one LanceDB table, found by meaning, kept small by ``maintain()``.
+
+Writes go through :func:`memory.lance_io.commit_with_retry` (optimistic concurrency: a lost commit race is
+retried, never dropped). Reads record access statistics in memory; they reach the table in one merge per
+flush (on a size/interval trigger, ``maintain()`` and ``close()``), never one write per read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import zstandard
+
+from memory.config import MODALITIES, TIERS, MemoryConfig
+from memory.embedder import Embedder, default_embedder, normalise_rows
+from memory.errors import (
+    EmbeddingDimensionError,
+    EmptyContentError,
+    InvalidMetadataError,
+    MemoryNotFoundError,
+    UnknownModalityError,
+)
+from memory.facade import FacadeMixin
+from memory.lance_io import commit_with_retry, connect, open_table
+from memory.links import coerce_links, merge_links, remove_links
+from memory.maintenance import MaintenanceMixin
+from memory.retrieval import SEARCH_MODES, build_filter, quote, run_search
+from memory.schema import Hit, Link, Memory, decode_metadata, links_from_arrow, memory_schema, table_dimension
+from memory.tiering import AccessBuffer
+
+__all__ = ["MemoryStore"]
+
+logger = logging.getLogger(__name__)
+_ITEM_KEYS = {"content", "modality", "session", "metadata", "links", "importance", "embedding"}
+
+
+class MemoryStore(FacadeMixin, MaintenanceMixin):
+    """A persistent, searchable memory of texts and media pointers with association links and tiers.
+
+    ``path`` defaults to ``MemoryConfig().path``; ``embedder`` is anything with ``encode(list[str]) ->
+    ndarray`` (default: arrowengine's ``TextEncoder`` on ``models/all-MiniLM-L6-v2``, loaded on first use).
+    """
+
+    def __init__(
+        self, path: str | Path | None = None, embedder: Embedder | None = None, config: MemoryConfig | None = None
+    ) -> None:
+        cfg = config or MemoryConfig()
+        if path is not None:
+            cfg = dataclasses.replace(cfg, path=Path(path))
+        self.config = cfg
+        self.path = cfg.path
+        self._db = connect(cfg.path, cfg.read_consistency_s)
+        self._table = open_table(self._db, cfg.table, cfg.path)
+        self._embedder = embedder
+        self._access = AccessBuffer(cfg.tiering.access_flush_every, cfg.tiering.access_flush_seconds)
+        self._session_tail: dict[str, str] = {}
+        self._lock = threading.RLock()
+        self._zstd = zstandard.ZstdDecompressor()
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def dim(self) -> int | None:
+        """The embedding dimension of the table (None until the first memory is added)."""
+        return None if self._table is None else table_dimension(self._table.schema)
+
+    @property
+    def version(self) -> int:
+        """The table's current Lance version (0 before the table exists)."""
+        return 0 if self._table is None else self._table.version
+
+    def _commit(self, fn: Any, what: str) -> Any:
+        return commit_with_retry(fn, what, self.config.commit_retries)
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        if self._embedder is None:
+            self._embedder = default_embedder(self.config.models_dir, self.config.text_model)
+        return np.asarray(self._embedder.encode(texts), dtype=np.float32)
+
+    def _ensure_table(self, dim: int) -> Any:
+        if self._table is None:
+            with self._lock:
+                from lancedb.index import FTS, BTree
+
+                table = self._db.create_table(self.config.table, schema=memory_schema(dim), exist_ok=True)
+                if not table.list_indices():
+                    # indexes on the empty table: FTS cannot search a table without one, btree makes id lookups cheap
+                    self._commit(lambda: table.create_index("content", config=FTS(with_position=False),
+                                                            replace=False), "create FTS index")
+                    self._commit(lambda: table.create_index("id", config=BTree(), replace=False), "create id index")
+                self._table = table
+        if self.dim != dim:
+            raise EmbeddingDimensionError(
+                f"embedding dimension {dim} does not match the store's table dimension {self.dim} "
+                f"({str(self.path)!r}); use the same embedder the store was created with, or a new store path"
+            )
+        return self._table
+
+    def _rows_by_id(self, ids: Sequence[str], columns: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        if self._table is None or not ids:
+            return {}
+        out: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start : start + 1000]
+            query = self._table.search().where(f"id IN ({', '.join(quote(i) for i in chunk)})").limit(None)
+            if columns:
+                query = query.select(columns)
+            out.update({row["id"]: row for row in query.to_arrow().to_pylist()})
+        return out
+
+    def _require(self, ids: Sequence[str], columns: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        rows = self._rows_by_id(list(dict.fromkeys(ids)), columns)
+        missing = [i for i in ids if i not in rows]
+        if missing:
+            raise MemoryNotFoundError(f"memory id(s) {missing} not found in store {str(self.path)!r}")
+        return rows
+
+    def _write_links(self, updates: Mapping[str, list[dict[str, Any]]]) -> None:
+        """Replace the ``association_links`` of existing rows (one merge for all of them)."""
+        if not updates:
+            return
+        data = pa.table(
+            {"id": list(updates), "association_links": list(updates.values())},
+            schema=pa.schema([memory_schema(1).field("id"), memory_schema(1).field("association_links")]),
+        )
+        table = self._table
+        self._commit(lambda: table.merge_insert("id").when_matched_update_all().execute(data), "update links")
+
+    # ------------------------------------------------------------------ writes
+    def _spec(self, item: str | Mapping[str, Any]) -> dict[str, Any]:
+        spec = {"content": item} if isinstance(item, str) else dict(item)
+        unknown = set(spec) - _ITEM_KEYS
+        if unknown:
+            raise InvalidMetadataError(f"memory item has unknown keys {sorted(unknown)}; allowed: {sorted(_ITEM_KEYS)}")
+        content = spec.get("content")
+        if not isinstance(content, str) or not content.strip():
+            raise EmptyContentError(f"memory content {content!r} is empty or not a string; give non-empty text")
+        modality = spec.setdefault("modality", "text")
+        if modality not in MODALITIES:
+            raise UnknownModalityError(f"modality {modality!r} is not one of {list(MODALITIES)}")
+        if modality != "text" and spec.get("embedding") is None:
+            raise UnknownModalityError(
+                f"a {modality} memory ({content!r}) needs embedding=...: the store embeds text only; "
+                f"encode the {modality} with its encoder and pass the vector"
+            )
+        metadata = spec.get("metadata") or {}
+        if not isinstance(metadata, Mapping):
+            raise InvalidMetadataError(f"metadata {metadata!r} must be a dict")
+        try:
+            spec["metadata"] = json.dumps(dict(metadata), ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidMetadataError(f"metadata {metadata!r} is not JSON-serialisable ({exc})") from exc
+        importance = float(spec.get("importance", 0.5))
+        if not 0.0 <= importance <= 1.0:
+            raise InvalidMetadataError(f"importance {importance} is outside [0, 1]")
+        spec["importance"] = importance
+        spec["links"] = coerce_links(spec.get("links"))
+        return spec
+
+    def add(self, content: str, *, modality: str = "text", session: str | None = None,
+            metadata: Mapping[str, Any] | None = None, links: Iterable[Any] | None = None,
+            importance: float = 0.5, embedding: np.ndarray | None = None) -> str:
+        """Store one memory and return its id (see :meth:`add_many`)."""
+        item = {"content": content, "modality": modality, "session": session, "metadata": metadata,
+                "links": links, "importance": importance, "embedding": embedding}
+        return self.add_many([item])[0]
+
+    def add_many(self, items: Iterable[str | Mapping[str, Any]]) -> list[str]:
+        """Store many memories with one embedding batch and one append; return their ids in order.
+
+        Each item is a string or a dict with ``content`` and optionally ``modality``, ``session``, ``metadata``,
+        ``links``, ``importance``, ``embedding``. Consecutive memories of a session are linked, and so are
+        near-duplicates (cosine >= ``near_duplicate_threshold``); hand-given links are stored on both ends.
+        """
+        specs = [self._spec(item) for item in items]
+        if not specs:
+            return []
+        vectors: list[np.ndarray | None] = [None] * len(specs)
+        todo = [i for i, s in enumerate(specs) if s.get("embedding") is None]
+        if todo:
+            encoded = normalise_rows(self._embed([specs[i]["content"] for i in todo]), self.dim, "text embedder")
+            for row, i in enumerate(todo):
+                vectors[i] = encoded[row]
+        for i, s in enumerate(specs):
+            if vectors[i] is None:
+                vectors[i] = normalise_rows(s["embedding"], self.dim, f"memory {s['content'][:40]!r}")[0]
+        dims = {len(v) for v in vectors}
+        if len(dims) > 1:
+            raise EmbeddingDimensionError(f"add_many got embeddings of different dimensions {sorted(dims)}")
+        matrix = np.stack(vectors)
+        with self._lock:
+            table = self._ensure_table(matrix.shape[1])
+            ids = [uuid.uuid4().hex for _ in specs]
+            new_links, back_links = self._auto_links(specs, ids, matrix)
+            now = time.time()
+            rows = [
+                {"id": mid, "created_at": now + i * 1e-6, "session": s.get("session"), "modality": s["modality"],
+                 "content": s["content"], "summary": None, "embedding": matrix[i],
+                 "association_links": merge_links([], new_links[mid]), "tier": "short", "access_count": 0,
+                 "last_access": 0.0, "importance": s["importance"], "source_ids": [], "metadata": s["metadata"],
+                 "content_zstd": None, "embedding_q": None, "embedding_codec": None}
+                for i, (mid, s) in enumerate(zip(ids, specs, strict=True))
+            ]
+            data = pa.Table.from_pylist(rows, schema=table.schema)
+            self._commit(lambda: table.add(data), f"append {len(rows)} memories")
+            if back_links:
+                current = self._rows_by_id(list(back_links), ["id", "association_links"])
+                self._write_links({t: merge_links(current[t]["association_links"], ls)
+                                   for t, ls in back_links.items() if t in current})
+            for mid, s in zip(ids, specs, strict=True):
+                if s.get("session") is not None:
+                    self._session_tail[s["session"]] = mid
+        logger.debug("stored %d memories (version %d)", len(ids), table.version)
+        return ids
+
+    def _tail_of(self, session: str) -> str | None:
+        if session not in self._session_tail and self._table is not None:
+            rows = (self._table.search().where(f"session = {quote(session)}").select(["id", "created_at"])
+                    .limit(None).to_arrow())
+            if rows.num_rows:
+                last = int(np.argmax(rows.column("created_at").to_numpy()))
+                self._session_tail[session] = rows.column("id")[last].as_py()
+        return self._session_tail.get(session)
+
+    def _auto_links(self, specs: list[dict[str, Any]], ids: list[str], matrix: np.ndarray
+                    ) -> tuple[dict[str, list[Link]], dict[str, list[Link]]]:
+        """Links for the new rows, and links to add to existing rows (their symmetric halves)."""
+        cfg = self.config
+        new: dict[str, list[Link]] = {mid: [] for mid in ids}
+        back: dict[str, list[Link]] = {}
+        batch = set(ids)
+
+        def both(a: str, b: str, weight: float, kind: str) -> None:
+            new[a].append(Link(b, weight, kind))
+            if b in batch:
+                new[b].append(Link(a, weight, kind))
+            else:
+                back.setdefault(b, []).append(Link(a, weight, kind))
+
+        targets = [link.target for s in specs for link in s["links"]]
+        if targets:
+            self._require(targets, ["id"])
+        tails: dict[str, str] = {}
+        for mid, s in zip(ids, specs, strict=True):
+            for link in s["links"]:
+                both(mid, link.target, link.weight, link.kind)
+            session = s.get("session")
+            if session is not None:
+                prev = tails.get(session) or self._tail_of(session)
+                if prev is not None:
+                    both(mid, prev, cfg.session_link_weight, "session")
+                tails[session] = mid
+        if cfg.near_duplicate_threshold is not None:
+            for a, b, cos in self._near_duplicates(ids, matrix):
+                both(a, b, cfg.duplicate_link_weight, "duplicate")
+                logger.debug("near-duplicate link %s <-> %s (cosine %.3f)", a, b, cos)
+        return new, back
+
+    def _near_duplicates(self, ids: list[str], matrix: np.ndarray) -> list[tuple[str, str, float]]:
+        threshold = self.config.near_duplicate_threshold
+        found: list[tuple[str, str, float]] = []
+        within = matrix @ matrix.T
+        for i, j in zip(*np.nonzero(np.triu(within, k=1) >= threshold), strict=True):
+            found.append((ids[j], ids[i], float(within[i, j])))
+        if self._table is not None and self._table.count_rows() > 0:
+            res = (self._table.search(matrix, vector_column_name="embedding").distance_type("cosine").limit(1)
+                   .select(["id", "_distance"]).to_arrow())
+            # a single query vector comes back without the query_index column
+            queries = (res.column("query_index").to_pylist() if "query_index" in res.column_names
+                       else [0] * res.num_rows)
+            for q, mid, dist in zip(queries, res.column("id").to_pylist(), res.column("_distance").to_pylist(),
+                                    strict=True):
+                if 1.0 - dist >= threshold:
+                    found.append((ids[q], mid, 1.0 - dist))
+        return found
+
+    def link(self, a: str, b: str, weight: float = 1.0, kind: str = "related", symmetric: bool = True) -> None:
+        """Link memory ``a`` to ``b`` (and ``b`` to ``a`` when ``symmetric``), replacing a link of that kind."""
+        (link,) = coerce_links([(b, weight, kind)], source=a)
+        with self._lock:
+            rows = self._require([a, b], ["id", "association_links"])
+            updates = {a: merge_links(rows[a]["association_links"], [link])}
+            if symmetric:
+                updates[b] = merge_links(rows[b]["association_links"], [Link(a, weight, kind)])
+            self._write_links(updates)
+
+    def delete(self, mid: str) -> None:
+        """Delete memory ``mid`` and the links other memories hold to it."""
+        with self._lock:
+            row = self._require([mid], ["id", "association_links"])[mid]
+            table = self._table
+            self._commit(lambda: table.delete(f"id = {quote(mid)}"), f"delete memory {mid}")
+            neighbours = self._rows_by_id([d["target"] for d in row["association_links"] or ()],
+                                          ["id", "association_links"])
+            self._write_links({n: remove_links(r["association_links"], mid) for n, r in neighbours.items()})
+            self._session_tail = {s: t for s, t in self._session_tail.items() if t != mid}
+        logger.info("memory %s deleted", mid)
+
+    # ------------------------------------------------------------------ reads
+    def get(self, mid: str) -> Memory:
+        """The memory ``mid`` (archived content transparently decompressed); counts as one access."""
+        row = self._require([mid])[mid]
+        self._access.record([mid])
+        self._maybe_flush()
+        content = row["content"]
+        if row["content_zstd"] is not None:
+            content = self._zstd.decompress(row["content_zstd"]).decode("utf-8")
+        count, last = self._access.pending_for(mid)
+        return Memory(
+            id=row["id"], content=content, modality=row["modality"], session=row["session"],
+            created_at=row["created_at"], tier=row["tier"], importance=float(row["importance"]),
+            access_count=row["access_count"] + count, last_access=max(row["last_access"], last),
+            summary=row["summary"], metadata=decode_metadata(row["metadata"]),
+            links=links_from_arrow(row["association_links"]), source_ids=tuple(row["source_ids"] or ()),
+        )
+
+    def related(self, mid: str) -> list[tuple[Link, Memory]]:
+        """The memories ``mid`` links to, strongest link first, each with its link."""
+        row = self._require([mid], ["id", "association_links"])[mid]
+        links = sorted(links_from_arrow(row["association_links"]), key=lambda link: -link.weight)
+        return [(link, self.get(link.target)) for link in links
+                if link.target in self._rows_by_id([link.target], ["id"])]
+
+    def search(self, query: str | np.ndarray, k: int = 10, *, modalities: Sequence[str] | None = None,
+               tiers: Sequence[str] | None = None, session: str | None = None, mode: str = "hybrid",
+               links: bool = True) -> list[Hit]:
+        """The ``k`` best memories for ``query`` (text, or an embedding from any encoder in the same space).
+
+        ``mode="vector"`` skips full-text search; ``links=False`` skips the link re-ranking.
+        """
+        for name, values, allowed in (("modality", modalities, MODALITIES), ("tier", tiers, TIERS)):
+            bad = [v for v in values or () if v not in allowed]
+            if bad:
+                raise UnknownModalityError(f"search {name} filter {bad} is not in {list(allowed)}")
+        if mode not in SEARCH_MODES:
+            raise UnknownModalityError(f"search mode {mode!r} is not one of {list(SEARCH_MODES)}")
+        if isinstance(query, str):
+            if not query.strip():
+                raise EmptyContentError("search query is empty; give text or an embedding")
+            qvec, text = normalise_rows(self._embed([query]), self.dim, "query")[0], query
+        else:
+            qvec, text = normalise_rows(query, self.dim, "query embedding")[0], None
+        if self._table is None:
+            return []
+        hits = run_search(self._table, qvec, text, k, build_filter(modalities, tiers, session),
+                          self.config.retrieval, mode=mode, use_links=links, indexed=self._has_vector_index())
+        self._access.record([h.id for h in hits])
+        self._maybe_flush()
+        return hits
+
+    def __len__(self) -> int:
+        return 0 if self._table is None else self._table.count_rows()
+
+    def __enter__(self) -> MemoryStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

