@@ -13,7 +13,7 @@ import torch
 
 from arrowengine.errors import ModelConfigError
 from arrowengine.runtime.backends import prepare_backend
-from arrowengine.runtime.devices import DeviceChoice, autocast, select_device, select_dtype
+from arrowengine.runtime.devices import DeviceChoice, select_device, select_dtype
 from arrowengine.runtime.loading import load_config_dict, load_model
 
 __all__ = ["TextEncoder"]
@@ -60,8 +60,8 @@ class TextEncoder:
     Args:
         model_dir: a converted model directory (``models/all-MiniLM-L6-v2``).
         device: ``cpu``, ``auto`` or a device name (see :func:`arrowengine.runtime.devices.select_device`).
-        dtype: ``float32`` (exact), ``bfloat16`` or ``float16`` (autocast; bf16 is fast on CPUs with
-            AMX/AVX512-BF16); a dtype the device cannot run falls back with a warning.
+        dtype: ``float32`` (exact, weights stay zero-copy), ``bfloat16`` or ``float16`` (weights cast once;
+            bf16 is fast on CPUs with AMX/AVX512-BF16); a dtype the device cannot run falls back with a warning.
         backend: ``eager``, ``compile``, ``onnxruntime`` or ``ipex`` (falls back to eager with a warning).
         batch_size: sentences per forward pass.
         max_length: token limit per text (default: the model's ``max_seq_length``).
@@ -98,6 +98,12 @@ class TextEncoder:
         self.device = self.device_choice.torch_device
         self.torch_dtype = select_dtype(dtype, self.device_choice)
         self.dtype = str(self.torch_dtype).removeprefix("torch.")
+        if self.torch_dtype != torch.float32:
+            # Casting the weights once beats autocast's per-op casts (1.76x -> ~2.2x sentence-transformers on
+            # an AVX512-BF16 CPU); it costs one copy of the weights out of the file mapping, which is logged.
+            logger.info("casting %s weights to %s (a copy; float32 keeps them zero-copy)", self.model_dir.name,
+                        self.dtype)
+            self.model.to(self.torch_dtype)
         self.backend = prepare_backend(self.model, backend)
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.tokenizer.no_padding()
@@ -119,7 +125,7 @@ class TextEncoder:
         encodings = self.tokenizer.encode_batch(texts)
         order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids), reverse=True)
         size = batch_size or self.batch_size
-        with torch.inference_mode(), autocast(self.device_choice, self.torch_dtype):
+        with torch.inference_mode():
             for start in range(0, len(order), size):
                 index = order[start : start + size]
                 batch = [encodings[i] for i in index]
@@ -139,6 +145,7 @@ class TextEncoder:
             mask[row, :n] = 1
         ids, types, mask = (t.to(self.device) for t in (ids, types, mask))
         hidden = self.backend.forward(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
+        hidden = hidden.float()  # pool in float32 whatever the compute dtype
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         elif self.pooling == "max":
