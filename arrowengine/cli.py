@@ -120,6 +120,41 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quant_options(args: argparse.Namespace) -> Any:
+    from arrowengine.quantize import QuantizeOptions
+
+    return QuantizeOptions(bits=args.bits, group_size=args.group_size, method=args.method, calib=args.calib,
+                           mixed_target=args.mixed, min_cosine=args.min_cosine,
+                           max_ppl_increase=args.max_ppl_increase)
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from arrowengine.quantize import quantize_model
+
+    report = quantize_model(args.src, args.dst, _quant_options(args))
+    print(report.to_markdown())
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from arrowengine.quantize import evaluate_accuracy
+
+    report = evaluate_accuracy(args.model, args.reference, _quant_options(args))
+    print(report.to_markdown())
+    return 0 if report.passed else 1
+
+
+def _add_quant_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bits", type=int, default=8, choices=[2, 4, 8])
+    p.add_argument("--group-size", type=int, default=0, choices=[0, 32, 64, 128])
+    p.add_argument("--method", default="rtn", choices=["rtn", "gptq"])
+    p.add_argument("--calib", default=None, help="calibration text file, one sample per line")
+    p.add_argument("--mixed", type=float, default=None, metavar="TARGET",
+                   help="keep the most sensitive layers FP16 until this cosine holds")
+    p.add_argument("--min-cosine", type=float, default=0.99, help="encoder threshold (mean cosine)")
+    p.add_argument("--max-ppl-increase", type=float, default=0.10, help="causal LM threshold (relative)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``arrowengine`` command."""
     parser = argparse.ArgumentParser(prog="arrowengine", description="Arrow-native zero-copy model engine.")
@@ -145,6 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check every tensor's checksum")
     p.add_argument("path", help="weights.parquet or a model directory")
     p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("quantize", help="quantize models/SRC into models/DST (schema V2), refused under threshold")
+    p.add_argument("src")
+    p.add_argument("dst")
+    _add_quant_arguments(p)
+    p.set_defaults(func=_cmd_quantize)
+
+    p = sub.add_parser("validate", help="accuracy of a quantized model against its float reference")
+    p.add_argument("model")
+    p.add_argument("--reference", required=True)
+    _add_quant_arguments(p)
+    p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("info", help="CPU ISA, torch/oneDNN, devices, converted models")
     p.add_argument("--models-dir", default=None)

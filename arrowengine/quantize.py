@@ -1,0 +1,254 @@
+"""Quantize a converted model into a schema V2 model directory, checking its accuracy before it is kept.
+
+The accuracy checker runs after every quantization (R2.10, R8): for encoders the cosine of sentence embeddings
+against the float model on held-out real sentences, for causal LMs the perplexity increase on held-out real
+text. A model under threshold is refused (R8.4): the staging directory is removed, nothing is written to the
+destination, and :class:`AccuracyError` says why. Reports are JSON and markdown with a timestamp (R8.6, R8.9),
+stored in the destination and in its ``model_card.json``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.util
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from arrowengine.converters.model_dir import MODEL_CARD, read_model_card, write_model_dir
+from arrowengine.converters.source import ConvertedModel
+from arrowengine.errors import EngineError
+from arrowengine.runtime.loading import load_config_dict, load_model
+from quant.errors import CalibrationError
+
+__all__ = ["AccuracyError", "AccuracyReport", "QuantizeOptions", "evaluate_accuracy", "quantize_model"]
+
+logger = logging.getLogger(__name__)
+
+
+class AccuracyError(EngineError, ValueError):
+    """A quantized model misses its accuracy threshold and was refused (nothing written)."""
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """How to quantize and what accuracy to demand."""
+
+    bits: int = 8
+    group_size: int = 0
+    method: str = "rtn"  # rtn | gptq
+    calib: str | None = None  # text file, one sample per line; default: real chat messages
+    mixed_target: float | None = None  # keep the most sensitive layers FP16 until this cosine holds (encoders)
+    min_cosine: float = 0.99  # encoders: mean embedding cosine vs the float model
+    max_ppl_increase: float = 0.10  # causal LMs: relative perplexity increase vs the float model
+    eval_samples: int = 200
+    calib_samples: int = 64
+
+    def __post_init__(self) -> None:
+        if self.bits not in (2, 4, 8):
+            raise ValueError(f"bits must be 2, 4 or 8, got {self.bits}")
+        if self.group_size not in (0, 32, 64, 128):
+            raise ValueError(f"group_size must be 0 (per channel), 32, 64 or 128, got {self.group_size}")
+        if self.method not in ("rtn", "gptq"):
+            raise ValueError(f"method must be 'rtn' or 'gptq', got {self.method!r}")
+
+
+@dataclass
+class AccuracyReport:
+    """The accuracy checker's verdict on one quantized model."""
+
+    model: str
+    reference: str
+    kind: str  # encoder | causal_lm
+    metric: str
+    value: float
+    threshold: str
+    passed: bool
+    timestamp: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_markdown(self) -> str:
+        """A short human-readable report."""
+        lines = [f"# Accuracy report: {self.model}", "", f"- reference: {self.reference}",
+                 f"- time: {self.timestamp}", f"- kind: {self.kind}",
+                 f"- {self.metric}: {self.value:.6f} (threshold {self.threshold})",
+                 f"- verdict: {'PASSED' if self.passed else 'REFUSED'}"]
+        lines += [f"- {key}: {value}" for key, value in self.details.items()]
+        return "\n".join(lines) + "\n"
+
+
+def _chat_texts() -> list[str]:
+    spec = importlib.util.find_spec("chitchat_dataset")
+    if spec is None or spec.origin is None:
+        raise EngineError("chitchat-dataset is not installed (pip install chitchat-dataset==0.9.0); pass --calib")
+    data = json.loads((Path(spec.origin).parent / "dataset.json").read_text(encoding="utf-8"))
+    return [m["text"].strip() for conv in data.values() for turn in conv["messages"] for m in turn if m["text"].strip()]
+
+
+def _calibration_and_eval(options: QuantizeOptions) -> tuple[list[str], list[str]]:
+    """Disjoint calibration and held-out evaluation texts."""
+    held_out = [t for t in _chat_texts()[-20000:] if len(t) > 20][-options.eval_samples:]
+    if options.calib:
+        path = Path(options.calib)
+        if not path.is_file():
+            raise CalibrationError(f"calibration file {path} does not exist; pass a text file with one sample per line")
+        calib = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if len(calib) < 16:
+            raise CalibrationError(f"calibration file {path} holds {len(calib)} samples; at least 16 are needed")
+    else:
+        calib = [t for t in _chat_texts()[:5000] if len(t) > 20][: options.calib_samples]
+    return calib[: options.calib_samples], held_out
+
+
+def _is_causal(config: dict[str, Any]) -> bool:
+    return any(a.endswith("ForCausalLM") for a in config.get("architectures", []))
+
+
+def _tokenizer(model_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+
+
+def _embed(model: nn.Module, tokenizer: Any, texts: list[str]) -> torch.Tensor:
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), 32):
+            batch = tokenizer(texts[start : start + 32], padding=True, truncation=True, max_length=256,
+                              return_tensors="pt")
+            hidden = model(**batch).last_hidden_state.float()
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            out.append(nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1))
+    return torch.cat(out)
+
+
+def _perplexity(model: nn.Module, tokenizer: Any, texts: list[str]) -> float:
+    ids = tokenizer("\n".join(texts), return_tensors="pt").input_ids[:, :2048]
+    nll, count = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, ids.shape[1] - 1, 512):
+            window = ids[:, start : start + 513]
+            logits = model(window[:, :-1]).logits.float()
+            loss = nn.functional.cross_entropy(logits[0], window[0, 1:], reduction="sum")
+            nll, count = nll + float(loss), count + window.shape[1] - 1
+    return math.exp(nll / count)
+
+
+def evaluate_accuracy(model_dir: str | os.PathLike[str], reference_dir: str | os.PathLike[str],
+                      options: QuantizeOptions | None = None, *, quant_mode: str = "dequant-on-the-fly"
+                      ) -> AccuracyReport:
+    """Compare ``model_dir`` (quantized) with ``reference_dir`` (float) on held-out real text."""
+    options = options or QuantizeOptions()
+    model_dir, reference_dir = Path(model_dir), Path(reference_dir)
+    config = load_config_dict(reference_dir)
+    _, held_out = _calibration_and_eval(options)
+    tokenizer = _tokenizer(reference_dir)
+    reference = load_model(reference_dir)
+    candidate = load_model(model_dir, quant_mode=quant_mode)
+    timestamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    if _is_causal(config):
+        base, ppl = _perplexity(reference, tokenizer, held_out), _perplexity(candidate, tokenizer, held_out)
+        increase = ppl / base - 1.0
+        return AccuracyReport(str(model_dir), str(reference_dir), "causal_lm", "perplexity_increase", increase,
+                              f"<= {options.max_ppl_increase:+.1%}", increase <= options.max_ppl_increase, timestamp,
+                              {"perplexity_float": round(base, 4), "perplexity_quantized": round(ppl, 4),
+                               "eval_texts": len(held_out)})
+    cosine = (_embed(candidate, tokenizer, held_out) * _embed(reference, tokenizer, held_out)).sum(1)
+    mean = float(cosine.mean())
+    return AccuracyReport(str(model_dir), str(reference_dir), "encoder", "mean_cosine", mean,
+                          f">= {options.min_cosine}", mean >= options.min_cosine, timestamp,
+                          {"min_cosine": round(float(cosine.min()), 6), "p05_cosine":
+                           round(float(cosine.quantile(0.05)), 6), "eval_sentences": len(held_out)})
+
+
+def _linear_layers(model: nn.Module) -> list[str]:
+    """Quantizable Linear paths: every nn.Linear except an output head tied to the embeddings."""
+    tied = {id(p) for name, p in model.named_parameters() if "embed" in name}
+    return [name for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and id(module.weight) not in tied and not name.endswith("lm_head")]
+
+
+def _quantize_weights(model: nn.Module, src: Path, options: QuantizeOptions, calib: list[str],
+                      held_out: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    from quant import GPTQConfig, embedding_cosine_evaluator, gptq_quantize_model, mixed_precision, quantize
+
+    layers = _linear_layers(model)
+    tokenizer = _tokenizer(src)
+    if options.method == "gptq":
+        batches = [dict(tokenizer(calib[i : i + 8], padding=True, truncation=True, max_length=128,
+                                  return_tensors="pt")) for i in range(0, len(calib), 8)]
+        qweights = gptq_quantize_model(model, batches, GPTQConfig(bits=options.bits, group_size=options.group_size),
+                                       layers=layers)
+    else:
+        qweights = {name: quantize(model.get_submodule(name).weight.detach(), options.bits, options.group_size,
+                                   name=name) for name in layers}
+    recipe: dict[str, Any] = {"method": options.method, "bits": options.bits, "group_size": options.group_size,
+                              "calibration": options.calib or "chitchat-dataset messages", "fp16_layers": []}
+    if options.mixed_target is not None and not _is_causal(load_config_dict(src)):
+        reference = _embed(model, tokenizer, calib)
+        mixed = mixed_precision(model, qweights, embedding_cosine_evaluator(
+            lambda m: _embed(m, tokenizer, calib), reference), options.mixed_target)
+        recipe["fp16_layers"] = list(mixed.fp16_layers)
+        recipe["mixed_target"] = options.mixed_target
+    return qweights, recipe
+
+
+def quantize_model(src: str | os.PathLike[str], dst: str | os.PathLike[str],
+                   options: QuantizeOptions | None = None) -> AccuracyReport:
+    """Quantize the float model ``src`` into ``dst`` (schema V2) if it passes the accuracy check.
+
+    Raises:
+        AccuracyError: the quantized model misses the threshold; ``dst`` is left untouched.
+    """
+    options = options or QuantizeOptions()
+    src, dst = Path(src), Path(dst)
+    start = time.perf_counter()
+    calib, held_out = _calibration_and_eval(options)
+    model = load_model(src)
+    qweights, recipe = _quantize_weights(model, src, options, calib, held_out)
+    state: dict[str, Any] = dict(model.state_dict())
+    quant_types = {}
+    for path, qt in qweights.items():
+        if path in recipe["fp16_layers"]:
+            state[f"{path}.weight"] = state[f"{path}.weight"].half()
+        else:
+            state[f"{path}.weight"] = qt
+            quant_types[f"{path}.weight"] = f"{'gptq_' if options.method == 'gptq' else ''}int{options.bits}"
+    side = {str(p.relative_to(src)): p for p in src.rglob("*") if p.is_file()
+            and p.name not in ("weights.parquet", "config.json", MODEL_CARD)}
+    converted = ConvertedModel(state, load_config_dict(src), side, source=str(src), source_format="arrowengine",
+                               license=read_model_card(src).get("license", "unknown"))
+    staging_root = Path(tempfile.mkdtemp(prefix=f".{dst.name}.quant.", dir=dst.parent if dst.parent.exists() else None))
+    try:
+        staged = write_model_dir(converted, staging_root / dst.name, quant_recipe=recipe, quant_types=quant_types)
+        report = evaluate_accuracy(staged, src, options)
+        report.model = str(dst)
+        report.details["quantize_seconds"] = round(time.perf_counter() - start, 1)
+        report.details["bytes_float"] = (src / "weights.parquet").stat().st_size
+        report.details["bytes_quantized"] = (staged / "weights.parquet").stat().st_size
+        if not report.passed:
+            raise AccuracyError(f"refused {dst}: {report.metric} {report.value:.6f} misses the threshold "
+                                f"{report.threshold} (int{options.bits} {options.method}, group {options.group_size}); "
+                                f"nothing was written. Try more bits, GPTQ, or --mixed TARGET.")
+        (staged / "accuracy_report.json").write_text(json.dumps(asdict(report), indent=2))
+        (staged / "accuracy_report.md").write_text(report.to_markdown())
+        card = read_model_card(staged) | {"accuracy": asdict(report)}
+        (staged / MODEL_CARD).write_text(json.dumps(card, indent=2, default=str))
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.replace(staged, dst)
+        logger.info("quantized %s -> %s: %s %.6f (%s)", src, dst, report.metric, report.value, report.threshold)
+        return report
+    finally:
+        shutil.rmtree(staging_root, ignore_errors=True)

@@ -1,0 +1,57 @@
+"""arrowengine quantize / validate on the real MiniLM: INT8 is kept, a recipe under threshold is refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from arrowengine.cli import main
+from arrowengine.format import WeightFile
+from quant import CalibrationError
+
+
+@pytest.mark.slow
+def test_int8_is_quantized_validated_and_recorded(minilm_dir, tmp_path, capsys):
+    dst = tmp_path / "minilm-int8"
+    assert main(["--log-level", "WARNING", "quantize", str(minilm_dir), str(dst), "--bits", "8"]) == 0
+    weights = WeightFile.open(dst)
+    assert weights.schema_version == 2 and weights.zero_copy
+    assert sum(weights.is_quantized(n) for n in weights.keys()) == 37  # every Linear incl. the pooler
+    report = json.loads((dst / "accuracy_report.json").read_text())
+    assert report["passed"] and report["kind"] == "encoder" and report["value"] >= 0.995
+    card = json.loads((dst / "model_card.json").read_text())
+    assert card["schema_version"] == 2 and card["quant_recipe"]["bits"] == 8
+    assert card["accuracy"]["value"] == report["value"]
+    assert (dst / "accuracy_report.md").read_text().startswith(f"# Accuracy report: {dst}")
+    capsys.readouterr()
+    assert main(["--log-level", "WARNING", "validate", str(dst), "--reference", str(minilm_dir)]) == 0
+    assert "verdict: PASSED" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_recipe_under_threshold_is_refused_and_writes_nothing(minilm_dir, tmp_path, capsys):
+    dst = tmp_path / "minilm-int2"
+    code = main(["--log-level", "WARNING", "quantize", str(minilm_dir), str(dst), "--bits", "2", "--group-size", "32"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: refused {dst}: mean_cosine ")
+    assert err.rstrip().endswith("misses the threshold >= 0.99 (int2 rtn, group 32); nothing was written. Try more "
+                                 "bits, GPTQ, or --mixed TARGET.")
+    assert not dst.exists()
+    assert [p.name for p in tmp_path.iterdir()] == []  # no staging directory left behind either
+
+
+def test_bad_options_and_calibration(tmp_path):
+    from arrowengine.quantize import QuantizeOptions, _calibration_and_eval
+
+    with pytest.raises(ValueError, match=r"^bits must be 2, 4 or 8, got 3$"):
+        QuantizeOptions(bits=3)
+    with pytest.raises(ValueError, match=r"^group_size must be 0 \(per channel\), 32, 64 or 128, got 48$"):
+        QuantizeOptions(group_size=48)
+    small = tmp_path / "calib.txt"
+    small.write_text("one line\ntwo lines\n")
+    with pytest.raises(CalibrationError, match=rf"^calibration file {small} holds 2 samples; at least 16 are needed$"):
+        _calibration_and_eval(QuantizeOptions(calib=str(small)))
+    with pytest.raises(CalibrationError, match=r"does not exist; pass a text file with one sample per line$"):
+        _calibration_and_eval(QuantizeOptions(calib=str(tmp_path / "missing.txt")))
