@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 import tempfile
 import time
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lm-messages", type=int, default=6)
     args = parser.parse_args(argv)
     configure_logging("WARNING")
+    os.environ.setdefault("LANCE_LOG", "error")  # the script, not the library, decides what the console shows
     process = psutil.Process()
 
     t0 = time.perf_counter()
