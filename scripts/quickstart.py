@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lm-messages", type=int, default=6)
     args = parser.parse_args(argv)
     configure_logging("WARNING")
-    os.environ.setdefault("LANCE_LOG", "error")  # the script, not the library, decides what the console shows
+    for var in ("LANCE_LOG", "LANCEDB_LOG", "RUST_LOG"):  # the script, not the library, decides what shows
+        os.environ.setdefault(var, "error")
     process = psutil.Process()
 
     t0 = time.perf_counter()
