@@ -136,7 +136,8 @@ def load_model(
             matmul available) or ``dequant-on-load`` (one float copy, fastest float path).
 
     Returns:
-        The module in eval mode with ``requires_grad`` off; ``model.arrowengine_weights`` is its ``WeightFile``.
+        The module in eval mode with ``requires_grad`` off; ``model.arrowengine_weights`` is its ``WeightFile``
+        and ``model.arrowengine_device`` the :class:`DeviceChoice` it runs on.
     """
     from transformers import AutoConfig
 
@@ -176,6 +177,7 @@ def load_model(
     if choice.is_gpu:
         model, choice = move_to_device(model, choice, monitor=VramMonitor())
     model.arrowengine_weights = weights  # keeps the file's zero-copy status and metadata at hand
+    model.arrowengine_device = choice  # where the weights ended up (after any fallback)
     logger.info("loaded %s (%s) from %s in %.3f s, zero_copy=%s", cls.__name__, config.model_type, model_dir,
                 time.perf_counter() - start, weights.zero_copy)
     return model

@@ -13,7 +13,7 @@ import torch
 
 from arrowengine.errors import ModelConfigError
 from arrowengine.runtime.backends import prepare_backend
-from arrowengine.runtime.devices import DeviceChoice, select_device, select_dtype
+from arrowengine.runtime.devices import select_dtype
 from arrowengine.runtime.loading import load_config_dict, load_model
 
 __all__ = ["TextEncoder"]
@@ -41,14 +41,6 @@ def _pooling_from_dir(model_dir: Path) -> tuple[str, bool]:
         entries = json.loads(modules.read_text(encoding="utf-8"))
         normalize = any(str(e.get("type", "")).endswith("Normalize") for e in entries)
     return mode, normalize
-
-
-def _model_device(model: torch.nn.Module) -> DeviceChoice:
-    """Where ``load_model`` put the weights (it may have fallen back to CPU)."""
-    torch_device = str(next(model.parameters()).device)
-    if torch_device == "cpu":
-        return DeviceChoice("cpu", "cpu", "cpu")
-    return select_device(torch_device)
 
 
 class TextEncoder:
@@ -94,7 +86,7 @@ class TextEncoder:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = load_model(self.model_dir, device=device, quant_mode=quant_mode)
-        self.device_choice = select_device(device) if device == "cpu" else _model_device(self.model)
+        self.device_choice = self.model.arrowengine_device
         self.device = self.device_choice.torch_device
         self.torch_dtype = select_dtype(dtype, self.device_choice)
         self.dtype = str(self.torch_dtype).removeprefix("torch.")
