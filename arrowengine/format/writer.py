@@ -227,6 +227,7 @@ def write_weights(
     if max_chunk_bytes <= 0 or max_chunk_bytes % ALIGNMENT:
         raise SchemaError(f"max_chunk_bytes must be a positive multiple of {ALIGNMENT}, got {max_chunk_bytes}")
     version = 2 if any(is_quantized(v) for v in state_dict.values()) else 1
+    float_dtype = str((quant_recipe or {}).get("dtype", "float32"))  # what quantized tensors dequantize to
     rows: list[Row] = []
     aliases: dict[str, str] = {}
     seen: dict[tuple, str] = {}
@@ -239,7 +240,6 @@ def write_weights(
             continue
         if key is not None:
             seen[key] = name
-        float_dtype = str((quant_recipe or {}).get("dtype", "float32"))
         rows.extend(rows_for(name, value, max_chunk_bytes, quant_type=(quant_types or {}).get(name),
                              float_dtype=float_dtype))
     schema = schema_for(version, _metadata(metadata, model_type, config, aliases, version, quant_recipe))
