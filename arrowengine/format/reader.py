@@ -108,11 +108,9 @@ def _plan_offsets(path: Path, parquet: pq.ParquetFile, mapping: mmap.mmap, small
             else:
                 offsets[column].extend(start + pad for start, pad in zip(layout.value_offsets, pads, strict=True))
         base += count
-    for group in reasons:  # a row group is mapped only if all its blob columns are
-        for column in offsets:
-            for r, g in enumerate(group_of_row):
-                if g == group:
-                    offsets[column][r] = None
+    if reasons:  # a row group is mapped only if all its blob columns are
+        for column, values in offsets.items():
+            offsets[column] = [None if g in reasons else v for v, g in zip(values, group_of_row, strict=True)]
     return offsets, group_of_row, reasons
 
 
