@@ -16,7 +16,7 @@ from memory.compression import (
     ZstdDictionary,
     load_causal_lm,
 )
-from memory.config import MemoryConfig, RetrievalConfig, TieringConfig
+from memory.config import MemoryConfig, RetrievalConfig, TieringConfig, load_memory_config
 from memory.embedder import Embedder
 from memory.errors import (
     CommitConflictError,
@@ -82,6 +82,7 @@ __all__ = [
     "UnknownPolicyError",
     "ZstdDictionary",
     "load_causal_lm",
+    "load_memory_config",
     "register_compression_policy",
     "register_eviction_policy",
 ]

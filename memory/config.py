@@ -1,22 +1,35 @@
 """Configuration of the memory store: one dataclass per concern, defaults in the dataclasses.
 
-``MemoryConfig`` nests ``RetrievalConfig`` (hybrid search and the link walk) and ``TieringConfig`` (hot/cold,
-eviction, compression). Values are checked in ``__post_init__`` so a bad setting fails where it is made.
+``MemoryConfig`` nests ``RetrievalConfig`` (hybrid search, the link walk, the in-process index) and
+``TieringConfig`` (hot/cold, eviction, compression). Limits are declared in each field's ``metadata``
+(``range`` or ``choices``, arrowengine's config convention) and checked in ``__post_init__``, so a bad setting
+fails where it is made. :func:`load_memory_config` reads the ``memory`` section of ``arrowengine.yaml``
+(``memory.retrieval`` and ``memory.tiering`` nested) and ``ARROWENGINE_MEMORY_<KEY>`` /
+``ARROWENGINE_MEMORY_RETRIEVAL_<KEY>`` / ``ARROWENGINE_MEMORY_TIERING_<KEY>`` variables through arrowengine's
+section loader: an invalid value is logged and the default used (``strict`` raises).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from arrowengine.config import load_section, read_config_file
 from arrowengine.errors import ConfigError
 
-__all__ = ["MODALITIES", "TIERS", "MemoryConfig", "RetrievalConfig", "TieringConfig", "default_store_path"]
+__all__ = ["MODALITIES", "TIERS", "MemoryConfig", "RetrievalConfig", "TieringConfig", "default_store_path",
+           "load_memory_config"]
 
+logger = logging.getLogger(__name__)
 MODALITIES = ("text", "audio", "image")
 TIERS = ("short", "long", "archived")
 _REPO_ROOT = Path(__file__).resolve().parents[1]
+_BIG = 10**9
 
 
 def default_store_path() -> Path:
@@ -25,64 +38,78 @@ def default_store_path() -> Path:
     return Path(env) if env else Path.home() / ".arrowengine" / "memory"
 
 
-def _check_range(name: str, value: float, lo: float, hi: float) -> None:
-    if not lo <= value <= hi:
-        raise ConfigError(f"memory config {name}={value!r} is out of range [{lo}, {hi}]; pick a value inside it")
+def _rng(default: Any, lo: float, hi: float) -> Any:
+    return field(default=default, metadata={"range": (lo, hi)})
+
+
+def _choice(default: Any, *choices: Any) -> Any:
+    return field(default=default, metadata={"choices": choices})
+
+
+def _validate(obj: Any) -> None:
+    """Check every field against its declared ``range`` / ``choices`` (None passes: an optional setting is off)."""
+    for spec in dataclasses.fields(obj):
+        value = getattr(obj, spec.name)
+        bounds, choices = spec.metadata.get("range"), spec.metadata.get("choices")
+        if value is None:
+            continue
+        if bounds is not None and not bounds[0] <= value <= bounds[1]:
+            raise ConfigError(f"memory config {spec.name}={value!r} is out of range [{bounds[0]}, {bounds[1]}]; "
+                              "pick a value inside it")
+        if choices is not None and value not in choices:
+            raise ConfigError(f"memory config {spec.name}={value!r} is not one of {', '.join(map(str, choices))}")
 
 
 @dataclass
 class RetrievalConfig:
-    """Hybrid search: candidate pool sizes, RRF constant, link-walk weights and bounds, ANN index settings."""
+    """Hybrid search: candidate pool sizes, RRF constant, link-walk weights and bounds, index settings."""
 
-    candidates: int = 50  # per list (vector and full-text) before fusion
-    rrf_k: int = 60  # the usual reciprocal-rank-fusion constant (Cormack et al. 2009)
-    alpha: float = 1.0  # weight of the fused similarity
-    beta: float = 0.3  # weight of link weight x neighbour similarity
-    hops: int = 1  # link-walk depth
-    fanout: int = 8  # neighbours followed per node, strongest links first
-    walk_from: int = 20  # how many top fused candidates start the walk
-    index_threshold: int = 50_000  # rows past which an ANN index is built
-    index_type: str = "IVF_HNSW_SQ"  # or IVF_PQ
-    nprobes: int = 20
-    refine_factor: int = 10  # re-rank refine_factor * k candidates with exact distances (recall)
+    candidates: int = _rng(50, 1, _BIG)  # per list (vector and full-text) before fusion
+    rrf_k: int = _rng(60, 1, _BIG)  # the usual reciprocal-rank-fusion constant (Cormack et al. 2009)
+    alpha: float = _rng(1.0, 0.0, 100.0)  # weight of the fused similarity
+    beta: float = _rng(0.3, 0.0, 100.0)  # weight of link weight x neighbour similarity
+    hops: int = _rng(1, 0, 4)  # link-walk depth
+    fanout: int = _rng(8, 1, _BIG)  # neighbours followed per node, strongest links first
+    walk_from: int = _rng(20, 1, _BIG)  # how many top fused candidates start the walk
+    # Lance's own ANN index, built by maintain() for direct table users (search uses memory.index)
+    index_threshold: int = _rng(50_000, 1, _BIG)  # rows past which an ANN index is built
+    index_type: str = _choice("IVF_HNSW_SQ", "IVF_PQ", "IVF_HNSW_SQ")
+    nprobes: int = _rng(20, 1, _BIG)
+    refine_factor: int = _rng(10, 1, _BIG)  # re-rank refine_factor * k candidates with exact distances
+    # the store's in-process index (memory.index), which serves search
+    exact_max_rows: int = _rng(20_000, 1, _BIG)  # flat scan of all vectors below this; IVF lists from it
+    ivf_lists: int = _rng(0, 0, 1 << 20)  # 0: about 2 sqrt(rows)
+    ivf_nprobe: int = _rng(32, 1, _BIG)  # lists scanned per query (exact float32 scores inside them)
+    exact_filtered_rows: int = _rng(20_000, 1, _BIG)  # a filter leaving at most this many rows: exact search
+    ivf_tail_fraction: float = _rng(0.2, 0.0, 10.0)  # rows added since the IVF layout that trigger a rebuild
+    compact_dead_fraction: float = _rng(0.3, 0.0, 1.0)  # rewritten/deleted slots that trigger a rebuild
+    # how often search checks the table version for other writers (own writes: always); a check is a lancedb
+    # round trip (0.2 ms idle, ~10 ms on a loaded box), too much for every search
+    index_refresh_s: float = _rng(0.5, 0.0, 86400.0)
+    bm25_k1: float = _rng(1.2, 0.0, 10.0)
+    bm25_b: float = _rng(0.75, 0.0, 1.0)
 
     def __post_init__(self) -> None:
-        for name in ("candidates", "rrf_k", "fanout", "walk_from", "index_threshold", "nprobes", "refine_factor"):
-            _check_range(name, getattr(self, name), 1, 10**9)
-        _check_range("hops", self.hops, 0, 4)
-        _check_range("alpha", self.alpha, 0.0, 100.0)
-        _check_range("beta", self.beta, 0.0, 100.0)
-        if self.index_type not in ("IVF_PQ", "IVF_HNSW_SQ"):
-            raise ConfigError(f"memory config index_type={self.index_type!r} is not one of IVF_PQ, IVF_HNSW_SQ")
+        _validate(self)
 
 
 @dataclass
 class TieringConfig:
     """Hot/cold rules, access-stat batching, and the eviction/compression policies applied by ``maintain()``."""
 
-    access_flush_every: int = 512  # buffered access records before a flush
+    access_flush_every: int = _rng(512, 1, _BIG)  # buffered access records before a flush
     access_flush_seconds: float = 30.0  # or after this long, whichever first
     hot_window_s: float = 7 * 24 * 3600.0  # accessed or created within this window -> hot (LRU recency)
-    salience_quantile: float = 0.9  # TF-IDF salience at or above this quantile keeps a memory hot
+    salience_quantile: float = _rng(0.9, 0.0, 1.0)  # TF-IDF salience at or above this quantile keeps a memory hot
     eviction_policy: str | None = None  # "lru" | "lfu" | "age" | "importance" | None
-    capacity_rows: int | None = None
-    capacity_bytes: int | None = None
+    capacity_rows: int | None = _rng(None, 1, 10**15)
+    capacity_bytes: int | None = _rng(None, 1, 10**15)
     compression_policy: str | None = "archive"  # registered name, None disables compression
-    embedding_codec: str = "int8"  # float16 | int8 | binary, stored beside the float32 column
-    zstd_level: int = 19
+    embedding_codec: str = _choice("int8", "float16", "int8", "binary")  # stored beside the float32 column
+    zstd_level: int = _rng(19, 1, 22)
 
     def __post_init__(self) -> None:
-        _check_range("access_flush_every", self.access_flush_every, 1, 10**9)
-        _check_range("salience_quantile", self.salience_quantile, 0.0, 1.0)
-        _check_range("zstd_level", self.zstd_level, 1, 22)
-        if self.embedding_codec not in ("float16", "int8", "binary"):
-            raise ConfigError(
-                f"memory config embedding_codec={self.embedding_codec!r} is not one of float16, int8, binary"
-            )
-        for name in ("capacity_rows", "capacity_bytes"):
-            value = getattr(self, name)
-            if value is not None:
-                _check_range(name, value, 1, 10**15)
+        _validate(self)
 
 
 @dataclass
@@ -93,10 +120,10 @@ class MemoryConfig:
     table: str = "memories"
     models_dir: Path = _REPO_ROOT / "models"
     text_model: str = "all-MiniLM-L6-v2"
-    near_duplicate_threshold: float | None = 0.92  # cosine from which new memories link to existing; None: off
+    near_duplicate_threshold: float | None = _rng(0.92, -1.0, 1.0)  # cosine linking new to existing; None: off
     session_link_weight: float = 0.8
     duplicate_link_weight: float = 1.0
-    commit_retries: int = 20
+    commit_retries: int = _rng(20, 0, 1000)
     read_consistency_s: float = 0.0  # 0: see other processes' commits on every read
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     tiering: TieringConfig = field(default_factory=TieringConfig)
@@ -104,6 +131,37 @@ class MemoryConfig:
     def __post_init__(self) -> None:
         self.path = Path(self.path)
         self.models_dir = Path(self.models_dir)
-        if self.near_duplicate_threshold is not None:
-            _check_range("near_duplicate_threshold", self.near_duplicate_threshold, -1.0, 1.0)
-        _check_range("commit_retries", self.commit_retries, 0, 1000)
+        _validate(self)
+
+
+def _section(values: Any, name: str, strict: bool) -> dict[str, Any]:
+    if values is None:
+        return {}
+    if isinstance(values, Mapping):
+        return dict(values)
+    message = f"config: section {name!r} must be a mapping, got {type(values).__name__}"
+    if strict:
+        raise ConfigError(message)
+    logger.error("%s; using defaults", message)
+    return {}
+
+
+def load_memory_config(path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None,
+                       strict: bool | None = None) -> MemoryConfig:
+    """``MemoryConfig`` from defaults, the ``memory`` section of the YAML config file, then the environment.
+
+    Same file, precedence and rules as :func:`arrowengine.config.load_config` (``path``, else
+    ``$ARROWENGINE_CONFIG``, else ``./arrowengine.yaml``); an invalid value is logged and its default used.
+    """
+    env = dict(os.environ if environ is None else environ)
+    data, _ = read_config_file(path, env)
+    if strict is None:
+        raw = str(env.get("ARROWENGINE_STRICT", data.get("strict", False))).strip().lower()
+        strict = raw in ("1", "true", "yes", "on")
+    top = _section(data.get("memory"), "memory", strict)
+    retrieval = load_section(RetrievalConfig, "memory_retrieval", _section(top.get("retrieval"), "memory.retrieval",
+                                                                          strict), strict=strict, environ=env)
+    tiering = load_section(TieringConfig, "memory_tiering", _section(top.get("tiering"), "memory.tiering", strict),
+                           strict=strict, environ=env)
+    base = load_section(MemoryConfig, "memory", top, strict=strict, environ=env)
+    return dataclasses.replace(base, retrieval=retrieval, tiering=tiering)

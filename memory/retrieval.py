@@ -1,30 +1,30 @@
-"""Hybrid retrieval: Lance vector search + Lance full-text search, reciprocal rank fusion, link re-ranking.
+"""Hybrid retrieval over the in-process index: vector top-N, BM25 top-N, reciprocal rank fusion, link re-ranking.
 
-1. Vector: cosine top-N in Lance (through the ANN index with ``nprobes``/``refine_factor`` once one exists).
-2. Full-text: BM25 top-N from the Lance inverted index (text queries only).
+1. Vector: cosine top-N from :class:`memory.index.VectorIndex` (exact, or IVF lists with exact rescoring).
+2. Full-text: BM25 top-N from :class:`memory.index.TextIndex` (text queries only).
 3. Fusion: RRF, ``sum 1 / (rrf_k + rank)`` over the lists, min-max scaled over the candidate pool to [0, 1]
    (best fused candidate 1.0); in vector-only mode the fused score is the cosine similarity.
 4. Links: from the ``walk_from`` best candidates, a walk of ``hops`` over the ``fanout`` strongest links
-   fetches neighbours not yet in the pool; ``score = alpha * fused + beta * link_score`` where
+   reaches neighbours not yet in the pool; ``score = alpha * fused + beta * link_score`` where
    ``link_score`` is the best path weight x neighbour cosine similarity.
+
+Filters (modality, tier, session) are masks over the index's slots; the table is not queried.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from memory.config import RetrievalConfig
+from memory.index import MemoryIndex
 from memory.links import link_scores
 from memory.schema import Hit, decode_metadata
 
-__all__ = ["SEARCH_MODES", "build_filter", "quote", "run_search"]
+__all__ = ["SEARCH_MODES", "quote", "run_search"]
 
 SEARCH_MODES = ("vector", "hybrid")
-_COLUMNS = ["id", "content", "modality", "session", "tier", "embedding", "association_links", "metadata"]
 
 
 def quote(value: str) -> str:
@@ -32,106 +32,70 @@ def quote(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def build_filter(
-    modalities: Sequence[str] | None, tiers: Sequence[str] | None, session: str | None
-) -> str | None:
-    """The Lance ``where`` clause for the search restrictions (None when unrestricted)."""
-    parts = []
-    if modalities:
-        parts.append(f"modality IN ({', '.join(quote(m) for m in modalities)})")
-    if tiers:
-        parts.append(f"tier IN ({', '.join(quote(t) for t in tiers)})")
-    if session is not None:
-        parts.append(f"session = {quote(session)}")
-    return " AND ".join(parts) or None
-
-
-def _rows(table: pa.Table) -> list[dict[str, Any]]:
-    return table.select([c for c in [*_COLUMNS, "_score"] if c in table.column_names]).to_pylist()
-
-
-def _vector_candidates(table: Any, qvec: np.ndarray, n: int, where: str | None, cfg: RetrievalConfig,
-                       indexed: bool) -> list[dict[str, Any]]:
-    query = table.search(qvec, vector_column_name="embedding").distance_type("cosine").limit(n)
-    if indexed:
-        query = query.nprobes(cfg.nprobes).refine_factor(cfg.refine_factor)
-    if where:
-        query = query.where(where, prefilter=True)
-    return _rows(query.select(_COLUMNS).to_arrow())
-
-
-def _text_candidates(table: Any, text: str, n: int, where: str | None) -> list[dict[str, Any]]:
-    query = table.search(text, query_type="fts").limit(n)
-    if where:
-        query = query.where(where, prefilter=True)
-    return _rows(query.select(_COLUMNS).to_arrow())
-
-
-def _fetch(table: Any, ids: Sequence[str], where: str | None) -> list[dict[str, Any]]:
-    clause = f"id IN ({', '.join(quote(i) for i in ids)})"
-    if where:
-        clause = f"({clause}) AND {where}"
-    return _rows(table.search().where(clause).select(_COLUMNS).limit(len(ids)).to_arrow())
-
-
 def run_search(
-    table: Any,
+    index: MemoryIndex,
     qvec: np.ndarray,
     text: str | None,
     k: int,
-    where: str | None,
+    filters: tuple[Sequence[str] | None, Sequence[str] | None, str | None],
     cfg: RetrievalConfig,
     *,
     mode: str,
     use_links: bool,
-    indexed: bool,
 ) -> list[Hit]:
-    """Search ``table`` for ``qvec`` (and ``text`` in hybrid mode); the ``k`` best ``Hit`` objects."""
+    """The ``k`` best ``Hit`` objects for ``qvec`` (and ``text`` in hybrid mode) among rows passing ``filters``.
+
+    ``filters`` is ``(modalities, tiers, session)``; the caller has refreshed ``index`` and holds its lock.
+    """
     n = max(k, cfg.candidates)
-    pool: dict[str, dict[str, Any]] = {}
-    lists = [_vector_candidates(table, qvec, n, where, cfg, indexed)]
+    rows = index.rows
+    allowed = index.allowed(*filters)
+    lists = [index.vector_search(qvec, n, allowed)[0]]
+    text_by_slot: dict[int, float] = {}
     if mode == "hybrid" and text and text.strip():
-        lists.append(_text_candidates(table, text, n, where))
-    fused: dict[str, float] = {}
-    text_score: dict[str, float] = {}
-    for li, rows in enumerate(lists):
-        for rank, row in enumerate(rows, start=1):
-            pool.setdefault(row["id"], row)
-            fused[row["id"]] = fused.get(row["id"], 0.0) + 1.0 / (cfg.rrf_k + rank)
-            if li == 1:
-                text_score[row["id"]] = float(row["_score"])
-    sim = {mid: float(np.dot(qvec, np.asarray(row["embedding"], dtype=np.float32))) for mid, row in pool.items()}
+        slots, scores = index.text.search(text, n, allowed)
+        lists.append(slots)
+        text_by_slot = dict(zip(slots.tolist(), scores.tolist(), strict=True))
+    fused_by_slot: dict[int, float] = {}
+    for found in lists:
+        for rank, slot in enumerate(found.tolist(), start=1):
+            fused_by_slot[slot] = fused_by_slot.get(slot, 0.0) + 1.0 / (cfg.rrf_k + rank)
+    slots = list(fused_by_slot)
+    ids = rows.column(np.asarray(slots, dtype=np.int64), "id")
+    slot_of = dict(zip(ids, slots, strict=True))
+    sim = dict(zip(ids, index.vectors.similarity(qvec, np.asarray(slots, dtype=np.int64)).tolist(), strict=True))
+    text_score = {mid: text_by_slot.get(slot_of[mid], 0.0) for mid in ids}
     if mode == "vector":
         fused = dict(sim)
-    elif fused:
-        # RRF values differ by ~1/rrf_k^2 per rank; min-max over the pool puts them on the [0, 1] scale of the
-        # link term, otherwise any link would outweigh the fusion
-        lo, hi = min(fused.values()), max(fused.values())
-        fused = {mid: (f - lo) / (hi - lo) if hi > lo else 1.0 for mid, f in fused.items()}
+    else:
+        fused = {mid: fused_by_slot[slot_of[mid]] for mid in ids}
+        if fused:
+            # RRF values differ by ~1/rrf_k^2 per rank; min-max over the pool puts them on the [0, 1] scale of the
+            # link term, otherwise any link would outweigh the fusion
+            lo, hi = min(fused.values()), max(fused.values())
+            fused = {mid: (f - lo) / (hi - lo) if hi > lo else 1.0 for mid, f in fused.items()}
 
     links: dict[str, tuple[float, str | None]] = {}
-    if use_links and cfg.hops > 0 and cfg.beta > 0 and pool:
-        frontier = sorted(fused, key=fused.__getitem__, reverse=True)[: cfg.walk_from]
+    if use_links and cfg.hops > 0 and cfg.beta > 0 and slot_of:
+        frontier = [slot_of[mid] for mid in sorted(fused, key=fused.__getitem__, reverse=True)[: cfg.walk_from]]
         for _ in range(cfg.hops):
-            wanted = {
-                d["target"]
-                for mid in frontier
-                for d in sorted(pool[mid]["association_links"] or (), key=lambda d: -d["weight"])[: cfg.fanout]
-            } - pool.keys()
-            if not wanted:
+            reached = index.graph.expand(frontier, cfg.fanout, slot_of.keys(), allowed)
+            if not reached:
                 break
-            fetched = _fetch(table, sorted(wanted), where)
-            for row in fetched:
-                pool[row["id"]] = row
-                sim[row["id"]] = float(np.dot(qvec, np.asarray(row["embedding"], dtype=np.float32)))
-                fused[row["id"]] = sim[row["id"]] if mode == "vector" else 0.0
-            frontier = [row["id"] for row in fetched]
-        links = link_scores(
-            {mid: row["association_links"] or [] for mid, row in pool.items()}, sim, cfg.hops, cfg.fanout
-        )
+            reached_ids = rows.column(np.asarray(reached, dtype=np.int64), "id")
+            sims = index.vectors.similarity(qvec, np.asarray(reached, dtype=np.int64)).tolist()
+            for mid, slot, s in zip(reached_ids, reached, sims, strict=True):
+                slot_of[mid] = slot
+                sim[mid] = s
+                fused[mid] = s if mode == "vector" else 0.0
+            frontier = reached
+        links = link_scores(index.graph.adjacency(slot_of.values(), slot_of.keys()), sim, cfg.hops, cfg.fanout)
 
+    ranked = sorted(slot_of, key=lambda mid: (-(cfg.alpha * fused[mid] + cfg.beta * links.get(mid, (0.0,))[0]),
+                                              mid))[:k]
     hits = []
-    for mid, row in pool.items():
+    for mid in ranked:
+        row = rows.row(slot_of[mid])
         link, via = links.get(mid, (0.0, None))
         hits.append(
             Hit(
@@ -149,5 +113,4 @@ def run_search(
                 metadata=decode_metadata(row["metadata"]),
             )
         )
-    hits.sort(key=lambda h: (-h.score, h.id))
-    return hits[:k]
+    return hits

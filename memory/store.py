@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import zstandard
 
-from memory.config import MODALITIES, TIERS, MemoryConfig
+from memory.config import MODALITIES, TIERS, MemoryConfig, load_memory_config
 from memory.embedder import Embedder, default_embedder, normalise_rows
 from memory.errors import (
     EmbeddingDimensionError,
@@ -31,10 +31,11 @@ from memory.errors import (
     UnknownModalityError,
 )
 from memory.facade import FacadeMixin
+from memory.index import MemoryIndex
 from memory.lance_io import commit_with_retry, connect, open_table
 from memory.links import coerce_links, merge_links, remove_links
 from memory.maintenance import MaintenanceMixin
-from memory.retrieval import SEARCH_MODES, build_filter, quote, run_search
+from memory.retrieval import SEARCH_MODES, quote, run_search
 from memory.schema import Hit, Link, Memory, decode_metadata, links_from_arrow, memory_schema, table_dimension
 from memory.tiering import AccessBuffer
 
@@ -47,14 +48,17 @@ _ITEM_KEYS = {"content", "modality", "session", "metadata", "links", "importance
 class MemoryStore(FacadeMixin, MaintenanceMixin):
     """A persistent, searchable memory of texts and media pointers with association links and tiers.
 
-    ``path`` defaults to ``MemoryConfig().path``; ``embedder`` is anything with ``encode(list[str]) ->
-    ndarray`` (default: arrowengine's ``TextEncoder`` on ``models/all-MiniLM-L6-v2``, loaded on first use).
+    ``config`` defaults to :func:`memory.config.load_memory_config` (the ``memory`` section of
+    ``arrowengine.yaml`` and ``ARROWENGINE_MEMORY_*`` variables); ``path`` overrides its path. ``embedder`` is
+    anything with ``encode(list[str]) -> ndarray`` (default: arrowengine's ``TextEncoder`` on
+    ``models/all-MiniLM-L6-v2``, loaded on first use). Search runs on an in-process index
+    (:class:`memory.index.MemoryIndex`) built on first use and kept in sync with the table.
     """
 
     def __init__(
         self, path: str | Path | None = None, embedder: Embedder | None = None, config: MemoryConfig | None = None
     ) -> None:
-        cfg = config or MemoryConfig()
+        cfg = config or load_memory_config()
         if path is not None:
             cfg = dataclasses.replace(cfg, path=Path(path))
         self.config = cfg
@@ -66,12 +70,16 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
         self._session_tail: dict[str, str] = {}
         self._lock = threading.RLock()
         self._zstd = zstandard.ZstdDecompressor()
+        self._index: MemoryIndex | None = None
+        self._dim: int | None = None
 
     # ------------------------------------------------------------------ plumbing
     @property
     def dim(self) -> int | None:
         """The embedding dimension of the table (None until the first memory is added)."""
-        return None if self._table is None else table_dimension(self._table.schema)
+        if self._dim is None and self._table is not None:
+            self._dim = table_dimension(self._table.schema)  # fixed once the table exists; schema() costs ~1 ms
+        return self._dim
 
     @property
     def version(self) -> int:
@@ -79,7 +87,20 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
         return 0 if self._table is None else self._table.version
 
     def _commit(self, fn: Any, what: str) -> Any:
-        return commit_with_retry(fn, what, self.config.commit_retries)
+        try:
+            return commit_with_retry(fn, what, self.config.commit_retries)
+        finally:
+            if self._index is not None:
+                self._index.mark_stale()  # the next search catches up on this write
+
+    def _search_index(self) -> MemoryIndex:
+        """The in-process index of the table, built on first use and brought to the latest version."""
+        if self._index is None:
+            path, name = self.config.path, self.config.table
+            # its own connection with read consistency 0: it must see every commit, whatever the store's setting
+            self._index = MemoryIndex(lambda: connect(path, 0.0).open_table(name), self.dim, self.config.retrieval)
+        self._index.refresh()
+        return self._index
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         if self._embedder is None:
@@ -272,15 +293,13 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
         for i, j in zip(*np.nonzero(np.triu(within, k=1) >= threshold), strict=True):
             found.append((ids[j], ids[i], float(within[i, j])))
         if self._table is not None and self._table.count_rows() > 0:
-            res = (self._table.search(matrix, vector_column_name="embedding").distance_type("cosine").limit(1)
-                   .select(["id", "_distance"]).to_arrow())
-            # a single query vector comes back without the query_index column
-            queries = (res.column("query_index").to_pylist() if "query_index" in res.column_names
-                       else [0] * res.num_rows)
-            for q, mid, dist in zip(queries, res.column("id").to_pylist(), res.column("_distance").to_pylist(),
-                                    strict=True):
-                if 1.0 - dist >= threshold:
-                    found.append((ids[q], mid, 1.0 - dist))
+            index = self._search_index()
+            with index.lock:
+                allowed = index.allowed(None, None, None)
+                for q in range(len(ids)):
+                    slots, scores = index.vector_search(matrix[q], 1, allowed)
+                    if len(slots) and scores[0] >= threshold:
+                        found.append((ids[q], index.rows.column(slots[:1], "id")[0], float(scores[0])))
         return found
 
     def link(self, a: str, b: str, weight: float = 1.0, kind: str = "related", symmetric: bool = True) -> None:
@@ -351,8 +370,10 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
             qvec, text = normalise_rows(query, self.dim, "query embedding")[0], None
         if self._table is None:
             return []
-        hits = run_search(self._table, qvec, text, k, build_filter(modalities, tiers, session),
-                          self.config.retrieval, mode=mode, use_links=links, indexed=self._has_vector_index())
+        index = self._search_index()
+        with index.lock:
+            hits = run_search(index, qvec, text, k, (modalities, tiers, session), self.config.retrieval,
+                              mode=mode, use_links=links)
         self._access.record([h.id for h in hits])
         self._maybe_flush()
         return hits

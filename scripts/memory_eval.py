@@ -1,5 +1,5 @@
 """Memory store evaluation on real conversations (chitchat-dataset): ingest throughput, search latency at
-10k and 100k memories, and retrieval quality of vector-only vs hybrid vs hybrid + links.
+10k / 100k / 1M memories, index recall vs exact search, and retrieval quality of vector vs hybrid vs + links.
 
 Held-out set: from each of ``--eval-convs`` conversations one turn t_i (i >= 1, at least 4 words) is held
 out as the *query*; the target is the turn t_{i-1} it answers. The held-out turn is never stored; every other
@@ -9,11 +9,13 @@ target with the turns around it). recall@5 = share of queries whose target is am
 Ingest: ``--ingest`` turns (a turn = a speaker's consecutive messages joined) through ``add_many`` in batches
 of 64, embedding by arrowengine's TextEncoder included in the throughput. Growth to 10k / 100k memories:
 noisy copies (Gaussian noise sigma 0.02, renormalised) of the stored turns' embeddings with their text,
-copied only from non-evaluation conversations so no target is duplicated. Search latency: the full
-pipeline (vector + full-text + RRF + link walk), query embeddings cached (their cost is reported apart).
-Past ``index_threshold`` rows ``maintain()`` builds the ANN index before measuring.
+copied only from non-evaluation conversations so no target is duplicated. Per size, a fresh store object
+builds its in-process index (time and bytes reported), then search latency p50/p95 of the full pipeline
+(vector + full-text + RRF + link walk, k=10) is measured (a) from a precomputed query embedding (cached) and
+(b) end to end, the query text embedded by TextEncoder on every call; recall@10 of the index's vector search
+vs exact brute force over the same rows. ``--maintain`` also runs ``maintain()`` (Lance ANN index) per size.
 
-    python scripts/memory_eval.py --out memory_eval.json [--ingest 5000] [--sizes 10000 100000]
+    python scripts/memory_eval.py --out docs/benchmarks/memory/memory_eval.json [--sizes 10000 100000 1000000]
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 from tqdm import tqdm
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -83,15 +86,32 @@ def recall_at(store, queries, ids, k, **kw):
     return float(np.mean([ids[t] in {h.id for h in hs} for hs, (_, t) in zip(hits, queries, strict=True)]))
 
 
-def latency(store, queries, n=100):
+def latency(store, queries, n=200, **kw):
     qs = [q for q, _ in queries][:n]
-    store.search(qs[0], k=10)  # warm caches and index
+    store.search(qs[0], k=10, **kw)  # warm caches and index
     times = []
-    for q in tqdm(qs, desc="latency", leave=False):
+    for q in tqdm(qs, desc=f"latency {kw}", leave=False):
         t0 = time.perf_counter()
-        store.search(q, k=10)
+        store.search(q, k=10, **kw)
         times.append((time.perf_counter() - t0) * 1000)
-    return {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95)), "n": len(times)}
+    return {"p50_ms": float(np.percentile(times, 50)), "p95_ms": float(np.percentile(times, 95)),
+            "p99_ms": float(np.percentile(times, 99)), "n": len(times)}
+
+
+def index_recall(store, qvecs, k=10):
+    """recall@k of the index's vector search vs exact brute force over the same live rows."""
+    index = store._search_index()
+    with index.lock:
+        allowed = index.allowed(None, None, None)
+        live = np.flatnonzero(allowed)
+        mat = index.vectors.matrix()
+        hits = []
+        for q in qvecs:
+            got = set(index.vector_search(q, k, allowed)[0].tolist())
+            scores = mat[live] @ q
+            exact = set(live[np.argpartition(-scores, k - 1)[:k]].tolist())
+            hits.append(len(got & exact) / k)
+    return float(np.mean(hits))
 
 
 def main() -> None:
@@ -102,12 +122,16 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000])
     ap.add_argument("--models", type=Path, default=REPO / "models")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--maintain", action="store_true", help="run maintain() (Lance ANN index) at each size")
+    ap.add_argument("--recall-sizes", type=int, nargs="*", default=None,
+                    help="sizes at which recall@5 of the modes is measured (default: all)")
     args = ap.parse_args()
 
     from arrowengine import TextEncoder
     from memory import MemoryConfig, MemoryStore
 
-    enc = CachedEncoder(TextEncoder(args.models / "all-MiniLM-L6-v2"))
+    raw_encoder = TextEncoder(args.models / "all-MiniLM-L6-v2")
+    enc = CachedEncoder(raw_encoder)
     items, queries, growth = build(load_turns(), args.ingest, args.eval_convs, args.seed)
     tmp = Path(tempfile.mkdtemp(prefix="memory_eval_"))
     report: dict = {"ingested": len(items), "eval_queries": len(queries)}
@@ -140,17 +164,34 @@ def main() -> None:
                 vec = src[pick] + rng.normal(0, 0.02, (n, src.shape[1])).astype(np.float32)
                 grower.add_many([{"content": items[growth[p]]["content"], "embedding": v,
                                   "session": f"grow{size}-{start}"} for p, v in zip(pick, vec, strict=True)])
-            t0 = time.perf_counter()
-            index = grower.maintain(now=time.time())["index"]
+            entry = {"rows": len(grower)}
+            if args.maintain:
+                t0 = time.perf_counter()
+                entry["lance_index"] = grower.maintain(now=time.time())["index"]
+                entry["maintain_s"] = time.perf_counter() - t0
             store = MemoryStore(tmp / "store", embedder=enc)
-            report[f"at_{size}"] = {
-                "rows": len(store), "index": index, "maintain_s": time.perf_counter() - t0,
-                "search_hybrid_links": latency(store, queries),
-                "recall@5": {name: recall_at(store, queries, ids, 5, **kw) for name, kw in modes.items()},
-            }
+            rss0 = psutil.Process().memory_info().rss
+            t0 = time.perf_counter()
+            index = store._search_index()
+            entry["index_build_s"] = time.perf_counter() - t0
+            entry["index_rss_mb"] = (psutil.Process().memory_info().rss - rss0) / 2**20
+            entry["index_nbytes_mb"] = index.nbytes() / 2**20
+            entry["index_mode"] = f"ivf {len(index.vectors._centroids)} lists" if index.vectors.is_ivf else "exact"
+            qvecs = enc.encode([q for q, _ in queries])
+            entry["index_recall@10_vs_exact"] = index_recall(store, qvecs)
+            entry["search_from_vector"] = {
+                "hybrid+links": latency(store, queries), "vector": latency(store, queries, mode="vector", links=False)}
+            store._embedder = raw_encoder  # end to end: the query text is embedded on every call
+            entry["search_end_to_end"] = {"hybrid+links": latency(store, queries, n=100)}
+            store._embedder = enc
+            if args.recall_sizes is None or size in args.recall_sizes:
+                entry["recall@5"] = {name: recall_at(store, queries, ids, 5, **kw) for name, kw in modes.items()}
+            report[f"at_{size}"] = entry
+            del store, index
             print(json.dumps({f"at_{size}": report[f"at_{size}"]}, indent=1))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
 

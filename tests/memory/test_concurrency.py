@@ -33,10 +33,12 @@ def _writer(path: str, vectors: np.ndarray, tag: str, batch: int, out: str) -> N
     store.close()
 
 
-def _searcher(path: str, vectors: np.ndarray, stop: mp.Event, out: str) -> None:
+def _searcher(path: str, vectors: np.ndarray, ready: mp.Event, stop: mp.Event, out: str) -> None:
     while not Path(path, "memories.lance").exists():
         time.sleep(0.05)
     store = MemoryStore(path, config=MemoryConfig(**_CFG))
+    store.search(vectors[0], k=5, mode="vector")  # index built before the writers start
+    ready.set()
     searches = 0
     while not stop.is_set():
         if len(store):
@@ -56,12 +58,14 @@ def test_two_writers_and_a_searcher_lose_nothing(tmp_path, vectors):
     path = str(tmp_path / "mem")
     MemoryStore(path, config=MemoryConfig(**_CFG)).add("seed", embedding=vectors[0])  # table exists up front
     ctx = mp.get_context("spawn")
-    stop = ctx.Event()
+    stop, ready = ctx.Event(), ctx.Event()
     outs = [str(tmp_path / f"{n}.ids") for n in ("a", "b")]
     writers = [ctx.Process(target=_writer, args=(path, vectors, tag, 25, out)) for tag, out in zip("ab", outs,
                                                                                                     strict=True)]
-    searcher = ctx.Process(target=_searcher, args=(path, vectors, stop, str(tmp_path / "searches")))
-    for p in [*writers, searcher]:
+    searcher = ctx.Process(target=_searcher, args=(path, vectors, ready, stop, str(tmp_path / "searches")))
+    searcher.start()
+    assert ready.wait(timeout=300)  # a spawned searcher can take longer to start than the writers to finish
+    for p in writers:
         p.start()
     for p in writers:
         p.join(timeout=300)

@@ -1,0 +1,162 @@
+"""The index's row store: one *slot* per table row it has seen, its payload kept as Arrow chunks.
+
+Slots are numbered in the order rows were loaded and never reused; a row rewritten or deleted in the table
+only turns its slot dead (``live`` mask) until the next rebuild renumbers everything. Filter columns
+(modality, tier, session) are held as small integer codes so filters are numpy masks, not table queries.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from memory.config import MODALITIES, TIERS
+
+__all__ = ["PAYLOAD_COLUMNS", "GrowArray", "RowStore"]
+
+PAYLOAD_COLUMNS = ["id", "content", "modality", "session", "tier", "metadata", "association_links"]
+_NO_SESSION = -1
+
+
+class GrowArray:
+    """A numpy array with amortised O(1) appends (capacity doubling); ``view`` is the filled prefix."""
+
+    def __init__(self, dtype: Any, width: int | None = None, capacity: int = 1024) -> None:
+        shape = (capacity,) if width is None else (capacity, width)
+        self._data = np.zeros(shape, dtype=dtype)
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def view(self) -> np.ndarray:
+        """The filled part (a view: valid until the next append)."""
+        return self._data[: self._n]
+
+    def append(self, values: np.ndarray) -> None:
+        """Append rows (1-d values, or [m, width] rows)."""
+        values = np.asarray(values, dtype=self._data.dtype)
+        need = self._n + len(values)
+        if need > len(self._data):
+            grown = np.zeros((max(need, 2 * len(self._data)), *self._data.shape[1:]), dtype=self._data.dtype)
+            grown[: self._n] = self._data[: self._n]
+            self._data = grown
+        self._data[self._n : need] = values
+        self._n = need
+
+
+def _codes(column: pa.ChunkedArray | pa.Array, values: Sequence[str]) -> np.ndarray:
+    """Index of each cell in ``values`` (len(values) for a value outside them)."""
+    idx = pc.index_in(column, value_set=pa.array(values, pa.string()))
+    return pc.fill_null(idx, len(values)).to_numpy().astype(np.uint8)
+
+
+class RowStore:
+    """Payload, filter codes, liveness and the id -> slot map of every row the index holds."""
+
+    def __init__(self) -> None:
+        self._chunks: list[pa.Table] = []
+        self._starts: list[int] = []
+        self._links: list[tuple[np.ndarray, pa.Array, np.ndarray]] = []  # per chunk: offsets, targets, weights
+        self.live = GrowArray(np.bool_)
+        self.rowid = GrowArray(np.uint64)
+        self.modality = GrowArray(np.uint8)
+        self.tier = GrowArray(np.uint8)
+        self.session = GrowArray(np.int32)
+        self._session_codes: dict[str, int] = {}
+        self.slot_of: dict[str, int] = {}
+        self.n_live = 0
+
+    def __len__(self) -> int:
+        return len(self.live)
+
+    def append(self, rows: pa.Table) -> np.ndarray:
+        """Add ``rows`` (``PAYLOAD_COLUMNS`` plus ``_rowid``) as new live slots; returns the slot numbers."""
+        start = len(self)
+        n = rows.num_rows
+        payload = rows.select(PAYLOAD_COLUMNS).combine_chunks()
+        self._chunks.append(payload)
+        self._starts.append(start)
+        links = payload.column("association_links").chunk(0) if payload.num_rows else pa.array(
+            [], payload.schema.field("association_links").type)
+        lengths = pc.fill_null(pc.list_value_length(links), 0).to_numpy().astype(np.int64)
+        flat = pc.list_flatten(links)
+        self._links.append((np.concatenate([[0], np.cumsum(lengths)]), flat.field("target"),
+                            flat.field("weight").to_numpy(zero_copy_only=False).astype(np.float32)))
+        self.live.append(np.ones(n, np.bool_))
+        self.rowid.append(rows.column("_rowid").to_numpy().astype(np.uint64))
+        self.modality.append(_codes(payload.column("modality"), MODALITIES))
+        self.tier.append(_codes(payload.column("tier"), TIERS))
+        sessions = payload.column("session").to_pylist()
+        codes = self._session_codes
+        self.session.append(np.array([_NO_SESSION if s is None else codes.setdefault(s, len(codes))
+                                      for s in sessions], np.int32))
+        slots = np.arange(start, start + n, dtype=np.int64)
+        self.slot_of.update(zip(payload.column("id").to_pylist(), slots.tolist(), strict=True))
+        self.n_live += n
+        return slots
+
+    def kill(self, slots: np.ndarray) -> np.ndarray:
+        """Mark ``slots`` dead (rows deleted or rewritten in the table); returns those that were live."""
+        slots = np.asarray(slots, dtype=np.int64)
+        slots = slots[self.live.view[slots]]
+        if len(slots):
+            self.live.view[slots] = False
+            self.n_live -= len(slots)
+            dead = set(slots.tolist())
+            for mid in self.column(slots, "id"):
+                if self.slot_of.get(mid) in dead:  # a rewritten row's id already points at its new slot
+                    del self.slot_of[mid]
+        return slots
+
+    def _locate(self, slot: int) -> tuple[int, int]:
+        chunk = bisect.bisect_right(self._starts, slot) - 1
+        return chunk, slot - self._starts[chunk]
+
+    def row(self, slot: int) -> dict[str, Any]:
+        """The payload of one slot as a dict."""
+        chunk, offset = self._locate(int(slot))
+        return self._chunks[chunk].slice(offset, 1).to_pylist()[0]
+
+    def column(self, slots: np.ndarray, name: str) -> list[Any]:
+        """One payload column for ``slots`` (in order)."""
+        out = []
+        for slot in np.asarray(slots, dtype=np.int64).tolist():
+            chunk, offset = self._locate(slot)
+            out.append(self._chunks[chunk].column(name)[offset].as_py())
+        return out
+
+    def links(self, slot: int) -> tuple[list[str], np.ndarray]:
+        """The stored links of one slot: target ids and weights, in stored order."""
+        chunk, offset = self._locate(int(slot))
+        offsets, targets, weights = self._links[chunk]
+        lo, hi = int(offsets[offset]), int(offsets[offset + 1])
+        return targets.slice(lo, hi - lo).to_pylist(), weights[lo:hi]
+
+    def mask(self, modalities: Sequence[str] | None, tiers: Sequence[str] | None,
+             session: str | None) -> np.ndarray:
+        """Live slots passing the filters (a fresh bool array)."""
+        allowed = self.live.view.copy()
+        if modalities:
+            allowed &= np.isin(self.modality.view, [MODALITIES.index(m) for m in modalities])
+        if tiers:
+            allowed &= np.isin(self.tier.view, [TIERS.index(t) for t in tiers])
+        if session is not None:
+            code = self._session_codes.get(session)
+            if code is None:
+                allowed[:] = False
+            else:
+                allowed &= self.session.view == code
+        return allowed
+
+    @property
+    def nbytes(self) -> int:
+        """Approximate bytes held (payload chunks and per-slot arrays; the id map is not counted)."""
+        arrays = (self.live, self.rowid, self.modality, self.tier, self.session)
+        return sum(t.nbytes for t in self._chunks) + sum(a.view.nbytes for a in arrays)

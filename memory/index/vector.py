@@ -1,0 +1,168 @@
+"""In-memory vector index: a contiguous float32 matrix scanned exactly, or probed through IVF lists.
+
+Below ``ivf_min_rows`` every query is one matrix-vector product over all rows (exact). Above it, spherical
+k-means centroids split the rows into lists; the index's owner loads rows *in list order* at build time, so
+each list is a contiguous block of the matrix and a probe is one small product per list with exact float32
+scores (only rows in unprobed lists can be missed). Rows added after the build sit in a tail, assigned to
+their nearest list and gathered when that list is probed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+
+from memory.index.rows import GrowArray
+
+__all__ = ["VectorIndex", "ivf_list_count", "train_centroids"]
+
+logger = logging.getLogger(__name__)
+_ASSIGN_CHUNK = 8192
+
+
+def ivf_list_count(rows: int) -> int:
+    """The default number of IVF lists for ``rows`` rows: about 2 sqrt(rows), within [16, 4096]."""
+    return int(min(4096, max(16, round(2 * math.sqrt(rows)))))
+
+
+def assign(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """The nearest centroid (highest inner product) of each row, computed in chunks."""
+    out = np.empty(len(vectors), dtype=np.int32)
+    for start in range(0, len(vectors), _ASSIGN_CHUNK):
+        block = vectors[start : start + _ASSIGN_CHUNK]
+        out[start : start + len(block)] = np.argmax(block @ centroids.T, axis=1)
+    return out
+
+
+def train_centroids(vectors: np.ndarray, lists: int, iterations: int = 8, sample: int = 64,
+                    seed: int = 0) -> np.ndarray:
+    """Spherical k-means centroids (unit rows) trained on at most ``sample`` x ``lists`` rows of ``vectors``."""
+    rng = np.random.default_rng(seed)
+    n = len(vectors)
+    pick = rng.choice(n, size=min(n, sample * lists), replace=False) if n > sample * lists else np.arange(n)
+    data = np.ascontiguousarray(vectors[np.sort(pick)], dtype=np.float32)
+    centroids = data[rng.choice(len(data), size=lists, replace=False)].copy()
+    for _ in range(iterations):
+        labels = assign(data, centroids)
+        sums = np.zeros_like(centroids)
+        np.add.at(sums, labels, data)
+        counts = np.bincount(labels, minlength=lists)
+        empty = counts == 0
+        if empty.any():  # re-seed an empty list on a random row so every list is used
+            sums[empty] = data[rng.choice(len(data), size=int(empty.sum()), replace=False)]
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        centroids = sums / np.maximum(norms, 1e-12)
+    return centroids.astype(np.float32)
+
+
+class VectorIndex:
+    """Unit-norm float32 vectors by slot; ``search`` returns the best slots among the allowed ones."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self._mat = GrowArray(np.float32, width=dim)
+        self._centroids: np.ndarray | None = None
+        self._offsets = np.zeros(1, dtype=np.int64)  # list l holds slots offsets[l] .. offsets[l+1]
+        self._tail_slots = GrowArray(np.int64)
+        self._tail_lists = GrowArray(np.int32)
+
+    def __len__(self) -> int:
+        return len(self._mat)
+
+    @property
+    def is_ivf(self) -> bool:
+        """True when the index probes IVF lists instead of scanning every row."""
+        return self._centroids is not None
+
+    @property
+    def tail_rows(self) -> int:
+        """Rows added since the IVF lists were laid out (0 in exact mode)."""
+        return len(self._tail_slots)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the matrix, centroids and list bookkeeping."""
+        cents = 0 if self._centroids is None else self._centroids.nbytes
+        return self._mat.view.nbytes + cents + self._offsets.nbytes + self._tail_slots.view.nbytes
+
+    def matrix(self) -> np.ndarray:
+        """All vectors by slot (a view)."""
+        return self._mat.view
+
+    def set_lists(self, centroids: np.ndarray, offsets: np.ndarray) -> None:
+        """Declare the rows loaded so far as laid out in IVF list order (list l = slots offsets[l]:offsets[l+1])."""
+        assert offsets[-1] == len(self._mat), "IVF layout must cover every loaded row"
+        self._centroids = np.ascontiguousarray(centroids, dtype=np.float32)
+        self._offsets = np.asarray(offsets, dtype=np.int64)
+
+    def append(self, vectors: np.ndarray) -> None:
+        """Add rows for the next slots (unit norm); in IVF mode they join the tail of their nearest list."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        start = len(self._mat)
+        self._mat.append(vectors)
+        if self._centroids is not None and len(vectors):
+            self._tail_slots.append(np.arange(start, start + len(vectors)))
+            self._tail_lists.append(assign(vectors, self._centroids))
+
+    def vectors(self, slots: np.ndarray) -> np.ndarray:
+        """The vectors of ``slots``."""
+        return self._mat.view[np.asarray(slots, dtype=np.int64)]
+
+    def similarity(self, query: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """Inner products (cosine: rows and query are unit norm) of ``query`` with ``slots``."""
+        if len(slots) == 0:
+            return np.zeros(0, dtype=np.float32)
+        return self.vectors(slots) @ query
+
+    def search(self, query: np.ndarray, n: int, allowed: np.ndarray, nprobe: int,
+               exact_below: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` best allowed slots and their scores, best first.
+
+        Exact when the index is flat or at most ``exact_below`` slots are allowed (a selective filter);
+        otherwise the ``nprobe`` nearest lists are scanned, widening the probe until ``n`` allowed rows are met.
+        """
+        mat = self._mat.view
+        if self._centroids is None:
+            scores = mat @ query
+            return _top(np.arange(len(mat)), scores, allowed, n)
+        selected = np.flatnonzero(allowed)
+        if len(selected) <= exact_below:
+            return _top(selected, mat[selected] @ query, None, n)
+        order = np.argsort(-(self._centroids @ query), kind="stable")
+        probe = max(1, nprobe)
+        while True:
+            slots, scores = self._probe(query, order[:probe])
+            best = _top(slots, scores, allowed, n)
+            if len(best[0]) >= n or probe >= len(order):
+                return best
+            probe *= 2
+
+    def _probe(self, query: np.ndarray, lists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mat, offsets = self._mat.view, self._offsets
+        slot_parts, score_parts = [], []
+        for lst in lists.tolist():
+            lo, hi = int(offsets[lst]), int(offsets[lst + 1])
+            if hi > lo:
+                slot_parts.append(np.arange(lo, hi))
+                score_parts.append(mat[lo:hi] @ query)
+        if len(self._tail_slots):
+            tail = self._tail_slots.view[np.isin(self._tail_lists.view, lists)]
+            slot_parts.append(tail)
+            score_parts.append(mat[tail] @ query)
+        if not slot_parts:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        return np.concatenate(slot_parts), np.concatenate(score_parts)
+
+
+def _top(slots: np.ndarray, scores: np.ndarray, allowed: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` highest-scoring allowed entries, best first (ties: lower slot first)."""
+    if allowed is not None:
+        keep = allowed[slots]
+        slots, scores = slots[keep], scores[keep]
+    if len(slots) > n:
+        part = np.argpartition(-scores, n - 1)[:n]
+        slots, scores = slots[part], scores[part]
+    order = np.lexsort((slots, -scores))
+    return slots[order], scores[order]
