@@ -125,7 +125,7 @@ def _quant_options(args: argparse.Namespace) -> Any:
 
     return QuantizeOptions(bits=args.bits, group_size=args.group_size, method=args.method, calib=args.calib,
                            mixed_target=args.mixed, min_cosine=args.min_cosine,
-                           max_ppl_increase=args.max_ppl_increase)
+                           max_ppl_increase=args.max_ppl_increase, act_order=args.act_order, clip=args.clip)
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
@@ -134,6 +134,12 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     report = quantize_model(args.src, args.dst, _quant_options(args))
     print(report.to_markdown())
     return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from arrowengine.bench.main import main as bench_main
+
+    return bench_main([a for a in args.bench_args if a != "--"])
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -149,6 +155,9 @@ def _add_quant_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group-size", type=int, default=0, choices=[0, 32, 64, 128])
     p.add_argument("--method", default="rtn", choices=["rtn", "gptq"])
     p.add_argument("--calib", default=None, help="calibration text file, one sample per line")
+    p.add_argument("--act-order", action="store_true", help="GPTQ: columns by decreasing Hessian diagonal")
+    p.add_argument("--clip", default="auto", choices=["auto", "minmax", "mse"],
+                   help="group range: MSE-clipped or min-max (auto: mse for INT2)")
     p.add_argument("--mixed", type=float, default=None, metavar="TARGET",
                    help="keep the most sensitive layers FP16 until this cosine holds")
     p.add_argument("--min-cosine", type=float, default=0.99, help="encoder threshold (mean cosine)")
@@ -203,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model directory (default: models/<models.text_encoder>)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.set_defaults(func=_cmd_embed)
+
+    p = sub.add_parser("bench", help="the performance benchmark vs peers (options: arrowengine bench -- --help)",
+                       add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of scripts/bench_baseline_advanced.py")
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 

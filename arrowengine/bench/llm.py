@@ -1,0 +1,152 @@
+"""End to end: causal LM time to first token and greedy decode tokens/s at prompt lengths 32 and 512.
+
+Baseline: transformers ``LlamaForCausalLM.generate`` (greedy, fp32) on the same weights, built from the model's
+config (loading the GGUF source through transformers takes ~15 s and gives the same module). Each strategy
+generates exactly 64 new tokens (EOS ignored). Fidelity: greedy token agreement with the baseline (fraction of
+the 64 positions that match) and, for arrowengine, perplexity on held-out chat text. Decode speed is also set
+against the memory-bandwidth bound: measured copy bandwidth / weight bytes read per token.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from arrowengine.bench.context import BenchContext
+from arrowengine.bench.datasets import held_out_text
+from arrowengine.bench.results import Fidelity
+from arrowengine.bench.variants import float_model_dir
+
+__all__ = ["LLM_STRATEGIES", "LLMStrategy", "memory_bandwidth", "run_llm"]
+
+logger = logging.getLogger(__name__)
+
+MODEL = "smollm2-135m-instruct"
+NEW_TOKENS = 64
+PROMPT_LENGTHS = (32, 512)
+
+
+@dataclass(frozen=True)
+class LLMStrategy:
+    """An arrowengine ``LLM`` configuration and the bytes each weight element costs to read per token."""
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    bytes_per_weight: float = 4.0
+
+
+LLM_STRATEGIES = (
+    LLMStrategy("arrowengine fp32", {"dtype": "float32"}, 4.0),
+    LLMStrategy("arrowengine bf16", {"dtype": "bfloat16"}, 2.0),
+)
+
+
+def memory_bandwidth(nbytes: int = 256 << 20, repeats: int = 5) -> float:
+    """Bytes/s of one large ``copy_`` (read + write counted), the best of ``repeats``."""
+    src = torch.ones(nbytes // 4, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * nbytes / best
+
+
+def weights_read_per_token(model: Any) -> int:
+    """Weight elements one decode step reads: every Linear weight plus the LM head (embeddings gather one row)."""
+    total = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    return int(total)
+
+
+def _prompts(tokenizer: Any) -> dict[int, list[int]]:
+    ids = tokenizer(held_out_text(conversations=40, offset=6000))["input_ids"]
+    if len(ids) < max(PROMPT_LENGTHS):
+        raise ValueError(f"held-out text has {len(ids)} tokens, fewer than {max(PROMPT_LENGTHS)}")
+    return {n: list(ids[:n]) for n in PROMPT_LENGTHS}
+
+
+def _agreement(tokens: list[int], reference: list[int]) -> float:
+    same = sum(a == b for a, b in zip(tokens, reference, strict=False))
+    return same / max(1, len(reference))
+
+
+def run_llm(ctx: BenchContext) -> None:
+    """TTFT and decode tokens/s per prompt length for transformers (fp32, bf16) and every arrowengine strategy."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from arrowengine.runtime.llm import LLM, SamplingParams
+    from arrowengine.runtime.loading import load_config_dict, load_state_dict
+
+    model_dir = float_model_dir(ctx.options.models_dir, MODEL)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    prompts = _prompts(tokenizer)
+    bandwidth = memory_bandwidth()
+    reference = LlamaForCausalLM(LlamaConfig.from_dict(load_config_dict(model_dir)))
+    reference.load_state_dict({k: v.clone() for k, v in load_state_dict(model_dir).items()}, strict=False)
+    reference.tie_weights()
+    reference.eval()
+    params_read = weights_read_per_token(reference)
+    held_out = held_out_text(conversations=6, offset=7000)
+    references: dict[int, list[int]] = {}
+
+    def hf_runner(model: Any):
+        def generate(ids: list[int], n: int) -> list[int]:
+            with torch.inference_mode():
+                out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                     max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                     pad_token_id=tokenizer.eos_token_id)
+            return out[0, len(ids):].tolist()
+        return generate
+
+    def ours_runner(llm: Any):
+        def generate(ids: list[int], n: int) -> list[int]:
+            params = SamplingParams(max_new_tokens=n, ignore_eos=True)
+            return list(llm.generate_ids([ids], params)[0].token_ids)
+        return generate
+
+    def measure(strategy: str, role: str, generate, bytes_per_weight: float, perplexity: float | None) -> None:
+        for length, ids in prompts.items():
+            group = f"{MODEL} prompt={length}"
+            first, _ = ctx.time(lambda ids=ids: generate(ids, 1), repeats=3)
+            full, tokens = ctx.time(lambda ids=ids: generate(ids, NEW_TOKENS), repeats=3)
+            if role == "baseline":
+                references[length] = tokens
+            agreement = _agreement(tokens, references.get(length, tokens))
+            extra = {"perplexity": perplexity} if perplexity is not None else {}
+            fidelity = Fidelity("token_agreement", agreement, None, extra=extra)
+            ctx.record("llm", group, strategy, role, "ttft", "ms", first.median * 1e3, higher_is_better=False,
+                       spread=first.scaled(1e3), fidelity=fidelity, params={"prompt_tokens": length})
+            decode_s = max(full.median - first.median, 1e-9) / (NEW_TOKENS - 1)
+            bound = bandwidth / (params_read * bytes_per_weight)
+            ctx.record("llm", group, strategy, role, "decode", "tokens/s", 1.0 / decode_s, higher_is_better=True,
+                       fidelity=fidelity, params={"prompt_tokens": length, "new_tokens": NEW_TOKENS,
+                                                  "bandwidth_bytes_per_s": bandwidth,
+                                                  "weight_bytes_per_token": params_read * bytes_per_weight,
+                                                  "bandwidth_bound_tokens_per_s": bound,
+                                                  "fraction_of_bound": (1.0 / decode_s) / bound})
+
+    from tqdm import tqdm
+
+    progress = tqdm(total=2 + len(LLM_STRATEGIES), desc="llm strategies", unit="strategy")
+    measure("transformers generate fp32", "baseline", hf_runner(reference), 4.0, None)
+    progress.update()
+
+    def hf_bf16() -> None:
+        model = LlamaForCausalLM(reference.config)
+        model.load_state_dict(reference.state_dict())
+        measure("transformers generate bf16", "peer", hf_runner(model.to(torch.bfloat16).eval()), 2.0, None)
+    ctx.attempt("llm", f"{MODEL} prompt=32", "transformers generate bf16", "peer", "decode", "tokens/s", hf_bf16)
+    progress.update()
+    for strategy in LLM_STRATEGIES:
+        def run(strategy=strategy) -> None:
+            llm = LLM(model_dir, device=ctx.options.device, **strategy.kwargs)
+            ppl = None if ctx.options.quick else float(llm.perplexity(held_out))
+            measure(strategy.name, "ours", ours_runner(llm), strategy.bytes_per_weight, ppl)
+        ctx.attempt("llm", f"{MODEL} prompt=32", strategy.name, "ours", "decode", "tokens/s", run)
+        progress.update()
+    progress.close()

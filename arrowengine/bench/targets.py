@@ -1,0 +1,84 @@
+"""The targets the issues set, evaluated on one run's results. A target not met is reported as not met."""
+
+from __future__ import annotations
+
+from arrowengine.bench.context import BenchContext
+from arrowengine.bench.results import Target
+
+__all__ = ["evaluate_targets"]
+
+
+def _text_targets(ctx: BenchContext) -> list[Target]:
+    rs = ctx.results
+    group = "all-MiniLM-L6-v2 batch=32"
+    ours = rs.find(suite="text", group=group, role="ours", metric="throughput")
+    ours = [r for r in ours if r.group == group]
+    best = rs.best(ours)
+    ort_int8 = [r for r in rs.find(suite="text", group=group, strategy="onnxruntime int8") if r.value]
+    out = [Target("minilm_2x_sentence_transformers",
+                  "MiniLM sentences/s >= 2x sentence-transformers fp32 (batch 32) at cosine min >= 0.99",
+                  best.ratio if best else None, 2.0, ">=",
+                  f"{best.strategy}: {best.value:.0f} sentences/s, cosine min {best.fidelity.value:.4f}" if best
+                  else "no arrowengine strategy measured at cosine >= 0.99")]
+    if ort_int8 and best:
+        peer = ort_int8[0]
+        out.append(Target("minilm_vs_onnxruntime_int8",
+                          "MiniLM sentences/s >= onnxruntime INT8 dynamic quantization, at cosine min >= 0.99",
+                          best.value / peer.value, 1.0, ">=",
+                          f"{best.strategy} {best.value:.0f}/s vs onnxruntime int8 {peer.value:.0f}/s "
+                          f"(its cosine min {peer.fidelity.value:.3f})"))
+    elif "all-MiniLM-L6-v2" in ctx.options.models:
+        out.append(Target("minilm_vs_onnxruntime_int8", "MiniLM sentences/s >= onnxruntime INT8 dynamic "
+                          "quantization, at cosine min >= 0.99", None, 1.0, ">=", "not measured in this run"))
+    return out
+
+
+def _audio_targets(ctx: BenchContext) -> list[Target]:
+    out = []
+    for model in ("whisper-tiny.en", "whisper-base"):
+        if model not in ctx.options.models:
+            continue
+        rows = [r for r in ctx.results.find(suite="audio", group=model, role="ours") if r.group.startswith(model)]
+        best = ctx.results.best(rows)
+        out.append(Target(f"{model}_encoder_half_latency",
+                          f"{model} encoder latency on 30 s <= 0.5x transformers fp32, cosine >= 0.99",
+                          1.0 / best.ratio if best else None, 0.5, "<=",
+                          f"{best.strategy}: {best.value:.0f} ms, cosine min {best.fidelity.value:.4f}" if best
+                          else "no arrowengine strategy measured at cosine >= 0.99"))
+    return out
+
+
+def _llm_targets(ctx: BenchContext) -> list[Target]:
+    if "smollm2-135m-instruct" not in ctx.options.models:
+        return []
+    rows = ctx.results.find(suite="llm", group="prompt=32", role="ours", metric="decode")
+    best = ctx.results.best(rows)
+    return [Target("llm_decode_3x_transformers",
+                   "SmolLM2 greedy decode tokens/s >= 3x transformers.generate fp32 (prompt 32, 64 new tokens)",
+                   best.ratio if best else None, 3.0, ">=",
+                   f"{best.strategy}: {best.value:.1f} tokens/s, token agreement {best.fidelity.value:.2f}, "
+                   f"{100 * best.params['fraction_of_bound']:.0f}% of its bandwidth bound" if best
+                   else "not measured")]
+
+
+def _int8_target(ctx: BenchContext) -> list[Target]:
+    if "all-MiniLM-L6-v2" not in ctx.options.models or "load" not in ctx.options.suites:
+        return []
+    sizes = ctx.int8_bytes
+    return [Target("int8_weights_quarter", "MiniLM INT8 quantized weights <= 1/4 of their fp32 bytes",
+                   sizes["quantized_bytes"] / sizes["float32_bytes"] if sizes else None, 0.25, "<=",
+                   f"{sizes['quantized_bytes']} of {sizes['float32_bytes']} bytes (codes + scales + zero points)"
+                   if sizes else "not measured")]
+
+
+def evaluate_targets(ctx: BenchContext) -> list[Target]:
+    """Every target whose inputs were part of this run (a suite not run contributes none)."""
+    suites = ctx.options.suites
+    out: list[Target] = []
+    if "text" in suites and "all-MiniLM-L6-v2" in ctx.options.models:
+        out += _text_targets(ctx)
+    if "audio" in suites:
+        out += _audio_targets(ctx)
+    if "llm" in suites:
+        out += _llm_targets(ctx)
+    return out + _int8_target(ctx)
