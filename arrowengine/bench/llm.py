@@ -3,7 +3,8 @@
 Baseline: transformers ``LlamaForCausalLM.generate`` (greedy, fp32) on the same weights, built from the model's
 config (loading the GGUF source through transformers takes ~15 s and gives the same module). Each strategy
 generates exactly 64 new tokens (EOS ignored). Fidelity: greedy token agreement with the baseline (fraction of
-the 64 positions that match) and, for arrowengine, perplexity on held-out chat text. Decode speed is also set
+the 64 positions that match) and, for arrowengine, perplexity on held-out chat text (full runs; the baseline's
+perplexity is the fp32 strategy's, which computes the same function). Decode speed is also set
 against the memory-bandwidth bound: measured copy bandwidth / weight bytes read per token.
 """
 
@@ -32,16 +33,17 @@ PROMPT_LENGTHS = (32, 512)
 
 @dataclass(frozen=True)
 class LLMStrategy:
-    """An arrowengine ``LLM`` configuration and the bytes each weight element costs to read per token."""
+    """An arrowengine ``LLM`` configuration (keyword arguments of :class:`arrowengine.LLM`)."""
 
     name: str
     kwargs: dict[str, Any] = field(default_factory=dict)
-    bytes_per_weight: float = 4.0
 
 
 LLM_STRATEGIES = (
-    LLMStrategy("arrowengine fp32", {"dtype": "float32"}, 4.0),
-    LLMStrategy("arrowengine bf16", {"dtype": "bfloat16"}, 2.0),
+    LLMStrategy("arrowengine fp32", {"dtype": "float32"}),
+    LLMStrategy("arrowengine bf16", {"dtype": "bfloat16"}),
+    LLMStrategy("arrowengine int8 weights, bf16 activations", {"weight_quant": "int8"}),
+    LLMStrategy("arrowengine int4 g32 weights (RTN), bf16 activations", {"weight_quant": "int4", "group_size": 32}),
 )
 
 
@@ -109,7 +111,7 @@ def run_llm(ctx: BenchContext) -> None:
             return list(llm.generate_ids([ids], params)[0].token_ids)
         return generate
 
-    def measure(strategy: str, role: str, generate, bytes_per_weight: float, perplexity: float | None) -> None:
+    def measure(strategy: str, role: str, generate, weight_bytes: float, perplexity: float | None) -> None:
         for length, ids in prompts.items():
             group = f"{MODEL} prompt={length}"
             first, _ = ctx.time(lambda ids=ids: generate(ids, 1), repeats=3)
@@ -122,31 +124,32 @@ def run_llm(ctx: BenchContext) -> None:
             ctx.record("llm", group, strategy, role, "ttft", "ms", first.median * 1e3, higher_is_better=False,
                        spread=first.scaled(1e3), fidelity=fidelity, params={"prompt_tokens": length})
             decode_s = max(full.median - first.median, 1e-9) / (NEW_TOKENS - 1)
-            bound = bandwidth / (params_read * bytes_per_weight)
+            bound = bandwidth / weight_bytes
             ctx.record("llm", group, strategy, role, "decode", "tokens/s", 1.0 / decode_s, higher_is_better=True,
                        fidelity=fidelity, params={"prompt_tokens": length, "new_tokens": NEW_TOKENS,
                                                   "bandwidth_bytes_per_s": bandwidth,
-                                                  "weight_bytes_per_token": params_read * bytes_per_weight,
+                                                  "weight_bytes_per_token": weight_bytes,
                                                   "bandwidth_bound_tokens_per_s": bound,
                                                   "fraction_of_bound": (1.0 / decode_s) / bound})
 
     from tqdm import tqdm
 
     progress = tqdm(total=2 + len(LLM_STRATEGIES), desc="llm strategies", unit="strategy")
-    measure("transformers generate fp32", "baseline", hf_runner(reference), 4.0, None)
+    measure("transformers generate fp32", "baseline", hf_runner(reference), 4.0 * params_read, None)
     progress.update()
 
     def hf_bf16() -> None:
         model = LlamaForCausalLM(reference.config)
         model.load_state_dict(reference.state_dict())
-        measure("transformers generate bf16", "peer", hf_runner(model.to(torch.bfloat16).eval()), 2.0, None)
+        measure("transformers generate bf16", "peer", hf_runner(model.to(torch.bfloat16).eval()), 2.0 * params_read,
+                None)
     ctx.attempt("llm", f"{MODEL} prompt=32", "transformers generate bf16", "peer", "decode", "tokens/s", hf_bf16)
     progress.update()
     for strategy in LLM_STRATEGIES:
         def run(strategy=strategy) -> None:
             llm = LLM(model_dir, device=ctx.options.device, **strategy.kwargs)
             ppl = None if ctx.options.quick else float(llm.perplexity(held_out))
-            measure(strategy.name, "ours", ours_runner(llm), strategy.bytes_per_weight, ppl)
+            measure(strategy.name, "ours", ours_runner(llm), float(llm.forward.weight_bytes_per_token), ppl)
         ctx.attempt("llm", f"{MODEL} prompt=32", strategy.name, "ours", "decode", "tokens/s", run)
         progress.update()
     progress.close()

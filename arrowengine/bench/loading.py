@@ -37,19 +37,20 @@ def _probe(spec: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
 
 
 def int8_weight_bytes(int8_dir: Path) -> dict[str, int]:
-    """Stored bytes of the quantized tensors of a V2 file (codes + scales + zero points) and their fp32 bytes."""
+    """Stored bytes of a V2 file's quantized tensors (all, and codes alone) and the fp32 bytes they replace."""
     from arrowengine.format.reader import WeightFile
 
     weights = WeightFile.open(int8_dir / "weights.parquet")
-    stored = float32 = 0
+    stored = codes = float32 = 0
     for name in weights:
         if name in weights.aliases or not weights.is_quantized(name):
             continue
         info = weights.info(name)
         stored += info.nbytes + info.quant.scales_nbytes + info.quant.zero_points_nbytes
+        codes += info.nbytes
         float32 += info.numel * 4
     weights.close()
-    return {"quantized_bytes": stored, "float32_bytes": float32}
+    return {"quantized_bytes": stored, "codes_bytes": codes, "float32_bytes": float32}
 
 
 def _specs(ctx: BenchContext, scratch: Path) -> list[tuple[str, str, str, str, dict[str, Any]]]:

@@ -60,11 +60,11 @@ def test_fp32_shares_weights_and_fusion_matches() -> None:
     model = tiny_llama(4)
     fwd = LlamaForward(model)
     layer = model.model.layers[0]
-    assert fwd.layers[0].qkv[0].data_ptr() == layer.self_attn.q_proj.weight.data_ptr()
-    assert fwd.layers[0].gate_up[1].data_ptr() == layer.mlp.up_proj.weight.data_ptr()
-    assert fwd.lm_head.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    assert fwd.layers[0].qkv[0].weight.data_ptr() == layer.self_attn.q_proj.weight.data_ptr()
+    assert fwd.layers[0].gate_up[1].weight.data_ptr() == layer.mlp.up_proj.weight.data_ptr()
+    assert fwd.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     fused = LlamaForward(model, fuse=True)
-    assert isinstance(fused.layers[0].qkv, torch.Tensor)
+    assert len(fused.layers[0].qkv) == 1 and fused.layers[0].qkv[0].out_features == 64 + 2 * 32
     ids = torch.randint(0, 512, (1, 16), generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(_prefill(fused, ids), _prefill(fwd, ids), rtol=1e-5, atol=1e-5)
 
@@ -74,7 +74,7 @@ def test_bfloat16_copy_is_close_to_fp32() -> None:
     ids = torch.randint(0, 512, (1, 16), generator=torch.Generator().manual_seed(4))
     ref = _prefill(LlamaForward(model), ids)
     bf16 = LlamaForward(model, dtype=torch.bfloat16)
-    assert bf16.layers[0].qkv.dtype == torch.bfloat16 and isinstance(bf16.layers[0].qkv, torch.Tensor)
+    assert len(bf16.layers[0].qkv) == 1 and bf16.layers[0].qkv[0].weight.dtype == torch.bfloat16
     assert bf16.weight_bytes_per_token * 2 == pytest.approx(LlamaForward(model).weight_bytes_per_token, rel=0.01)
     out = _prefill(bf16, ids)
     assert torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0) > 0.999

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from arrowengine.runtime.llm.chat import render_chat
+from arrowengine.runtime.llm.decode import DecodeStep
 from arrowengine.runtime.llm.errors import ContextOverflowError, InvalidPromptError, UnsupportedModelError
 from arrowengine.runtime.llm.generate import GenerationRun, RowOutput
 from arrowengine.runtime.llm.llama import LlamaForward
@@ -31,10 +32,19 @@ class LLM:
     ``arrowengine.load_model`` and loads the tokenizer from the same directory; ``LLM.from_model(model,
     tokenizer)`` wraps an already built ``LlamaForCausalLM``. fp32 shares the model's tensors; bf16 / fp16
     make one copy (with Q/K/V and gate/up fused).
+
+    Speed options (``docs/benchmarks/llm.json`` has the measured figures): ``weight_quant="int8"`` or ``"int4"``
+    packs the matrices (lm_head included unless ``quantize_lm_head=False``) for weight-only integer matmuls with
+    bf16 activations (``dtype`` then defaults to ``"bfloat16"``); int4 uses RTN groups of ``group_size``
+    inputs. ``threads`` sets ``torch.set_num_threads`` (process-wide; use the number of physical cores).
+    Greedy fp32 output is token-identical to ``transformers.generate``; bf16 / int8 / int4 trade a little
+    agreement for speed (``scripts/bench_llm.py`` measures agreement and perplexity).
     """
 
-    def __init__(self, model_dir: str | os.PathLike[str], *, dtype: str = "float32", device: str = "cpu",
-                 fuse_projections: bool | None = None, max_context: int | None = None) -> None:
+    def __init__(self, model_dir: str | os.PathLike[str], *, dtype: str | None = None, device: str = "cpu",
+                 fuse_projections: bool | None = None, max_context: int | None = None,
+                 weight_quant: str | None = None, group_size: int = 32, quantize_lm_head: bool = True,
+                 threads: int | None = None) -> None:
         from transformers import AutoTokenizer
 
         from arrowengine.runtime.loading import load_model
@@ -43,33 +53,44 @@ class LLM:
         started = time.perf_counter()
         model = load_model(model_dir, device=device)
         tokenizer = AutoTokenizer.from_pretrained(os.fspath(model_dir))
-        self._setup(model, tokenizer, dtype=dtype, fuse_projections=fuse_projections,
-                    max_context=max_context)
-        logger.info("LLM: loaded %s in %.2f s (%s, %s)", model_dir, time.perf_counter() - started, dtype, device)
+        self._setup(model, tokenizer, dtype=dtype, fuse_projections=fuse_projections, max_context=max_context,
+                    weight_quant=weight_quant, group_size=group_size, quantize_lm_head=quantize_lm_head,
+                    threads=threads)
+        logger.info("LLM: loaded %s in %.2f s (%s, %s)", model_dir, time.perf_counter() - started,
+                    self.forward.dtype, device)
 
     @classmethod
-    def from_model(cls, model: Any, tokenizer: Any, *, dtype: str = "float32",
-                   fuse_projections: bool | None = None, max_context: int | None = None) -> LLM:
-        """Wrap a built ``LlamaForCausalLM`` and its tokenizer (the weights stay where they are)."""
+    def from_model(cls, model: Any, tokenizer: Any, *, dtype: str | None = None,
+                   fuse_projections: bool | None = None, max_context: int | None = None,
+                   weight_quant: str | None = None, group_size: int = 32, quantize_lm_head: bool = True,
+                   threads: int | None = None) -> LLM:
+        """Wrap a built ``LlamaForCausalLM`` and its tokenizer (fp32: the weights stay where they are)."""
         self = cls.__new__(cls)
-        self._setup(model, tokenizer, dtype=dtype, fuse_projections=fuse_projections,
-                    max_context=max_context)
+        self._setup(model, tokenizer, dtype=dtype, fuse_projections=fuse_projections, max_context=max_context,
+                    weight_quant=weight_quant, group_size=group_size, quantize_lm_head=quantize_lm_head,
+                    threads=threads)
         return self
 
-    def _setup(self, model: Any, tokenizer: Any, *, dtype: str, fuse_projections: bool | None,
-               max_context: int | None) -> None:
+    def _setup(self, model: Any, tokenizer: Any, *, dtype: str | None, fuse_projections: bool | None,
+               max_context: int | None, weight_quant: str | None, group_size: int, quantize_lm_head: bool,
+               threads: int | None) -> None:
+        dtype = dtype or ("bfloat16" if weight_quant else "float32")
         if dtype not in _DTYPES:
             raise UnsupportedModelError(f"LLM dtype={dtype!r} is not supported; use one of {sorted(_DTYPES)}")
+        if threads is not None:
+            torch.set_num_threads(threads)
+            logger.info("LLM: torch threads set to %d", threads)
         self.model = model
         self.tokenizer = tokenizer
         self.max_context = min(max_context or model.config.max_position_embeddings,
                                model.config.max_position_embeddings)
         self.forward = LlamaForward(model, dtype=_DTYPES[dtype], fuse=fuse_projections,
-                                    max_positions=self.max_context)
+                                    max_positions=self.max_context, weight_quant=weight_quant,
+                                    group_size=group_size, quantize_lm_head=quantize_lm_head)
         self.stop_token_ids = _eos_ids(model, tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else min(self.stop_token_ids, default=0))
-        self._decode_step = self.forward.forward
+        self._decode_step = DecodeStep(self.forward)
 
     # ------------------------------------------------------------------ generation
     def _params(self, params: SamplingParams | None, overrides: dict[str, Any]) -> SamplingParams:

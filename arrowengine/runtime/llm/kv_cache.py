@@ -1,12 +1,15 @@
-"""A preallocated key/value cache: one tensor each for K and V, ``[layers, batch, kv_heads, max_len, head_dim]``.
+"""A preallocated key/value cache: one tensor ``[layers, batch, max_len, 2 * kv_heads, head_dim]``.
 
 Slots are shared by all rows of a batch: slot ``t`` holds the t-th token of every (left-padded) row, so a
-prefill writes slots ``0..T`` and each decode step writes one slot, with no reallocation during a run.
+prefill writes slots ``0..T`` and each decode step writes one slot, with no reallocation during a run. Keys
+and values of a slot sit side by side (keys in heads ``0..kv_heads``, values after them), in the same order
+as the K and V columns of a fused QKV projection: a decode step stores both with one copy. Attention reads
+``[batch, kv_heads, len, head_dim]`` strided views (no copy).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -17,25 +20,38 @@ __all__ = ["KVCache"]
 class KVCache:
     """Keys and values of every layer for one generation run."""
 
-    keys: torch.Tensor
-    values: torch.Tensor
+    kv: torch.Tensor
+    layers: list[torch.Tensor] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.layers = list(self.kv.unbind(0))  # per-layer views, so a step does no indexing by layer
 
     @classmethod
     def allocate(cls, layers: int, batch: int, kv_heads: int, max_len: int, head_dim: int, *,
                  dtype: torch.dtype, device: torch.device | str = "cpu") -> KVCache:
-        """Uninitialised K and V buffers (pages are touched only as slots fill)."""
-        shape = (layers, batch, kv_heads, max_len, head_dim)
-        return cls(torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device))
+        """Uninitialised buffers (pages are touched only as slots fill)."""
+        return cls(torch.empty((layers, batch, max_len, 2 * kv_heads, head_dim), dtype=dtype, device=device))
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads per layer."""
+        return self.kv.shape[3] // 2
 
     @property
     def max_len(self) -> int:
         """Number of token slots."""
-        return self.keys.shape[3]
+        return self.kv.shape[2]
 
     @property
     def nbytes(self) -> int:
         """Bytes held by K and V together."""
-        return 2 * self.keys.numel() * self.keys.element_size()
+        return self.kv.numel() * self.kv.element_size()
+
+    def view(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of ``layer`` over slots ``0..end``, each ``[B, kv_heads, end, head_dim]`` (views)."""
+        slots = self.layers[layer][:, :end]
+        heads = self.kv_heads
+        return slots[:, :, :heads].transpose(1, 2), slots[:, :, heads:].transpose(1, 2)
 
     def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store ``k``/``v`` ``[B, kv_heads, T, head_dim]`` at slots ``start..start+T`` of ``layer``.
@@ -44,6 +60,7 @@ class KVCache:
         """
         end = start + k.shape[2]
         assert end <= self.max_len, f"KV cache holds {self.max_len} slots; a write up to {end} overflows it"
-        self.keys[layer, :, :, start:end] = k
-        self.values[layer, :, :, start:end] = v
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+        keys, values = self.view(layer, end)
+        keys[:, :, start:end] = k
+        values[:, :, start:end] = v
+        return keys, values

@@ -1,8 +1,9 @@
 """Our own compact Llama forward over the weights of a ``transformers`` ``LlamaForCausalLM``.
 
 The tensors are taken from the HF module, not copied (fp32); a bf16 run makes one bf16 copy, and fuses the
-Q/K/V and gate/up projections into one matmul each while it copies anyway. The forward is a flat loop of
-functional ops: RMSNorm, rotary from precomputed tables, GQA attention through
+Q/K/V and gate/up projections into one matmul each while it copies anyway; int8 / int4 weight-only packing is
+in :mod:`arrowengine.runtime.llm.weights`, the single-token decode step in :mod:`arrowengine.runtime.llm.decode`.
+The forward is a flat loop of functional ops: RMSNorm, rotary from precomputed tables, GQA attention through
 ``F.scaled_dot_product_attention`` over a preallocated KV cache, SwiGLU MLP, tied or untied lm_head.
 Numerics follow transformers (RMSNorm in fp32, rotary tables in fp32 cast to the model dtype) so greedy
 tokens match ``transformers.generate``.
@@ -11,6 +12,7 @@ tokens match ``transformers.generate``.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +21,7 @@ import torch.nn.functional as F
 
 from arrowengine.runtime.llm.errors import UnsupportedModelError
 from arrowengine.runtime.llm.kv_cache import KVCache
+from arrowengine.runtime.llm.weights import Projection, WeightOptions, fused
 
 __all__ = ["LayerWeights", "LlamaForward", "LlamaSpec"]
 
@@ -69,16 +72,18 @@ class LlamaSpec:
 
 @dataclass
 class LayerWeights:
-    """One decoder layer's tensors; ``qkv`` / ``gate_up`` are either one fused tensor or a tuple of parts."""
+    """One decoder layer; ``qkv`` / ``gate_up`` hold one fused projection or the separate parts."""
 
     attn_norm: torch.Tensor
-    qkv: torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-    qkv_bias: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
-    o: torch.Tensor
-    o_bias: torch.Tensor | None
+    qkv: tuple[Projection, ...]
+    o: Projection
     mlp_norm: torch.Tensor
-    gate_up: torch.Tensor | tuple[torch.Tensor, torch.Tensor]
-    down: torch.Tensor
+    gate_up: tuple[Projection, ...]
+    down: Projection
+
+    def projections(self) -> tuple[Projection, ...]:
+        """Every matrix of the layer."""
+        return (*self.qkv, self.o, *self.gate_up, self.down)
 
 
 def rope_tables(config: Any, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,9 +110,8 @@ def rope_tables(config: Any, length: int, device: torch.device) -> tuple[torch.T
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * h.to(x.dtype)
+    # one fused op; in fp32 bitwise equal to transformers' LlamaRMSNorm (bf16: the weight is applied before rounding)
+    return F.rms_norm(x, weight.shape, weight, eps)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -117,59 +121,81 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 
 class LlamaForward:
-    """The decoder as plain tensors: ``forward(tokens, positions, cache, start, mask) -> logits``."""
+    """The decoder as plain tensors: ``forward(tokens, positions, cache, start, mask) -> logits``.
+
+    ``dtype`` is the activation dtype; fp32 uses the model's tensors as they are (no copy) unless ``fuse``
+    asks for fused Q/K/V and gate/up (one concatenated copy). ``weight_quant`` ``"int8"`` / ``"int4"`` packs
+    the matrices (and the lm_head unless ``quantize_lm_head=False``) for weight-only integer matmuls; the
+    embedding lookup then reads the model's own table and casts the rows it gathers.
+    """
 
     def __init__(self, model: Any, *, dtype: torch.dtype = torch.float32, fuse: bool | None = None,
-                 max_positions: int | None = None) -> None:
+                 max_positions: int | None = None, weight_quant: str | None = None, group_size: int = 32,
+                 quantize_lm_head: bool = True) -> None:
+        self.options = WeightOptions(dtype=dtype, fuse=fuse, weight_quant=weight_quant, group_size=group_size,
+                                     quantize_lm_head=quantize_lm_head)
         self.config = model.config
         self.spec = LlamaSpec.from_config(model.config)
         self.dtype = dtype
         inner = model.model
-        device = inner.embed_tokens.weight.device
-        self.device = device
-        source_dtype = inner.embed_tokens.weight.dtype
-        copying = source_dtype != dtype
+        source = inner.embed_tokens.weight
+        self.device = source.device
+        copying = source.dtype != dtype or weight_quant is not None
         # fusing concatenates (a copy): free when we copy to another dtype anyway, opt-in otherwise
         self.fused = copying if fuse is None else fuse
-        if copying:
-            logger.info("LLM: copying weights %s -> %s (%s)", source_dtype, dtype,
-                        "fused QKV and gate/up" if self.fused else "unfused")
-
-        def cast(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.detach().to(dtype)
-
-        self.embed = cast(inner.embed_tokens.weight)
+        started = time.perf_counter()
         head = model.lm_head.weight
-        tied = head.data_ptr() == inner.embed_tokens.weight.data_ptr()
-        self.lm_head = self.embed if tied else cast(head)
-        self.norm = cast(inner.norm.weight)
-        self.layers = [self._layer(layer, cast) for layer in inner.layers]
+        tied = head.data_ptr() == source.data_ptr()
+        if weight_quant is not None and quantize_lm_head:
+            self.embed = source.detach()  # rows are cast as they are gathered: no second copy of the table
+            self.lm_head = Projection(head, None, dtype=dtype, quant=weight_quant, group_size=group_size,
+                                      name="lm_head")
+        else:
+            self.embed = source.detach().to(dtype)
+            self.lm_head = Projection(self.embed if tied else head, None, dtype=dtype, name="lm_head")
+        self.norm = inner.norm.weight.detach().to(dtype)
+        self.layers = [self._layer(i, layer) for i, layer in enumerate(inner.layers)]
         length = max_positions or self.spec.max_position_embeddings
-        cos, sin = rope_tables(self.config, length, device)
+        cos, sin = rope_tables(self.config, length, self.device)
         self.cos, self.sin = cos.to(dtype), sin.to(dtype)
+        if copying or self.fused:
+            logger.info("LLM: weights %s -> %s, %s, %s, lm_head %s: %.1f MB per token, prepared in %.2f s",
+                        source.dtype, dtype, "fused QKV and gate/up" if self.fused else "unfused",
+                        weight_quant or "no weight quantization", self.lm_head.kind,
+                        self.weight_bytes_per_token / 1e6, time.perf_counter() - started)
 
-    def _layer(self, layer: Any, cast: Any) -> LayerWeights:
+    def _layer(self, index: int, layer: Any) -> LayerWeights:
         attn, mlp = layer.self_attn, layer.mlp
-        qkv = (cast(attn.q_proj.weight), cast(attn.k_proj.weight), cast(attn.v_proj.weight))
-        gate_up = (cast(mlp.gate_proj.weight), cast(mlp.up_proj.weight))
-        biases = (cast(attn.q_proj.bias), cast(attn.k_proj.bias), cast(attn.v_proj.bias))
         if getattr(mlp.gate_proj, "bias", None) is not None:
             raise UnsupportedModelError("LLM does not support mlp_bias=True Llama variants")
-        if self.fused and biases[0] is None:
-            qkv = torch.cat(qkv, dim=0)
-            gate_up = torch.cat(gate_up, dim=0)
+        o = self.options
+
+        def proj(weight: torch.Tensor, bias: torch.Tensor | None, name: str) -> Projection:
+            return Projection(weight, bias, dtype=o.dtype, quant=o.weight_quant, group_size=o.group_size,
+                              name=f"layers.{index}.{name}")
+
+        qkv_mods = (attn.q_proj, attn.k_proj, attn.v_proj)
+        biases = [m.bias for m in qkv_mods]
+        if self.fused and (all(b is None for b in biases) or all(b is not None for b in biases)):
+            bias = None if biases[0] is None else fused(biases)
+            qkv = (proj(fused([m.weight for m in qkv_mods]), bias, "qkv"),)
+            gate_up = (proj(fused([mlp.gate_proj.weight, mlp.up_proj.weight]), None, "gate_up"),)
+        else:
+            qkv = tuple(proj(m.weight, m.bias, n) for m, n in zip(qkv_mods, ("q", "k", "v"), strict=True))
+            gate_up = (proj(mlp.gate_proj.weight, None, "gate"), proj(mlp.up_proj.weight, None, "up"))
         return LayerWeights(
-            attn_norm=cast(layer.input_layernorm.weight), qkv=qkv, qkv_bias=biases,
-            o=cast(attn.o_proj.weight), o_bias=cast(attn.o_proj.bias),
-            mlp_norm=cast(layer.post_attention_layernorm.weight), gate_up=gate_up, down=cast(mlp.down_proj.weight))
+            attn_norm=layer.input_layernorm.weight.detach().to(o.dtype), qkv=qkv,
+            o=proj(attn.o_proj.weight, attn.o_proj.bias, "o"),
+            mlp_norm=layer.post_attention_layernorm.weight.detach().to(o.dtype), gate_up=gate_up,
+            down=proj(mlp.down_proj.weight, None, "down"))
 
     @property
     def weight_bytes_per_token(self) -> int:
-        """Bytes of weights one decode step reads: every matrix, the lm_head, one embedding row."""
-        total = self.lm_head.numel() * self.lm_head.element_size() + self.spec.hidden_size * self.embed.element_size()
+        """Bytes of weights one decode step reads: every matrix, the lm_head, the norms, one embedding row."""
+        total = self.lm_head.nbytes + self.spec.hidden_size * self.embed.element_size()
         for lw in self.layers:
-            for t in (lw.attn_norm, lw.o, lw.mlp_norm, lw.down, *_parts(lw.qkv), *_parts(lw.gate_up)):
-                total += t.numel() * t.element_size()
+            total += sum(p.nbytes for p in lw.projections())
+            total += (lw.attn_norm.numel() + lw.mlp_norm.numel()) * lw.attn_norm.element_size()
         return total + self.norm.numel() * self.norm.element_size()
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
@@ -177,6 +203,11 @@ class LlamaForward:
         s = self.spec
         return KVCache.allocate(s.num_layers, batch, s.num_kv_heads, max_len, s.head_dim,
                                 dtype=self.dtype, device=self.device)
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Embedding rows of ``tokens`` in the activation dtype."""
+        h = F.embedding(tokens, self.embed)
+        return h if h.dtype == self.dtype else h.to(self.dtype)
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, start: int,
@@ -189,7 +220,7 @@ class LlamaForward:
         s = self.spec
         bsz, seq = tokens.shape
         end = start + seq
-        h = F.embedding(tokens, self.embed)
+        h = self.embed_tokens(tokens)
         cos = self.cos[positions].unsqueeze(1)
         sin = self.sin[positions].unsqueeze(1)
         q_size, kv_size = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
@@ -199,10 +230,10 @@ class LlamaForward:
             mask = _offset_causal(seq, end, tokens.device)
         for i, lw in enumerate(self.layers):
             x = _rms_norm(h, lw.attn_norm, s.rms_norm_eps)
-            if isinstance(lw.qkv, torch.Tensor):
-                q, k, v = F.linear(x, lw.qkv).split((q_size, kv_size, kv_size), dim=-1)
+            if len(lw.qkv) == 1:
+                q, k, v = lw.qkv[0](x).split((q_size, kv_size, kv_size), dim=-1)
             else:
-                q, k, v = (F.linear(x, w, b) for w, b in zip(lw.qkv, lw.qkv_bias, strict=True))
+                q, k, v = (p(x) for p in lw.qkv)
             q = _rotate(q.view(bsz, seq, s.num_heads, s.head_dim).transpose(1, 2), cos, sin)
             k = _rotate(k.view(bsz, seq, s.num_kv_heads, s.head_dim).transpose(1, 2), cos, sin)
             v = v.view(bsz, seq, s.num_kv_heads, s.head_dim).transpose(1, 2)
@@ -216,21 +247,17 @@ class LlamaForward:
                 attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=causal,
                                                       enable_gqa=n_rep > 1)
                 attn = attn.transpose(1, 2).reshape(bsz, seq, q_size)
-            h = h + F.linear(attn, lw.o, lw.o_bias)
+            h = h + lw.o(attn)
             x = _rms_norm(h, lw.mlp_norm, s.rms_norm_eps)
-            if isinstance(lw.gate_up, torch.Tensor):
-                gate, up = F.linear(x, lw.gate_up).chunk(2, dim=-1)
+            if len(lw.gate_up) == 1:
+                gate, up = lw.gate_up[0](x).chunk(2, dim=-1)
             else:
-                gate, up = F.linear(x, lw.gate_up[0]), F.linear(x, lw.gate_up[1])
-            h = h + F.linear(F.silu(gate) * up, lw.down)
+                gate, up = lw.gate_up[0](x), lw.gate_up[1](x)
+            h = h + lw.down(F.silu(gate) * up)
         if last_only:
             h = h[:, -1:]
         h = _rms_norm(h, self.norm, s.rms_norm_eps)
-        return F.linear(h, self.lm_head).float()
-
-
-def _parts(t: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    return (t,) if isinstance(t, torch.Tensor) else t
+        return self.lm_head(h).float()
 
 
 def _offset_causal(seq: int, end: int, device: torch.device) -> torch.Tensor:

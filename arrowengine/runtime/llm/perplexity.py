@@ -2,7 +2,8 @@
 
 Each window of ``window`` tokens advances by ``stride``; only the tokens a window adds beyond the previous
 one are scored, so every token after the first is scored exactly once, with up to ``window - stride``
-tokens of left context (the strided evaluation of the transformers perplexity guide). The result is
+tokens of left context (the strided evaluation of the transformers perplexity guide); a window starts at
+most one token before its first scored token, so ``stride == window`` scores every token too. The result is
 ``exp(sum of token NLLs / number of scored tokens)``.
 """
 
@@ -25,7 +26,9 @@ def window_plan(n_tokens: int, window: int, stride: int) -> list[tuple[int, int,
         raise InvalidPromptError(f"perplexity needs window >= 2 and 1 <= stride <= window; got window={window}, "
                          f"stride={stride}")
     plan, prev_end = [], 1  # token 0 has no context: never scored
-    for begin in range(0, n_tokens, stride):
+    for start in range(0, n_tokens, stride):
+        # a window must hold the token before its first scored one (stride == window would skip it)
+        begin = min(start, prev_end - 1)
         end = min(begin + window, n_tokens)
         if end > prev_end:
             plan.append((begin, end, prev_end))

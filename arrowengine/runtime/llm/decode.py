@@ -1,0 +1,87 @@
+"""The single-token decode step: the general forward specialised to ``T == 1``, with fewer and in-place ops.
+
+At 135M parameters a decode step runs ~1,000 small ops, so per-op overhead is a large share of a token's time.
+This step keeps the hidden state 2-D, applies rotary in place on the fused QKV output (``x * cos + roll(x) *
+sin_signed``, the same products as transformers' ``rotate_half``, so fp32 stays bitwise equal), stores K and V
+of a token with one copy into the side-by-side cache, and reads the cache through strided views. (``torch.compile`` of
+this step was tried: with the cache slot as a Python int the graph recompiles per length, and its first call had
+not finished after minutes on a 2-core machine, so it is not offered.)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from arrowengine.runtime.llm.kv_cache import KVCache
+from arrowengine.runtime.llm.llama import LlamaForward
+from arrowengine.runtime.llm.weights import Projection
+
+__all__ = ["DecodeStep"]
+
+logger = logging.getLogger(__name__)
+
+
+def _concat(parts: tuple[Projection, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
+    if len(parts) == 1:
+        return parts[0]
+    return lambda x: torch.cat([p(x) for p in parts], dim=-1)
+
+
+class DecodeStep:
+    """``step(tokens [B, 1], positions [B, 1], cache, slot, mask) -> fp32 logits [B, 1, vocab]``.
+
+    Same contract as ``LlamaForward.forward`` for one new token per row; ``mask`` is None or a bool
+    ``[B, 1, 1, slot + 1]`` (True = attend).
+    """
+
+    def __init__(self, forward: LlamaForward) -> None:
+        self.forward = forward
+        s = forward.spec
+        half = s.head_dim // 2
+        self.cos = forward.cos
+        # rotate_half(x) * sin == roll(x, half) * sin_signed, element for element (the sign moves, no rounding)
+        self.sin_signed = torch.cat([-forward.sin[:, :half], forward.sin[:, half:]], dim=-1)
+        self.layers = [(lw.attn_norm, _concat(lw.qkv), lw.o, lw.mlp_norm, _concat(lw.gate_up), lw.down)
+                       for lw in forward.layers]
+        self._step = self._eager
+
+    @torch.inference_mode()
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, slot: int,
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Feed one token per row at cache slot ``slot``; return the next-token logits."""
+        return self._step(tokens, positions, cache.layers, slot, mask)
+
+    def _eager(self, tokens: torch.Tensor, positions: torch.Tensor, caches: list[torch.Tensor], slot: int,
+               mask: torch.Tensor | None) -> torch.Tensor:
+        fwd = self.forward
+        s = fwd.spec
+        bsz = tokens.shape[0]
+        heads, kv_heads, head_dim, eps = s.num_heads, s.num_kv_heads, s.head_dim, s.rms_norm_eps
+        q_size, qk_heads, n_rep = heads * head_dim, heads + kv_heads, heads // kv_heads
+        half, end = head_dim // 2, slot + 1
+        norm_shape = fwd.norm.shape
+        pos = positions.view(bsz)
+        cos = self.cos[pos].unsqueeze(1)  # [B, 1, head_dim], broadcast over the Q and K heads
+        sin = self.sin_signed[pos].unsqueeze(1)
+        h = fwd.embed_tokens(tokens.view(bsz))
+        for (attn_norm, qkv_proj, o_proj, mlp_norm, gate_up_proj, down_proj), kv in zip(
+                self.layers, caches, strict=True):
+            qkv = qkv_proj(F.rms_norm(h, norm_shape, attn_norm, eps))
+            qk = qkv[:, :q_size + kv_heads * head_dim].view(bsz, qk_heads, head_dim)
+            rolled = torch.roll(qk, half, -1).mul_(sin)
+            qk.mul_(cos).add_(rolled)
+            kv[:, slot] = qkv[:, q_size:].view(bsz, 2 * kv_heads, head_dim)
+            slots = kv[:, :end]
+            keys, values = slots[:, :, :kv_heads].transpose(1, 2), slots[:, :, kv_heads:].transpose(1, 2)
+            q = qkv[:, :q_size].view(bsz, kv_heads, n_rep, head_dim)  # query heads of a KV group as its rows
+            attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            h = h + o_proj(attn.reshape(bsz, q_size))
+            gate_up = gate_up_proj(F.rms_norm(h, norm_shape, mlp_norm, eps))
+            gate, up = gate_up.chunk(2, dim=-1)
+            h = h + down_proj(F.silu(gate).mul_(up))
+        h = F.rms_norm(h, norm_shape, fwd.norm, eps)
+        return fwd.lm_head(h).float().view(bsz, 1, -1)
