@@ -1,9 +1,11 @@
 """``Compressor``: turns memories into :class:`CompressedMemory` records, lossless or semantic.
 
 Lossless records restore the exact text (LM arithmetic coder, zstd with a trained dictionary, or zstd).
-Semantic records keep a summary, the exact key entities and an int8 embedding; each is scored at compression
-time (cosine of original vs reconstruction embeddings, entity retention) and a record under the quality
-threshold is flagged and keeps the raw text (zstd) instead of losing it.
+Semantic records keep a summary and the exact key entities (coded together with zstd -19, against the trained
+dictionary when there is one) and the original's embedding (binary or int8); the extractive summary is sized so
+the whole row meets ``semantic_target_ratio``. Each is scored at compression time (cosine of original vs
+reconstruction embeddings, entity retention) and a record under the quality threshold is flagged and keeps the
+raw text (zstd) instead of losing it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from memory.compression import semantic
+from memory.compression import semantic_codec as codec
 from memory.compression.config import CompressionConfig
 from memory.compression.entities import entity_retention, extract_entities
 from memory.compression.errors import (
@@ -27,13 +30,13 @@ from memory.compression.errors import (
 from memory.compression.lm_coder import LM_CODER_VERSION, LMArithmeticCoder
 from memory.compression.lm_model import TokenStepper
 from memory.compression.records import CompressedMemory
-from memory.compression.zstd_dict import ZSTD_CODER_VERSION, ZstdDictionary, zstd_compress
+from memory.compression.zstd_dict import ZSTD_CODER_VERSION, ZstdDictionary, _compressor, zstd_compress
 
 __all__ = ["Compressor", "as_context", "validate_texts"]
 
 logger = logging.getLogger(__name__)
 
-SEMANTIC_CODER_VERSION = 1
+SEMANTIC_CODER_VERSION = 2
 
 
 def validate_texts(items: object, what: str = "memory") -> list[str]:
@@ -186,34 +189,70 @@ class Compressor:
         cfg = self.config
         data = text.encode("utf-8")
         entities = tuple(extract_entities(text))
-        sentences = semantic.split_sentences(text) or [text]
+        sentences = [s for s in semantic.split_sentences(text) if not any(c in s for c in codec.SEPARATORS)]
         original = semantic.embed_documents(self.embedder, [text])[0]
-        embedding, scale = semantic.quantize_embedding(original)
+        embedding, scale = codec.quantize(original, cfg.semantic_embedding)
+        coding = "zstd_dict" if self.dictionary is not None else "zstd"
         skeleton = CompressedMemory(
             method="semantic", coder_version=SEMANTIC_CODER_VERSION, original_length=len(data),
-            content_crc32=zlib.crc32(data), entities=entities, embedding=embedding, embedding_scale=scale,
+            content_crc32=zlib.crc32(data), embedding=embedding, embedding_scale=scale,
+            model_checksum=self.dictionary.checksum if self.dictionary is not None else "",
+            token_path=f"{coding}/{cfg.semantic_embedding}",
         )
-        budget = int(len(data) / cfg.semantic_target_ratio) - skeleton.stored_bytes
+        # a binary column grows by exactly the payload's length, so the row size is base + payload
+        base, limit = skeleton.stored_bytes, int(len(data) / cfg.semantic_target_ratio)
+
+        def payload_of(summary: str) -> bytes | None:
+            packed = codec.pack_parts(summary, entities)
+            if packed is None:
+                return None
+            return self.dictionary.compress(packed) if self.dictionary is not None else zstd_compress(
+                packed, cfg.zstd_level)
+
+        # the search sizes drafts with a fast zstd level (level 19 sets up its tables per call, ~ms); the final
+        # payload is coded at the configured level and trimmed if it still runs over
+        fast = _compressor(3, self.dictionary.zstd_dict if self.dictionary is not None else None)
+
+        def fits(summary: str) -> bool:
+            packed = codec.pack_parts(summary, entities)
+            if packed is None:
+                return False
+            estimate = base + len(fast.compress(packed))
+            if estimate <= limit or base + 0.75 * (estimate - base) > limit:
+                return estimate <= limit
+            return base + len(payload_of(summary) or packed) <= limit
+
         if self.llm is not None:
             summary = semantic.llm_summary(self.llm, text, cfg.summary_max_words, cfg.summary_max_new_tokens)
             reconstruction = semantic.llm_reconstruction(
                 self.llm, summary, entities, cfg.reconstruction_max_new_tokens
             )
-        else:
+        elif sentences:
             vectors = np.asarray(self.embedder.encode(sentences), dtype=np.float32)
             summary = semantic.extractive_summary(
-                sentences, vectors, original, budget, entities=entities, shortlist=cfg.summary_shortlist,
+                sentences, vectors, original, fits, entities=entities, shortlist=cfg.summary_shortlist,
                 embedder=self.embedder if cfg.summary_shortlist else None,
             )
             reconstruction = semantic.render_reconstruction(summary, entities)
+        else:
+            summary = ""
+            reconstruction = semantic.render_reconstruction(summary, entities)
+        payload = payload_of(summary)
+        while self.llm is None and payload is not None and base + len(payload) > limit and "\n" in summary:
+            summary = summary.rsplit("\n", 1)[0]
+            reconstruction = semantic.render_reconstruction(summary, entities)
+            payload = payload_of(summary)
         cosine = float(semantic.embed_documents(self.embedder, [reconstruction])[0] @ original)
         retention = entity_retention(entities, reconstruction)
-        flagged = cosine < cfg.quality_threshold or retention < 1.0
+        flagged = payload is None or cosine < cfg.quality_threshold or retention < 1.0
         if flagged:
             logger.info("semantic compression flagged (cosine %.3f, retention %.2f): raw text kept", cosine,
                         retention)
-        record = skeleton.with_metrics(
-            summary=summary, flagged=flagged, cosine=cosine, entity_retention=retention,
-            payload=zstd_compress(data, cfg.zstd_level) if flagged else b"",
-        )
+            record = skeleton.with_metrics(
+                payload=zstd_compress(data, cfg.zstd_level), model_checksum="",
+                token_path=f"raw/{cfg.semantic_embedding}", flagged=True,
+            )
+        else:
+            record = skeleton.with_metrics(payload=payload)
+        record = record.with_metrics(cosine=cosine, entity_retention=retention)
         return self._finish(record, start)

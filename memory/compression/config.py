@@ -17,8 +17,10 @@ class CompressionConfig:
 
     ``lossless_method="auto"`` uses the LM coder when an LM is given, else the trained zstd dictionary when
     there is one, else plain zstd. ``quality_threshold`` is the cosine under which a semantic compression is
-    flagged and the raw text kept; ``semantic_target_ratio`` sizes the extractive summary's byte budget and
-``summary_shortlist`` is how many candidate sentences per step are re-scored on real embeddings (0: none).
+    flagged and the raw text kept; ``semantic_target_ratio`` is the ratio (raw bytes / stored row bytes) the
+    extractive summary is sized for, counting everything stored; ``semantic_embedding`` is how the original's
+    embedding is kept (``"binary"``: sign bits, 48 bytes for 384 dimensions; ``"int8"``: 384 bytes + scale);
+    ``summary_shortlist`` is how many candidate sentences per step are re-scored on real embeddings (0: none).
     """
 
     lossless_method: str = "auto"
@@ -26,8 +28,9 @@ class CompressionConfig:
     dictionary_size: int = 16384
     lm_total_bits: int = 24
     quality_threshold: float = 0.85
-    semantic_target_ratio: float = 12.0
-    summary_shortlist: int = 8
+    semantic_target_ratio: float = 10.0
+    semantic_embedding: str = "binary"
+    summary_shortlist: int = 4
     summary_max_words: int = 60
     summary_max_new_tokens: int = 96
     reconstruction_max_new_tokens: int = 192
@@ -44,5 +47,9 @@ class CompressionConfig:
             raise CompressionError(f"lm_total_bits={self.lm_total_bits} is outside 17..30")
         if not -1.0 <= self.quality_threshold <= 1.0:
             raise CompressionError(f"quality_threshold={self.quality_threshold} is outside -1..1 (a cosine)")
+        if self.semantic_embedding not in ("int8", "binary"):
+            raise CompressionError(
+                f"semantic_embedding={self.semantic_embedding!r} is not one of ['int8', 'binary']"
+            )
         if self.semantic_target_ratio <= 1.0:
             raise CompressionError(f"semantic_target_ratio={self.semantic_target_ratio} must be above 1")

@@ -30,6 +30,7 @@ _PATTERNS = [
     ("number", r"[$€£]?\b\d+(?:[.,]\d+)*(?:%|k\b|K\b)?"),
 ]
 _CAPITALISED = re.compile(r"\b[A-Z][\w'’&-]*(?:[ \t]+(?:of[ \t]+|de[ \t]+|the[ \t]+)?[A-Z][\w'’&-]*)*")
+_LOWER_WORD = re.compile(r"\b[a-z][a-z'’]*\b")
 _JOINED_NAME = re.compile(r"\s+(?:and|&|or)\s+[A-Z]")
 _SENTENCE_START = re.compile(r"(?:^|[.!?:;\"()\n]\s*|\s{2,})$")
 # words capitalised in chat for reasons other than being a name
@@ -52,7 +53,11 @@ def _is_name(candidate: str, text: str, start: int) -> bool:
 
 
 def extract_entities(text: str) -> list[str]:
-    """Dates, times, numbers and capitalised names/places in ``text``, exact strings, first occurrence first."""
+    """Dates, times, numbers and capitalised names/places in ``text``, exact strings, first occurrence first.
+
+    A capitalised word the same text also writes in lower case ("NOT"/"not", "Imagine"/"imagine") is taken
+    for a common word, not a name.
+    """
     taken = [False] * len(text)
     found: list[tuple[int, str]] = []
     for _, pattern in _PATTERNS:
@@ -60,15 +65,22 @@ def extract_entities(text: str) -> list[str]:
             if not any(taken[m.start():m.end()]):
                 taken[m.start():m.end()] = [True] * (m.end() - m.start())
                 found.append((m.start(), m.group().strip()))
+    lower_words = set(_LOWER_WORD.findall(text))
     for m in _CAPITALISED.finditer(text):
         candidate = m.group().rstrip("'’-&")
         if any(taken[m.start():m.start() + len(candidate)]) or not candidate:
             continue
-        # drop a leading pronoun-like word ("I Paris" never occurs, but "Yes Paris" does)
+        # drop leading/trailing pronoun-like words ("Yes Paris", "Hopefully I"), and a sentence-opening word the
+        # text also uses in lower case ("Because", "Also"): a common word, not part of a name
         words = candidate.split()
         while words and words[0] in _NOT_NAMES:
             words.pop(0)
-        if not words:
+        while words and words[-1] in _NOT_NAMES:
+            words.pop()
+        if len(words) > 1 and words[0].lower() in lower_words and _SENTENCE_START.search(
+                text[:m.start() + m.group().find(words[0])]):
+            words.pop(0)
+        if not words or (len(words) == 1 and words[0].lower() in lower_words):
             continue
         candidate = " ".join(words)
         start = m.start() + m.group().find(words[0])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 
-from memory.compression import semantic
+from memory.compression import semantic, semantic_codec
 from memory.compression.compressor import SEMANTIC_CODER_VERSION, as_context, validate_texts
 from memory.compression.config import CompressionConfig
 from memory.compression.errors import (
@@ -131,9 +131,34 @@ class Reconstructor:
             return zstd_decompress(record.payload, record.original_length, self.dictionary)
         return zstd_decompress(record.payload, record.original_length)
 
+    def semantic_parts(self, record: CompressedMemory) -> tuple[str, tuple[str, ...]]:
+        """``(summary, entities)`` of an unflagged semantic record, decoded from its payload."""
+        if record.method != "semantic" or record.flagged:
+            raise InvalidContentError(
+                f"semantic_parts() needs an unflagged semantic record, got method {record.method!r}"
+                f"{' (flagged: it keeps the raw text)' if record.flagged else ''}; call reconstruct() instead"
+            )
+        coding, _ = semantic_codec.parse_token_path(record.token_path)
+        if coding == "zstd_dict":
+            if self.dictionary is None:
+                raise MissingCoderError(
+                    f"semantic record was coded with zstd dictionary {record.model_checksum}; pass dictionary= "
+                    "the same ZstdDictionary to the Reconstructor"
+                )
+            if record.model_checksum != self.dictionary.checksum:
+                raise ModelMismatchError(
+                    f"semantic record was coded with dictionary {record.model_checksum}, but this "
+                    f"reconstructor's dictionary is {self.dictionary.checksum}; load the dictionary the "
+                    "compressor trained"
+                )
+        limit = 4 * record.original_length + 1024  # summary + entities never exceed the original by this much
+        data = zstd_decompress(record.payload, limit, self.dictionary if coding == "zstd_dict" else None)
+        return semantic_codec.unpack_parts(data)
+
     def _semantic(self, record: CompressedMemory) -> str:
+        summary, entities = self.semantic_parts(record)
         if self.llm is not None:
             return semantic.llm_reconstruction(
-                self.llm, record.summary, record.entities, self.config.reconstruction_max_new_tokens
+                self.llm, summary, entities, self.config.reconstruction_max_new_tokens
             )
-        return semantic.render_reconstruction(record.summary, record.entities)
+        return semantic.render_reconstruction(summary, entities)

@@ -29,7 +29,7 @@ RECORD_VERSION = 1
 """Layout version of :data:`RECORD_SCHEMA`; a reader refuses any other."""
 
 METHODS = ("zstd", "zstd_dict", "lm", "semantic")
-"""``zstd``/``zstd_dict``/``lm`` are lossless; ``semantic`` keeps summary, entities and an int8 embedding."""
+"""``zstd``/``zstd_dict``/``lm`` are lossless; ``semantic`` keeps a coded summary + entities and an embedding."""
 
 RECORD_SCHEMA = pa.schema(
     [
@@ -108,7 +108,10 @@ class CompressedMemory:
         return self.original_length / max(len(self.payload), 1)
 
     def embedding_vector(self) -> np.ndarray:
-        """The int8 embedding dequantized to float32 (empty when the record has none)."""
+        """The stored embedding as float32 (int8 dequantized; binary as +-1/sqrt(d)); empty when there is none."""
+        if self.method == "semantic" and self.token_path.endswith("/binary"):
+            bits = np.unpackbits(np.frombuffer(self.embedding, dtype=np.uint8)).astype(np.float32)
+            return (bits * 2.0 - 1.0) / np.float32(np.sqrt(max(bits.size, 1)))
         return np.frombuffer(self.embedding, dtype=np.int8).astype(np.float32) * np.float32(self.embedding_scale)
 
     def with_metrics(self, **metrics: Any) -> CompressedMemory:

@@ -10,7 +10,7 @@ with like.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -103,50 +103,77 @@ def extractive_summary(
     sentences: Sequence[str],
     sentence_vectors: np.ndarray,
     target: np.ndarray,
-    budget_bytes: int,
+    budget: int | Callable[[str], bool],
     *,
     embedder: Embedder | None = None,
     entities: Sequence[str] = (),
     shortlist: int = 12,
 ) -> str:
-    """Greedily pick sentences whose reconstruction embeds closest to ``target`` within ``budget_bytes``.
+    """Greedily pick sentences whose reconstruction embeds closest to ``target`` within ``budget``.
 
-    Each step ranks the sentences that still fit by the cosine of (chosen + candidate) summed sentence
-    embeddings; with an ``embedder`` the best ``shortlist`` of them are re-scored on the real embedding of the
-    rendered reconstruction (summary + ``entities``). The best single sentence is always taken, even over
-    budget, so a summary is never empty; chosen sentences keep their original order, one per line.
+    ``budget`` is a byte count for the summary text, or a predicate ``fits(summary) -> bool`` (the compressor
+    passes the exact stored size of the coded record). Each step ranks the sentences not yet chosen by the
+    cosine of the length-weighted sum of chosen + candidate sentence embeddings; with an ``embedder`` the best
+    ``shortlist`` that fit are re-scored on the real embedding of the rendered reconstruction (summary +
+    ``entities``, see :func:`render_reconstruction`). Steps go on while anything fits, and the best-scoring
+    prefix of the choices is returned, so a step that lowers the score never ends the search early. Sentences
+    appear in the order they were chosen (the chunks of earlier steps stay unchanged, so their embeddings are
+    computed once). If no sentence fits, the best single one is returned over budget, so a summary is never
+    empty.
     """
+    fits = budget if callable(budget) else (lambda text, limit=int(budget): len(text.encode("utf-8")) <= limit)
     vectors = _normalise(sentence_vectors)
     target = _normalise(target)
-    sizes = np.array([len(s.encode("utf-8")) + 1 for s in sentences])
+    weights = np.array([len(s.encode("utf-8")) + 1 for s in sentences], dtype=np.float32)[:, None]
+    weighted = vectors * weights
+    cached = _CachedEmbedder(embedder) if embedder is not None else None
     chosen: list[int] = []
     total = np.zeros_like(target)
-    score, used = -2.0, 0
-    while True:
-        sums = vectors + total
+    best_score, best_len = -2.0, 0
+    while len(chosen) < len(sentences):
+        sums = weighted + total
         approx = sums @ target / np.maximum(np.linalg.norm(sums, axis=1), 1e-12)
-        allowed = np.ones(len(sentences), dtype=bool) if not chosen else sizes <= budget_bytes - used
-        allowed[chosen] = False
-        if not allowed.any():
+        approx[chosen] = -np.inf
+        ranked: list[int] = []
+        for i in np.argsort(-approx)[: 4 * max(shortlist, 1) + 8]:
+            if np.isfinite(approx[i]) and fits(_join(sentences, [*chosen, int(i)])):
+                ranked.append(int(i))
+                if len(ranked) >= max(shortlist, 1):
+                    break
+        if not ranked:
+            if not chosen:
+                chosen.append(int(np.argmax(approx)))
+                best_len = 1
             break
-        ranked = [int(i) for i in np.argsort(-np.where(allowed, approx, -np.inf))[: max(shortlist, 1)]
-                  if allowed[i]]
-        if embedder is not None:
+        if cached is not None:
             drafts = [render_reconstruction(_join(sentences, [*chosen, i]), entities) for i in ranked]
-            real = embed_documents(embedder, drafts) @ target
-            best, best_score = ranked[int(np.argmax(real))], float(real.max())
+            real = embed_documents(cached, drafts) @ target
+            pick, score = ranked[int(np.argmax(real))], float(real.max())
         else:
-            best, best_score = ranked[0], float(approx[ranked[0]])
-        if best_score <= score + 1e-4:
-            break
-        chosen.append(best)
-        total = total + vectors[best]
-        score, used = best_score, used + int(sizes[best])
-    return _join(sentences, chosen)
+            pick, score = ranked[0], float(approx[ranked[0]])
+        chosen.append(pick)
+        total = total + weighted[pick]
+        if score > best_score + 1e-6:
+            best_score, best_len = score, len(chosen)
+    return _join(sentences, chosen[:best_len])
+
+
+class _CachedEmbedder:
+    """Per-call cache of chunk embeddings: drafts that share chunks embed them once."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.embedder = embedder
+        self.cache: dict[str, np.ndarray] = {}
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        todo = [t for t in dict.fromkeys(texts) if t not in self.cache]
+        if todo:
+            self.cache.update(zip(todo, np.asarray(self.embedder.encode(todo), dtype=np.float32), strict=True))
+        return np.stack([self.cache[t] for t in texts])
 
 
 def _join(sentences: Sequence[str], chosen: Sequence[int]) -> str:
-    return "\n".join(sentences[i] for i in sorted(chosen))
+    return "\n".join(sentences[i] for i in chosen)
 
 
 def render_reconstruction(summary: str, entities: Sequence[str]) -> str:
