@@ -53,7 +53,10 @@ class QuantizeOptions:
     min_cosine: float = 0.99  # encoders: mean embedding cosine vs the float model
     max_ppl_increase: float = 0.10  # causal LMs: relative perplexity increase vs the float model
     eval_samples: int = 200
-    calib_samples: int = 64
+    calib_samples: int = 64  # encoders: sentences; causal LMs: sequences of ``calib_seq_len`` tokens
+    calib_seq_len: int = 256  # causal LMs: calibration text is one token stream cut into sequences this long
+    act_order: bool = False  # GPTQ: process columns by decreasing Hessian diagonal (static groups)
+    clip: str = "auto"  # group range: minmax | mse | auto (mse for INT2, where clipping pays, else minmax)
 
     def __post_init__(self) -> None:
         if self.bits not in (2, 4, 8):
@@ -62,6 +65,15 @@ class QuantizeOptions:
             raise ValueError(f"group_size must be 0 (per channel), 32, 64 or 128, got {self.group_size}")
         if self.method not in ("rtn", "gptq"):
             raise ValueError(f"method must be 'rtn' or 'gptq', got {self.method!r}")
+        if self.clip not in ("auto", "minmax", "mse"):
+            raise ValueError(f"clip must be 'auto', 'minmax' or 'mse', got {self.clip!r}")
+        if self.calib_seq_len < 16:
+            raise ValueError(f"calib_seq_len must be >= 16 tokens, got {self.calib_seq_len}")
+
+    @property
+    def group_clip(self) -> str:
+        """The clipping actually used: ``auto`` is ``mse`` for INT2 and ``minmax`` otherwise."""
+        return ("mse" if self.bits == 2 else "minmax") if self.clip == "auto" else self.clip
 
 
 @dataclass
@@ -99,8 +111,10 @@ def _chat_texts() -> tuple[str, ...]:
                  if m["text"].strip())
 
 
-def _calibration_and_eval(options: QuantizeOptions) -> tuple[list[str], list[str]]:
-    """Disjoint calibration and held-out evaluation texts."""
+def _calibration_and_eval(options: QuantizeOptions, *, causal: bool = False) -> tuple[list[str], list[str]]:
+    """Disjoint calibration and held-out evaluation texts (for causal LMs enough text for ``calib_samples``
+    sequences of ``calib_seq_len`` tokens: about one chat message per 16 tokens)."""
+    limit = options.calib_samples * (max(1, options.calib_seq_len // 16) if causal else 1)
     held_out = [t for t in _chat_texts()[-20000:] if len(t) > 20][-options.eval_samples:]
     if options.calib:
         path = Path(options.calib)
@@ -110,8 +124,18 @@ def _calibration_and_eval(options: QuantizeOptions) -> tuple[list[str], list[str
         if len(calib) < 16:
             raise CalibrationError(f"calibration file {path} holds {len(calib)} samples; at least 16 are needed")
     else:
-        calib = [t for t in _chat_texts()[:5000] if len(t) > 20][: options.calib_samples]
-    return calib[: options.calib_samples], held_out
+        calib = [t for t in _chat_texts()[: max(5000, 2 * limit)] if len(t) > 20][:limit]
+    return calib[:limit], held_out
+
+
+def _lm_calibration(tokenizer: Any, calib: list[str], options: QuantizeOptions) -> list[torch.Tensor]:
+    """Calibration texts joined by newlines, tokenized as one stream, cut into ``[1, calib_seq_len]`` sequences."""
+    ids = tokenizer("\n".join(calib), return_tensors="pt").input_ids[0]
+    count = min(options.calib_samples, ids.numel() // options.calib_seq_len)
+    if count == 0:
+        raise CalibrationError(f"the calibration text holds {ids.numel()} tokens, less than one sequence of "
+                               f"{options.calib_seq_len}; pass more text with --calib")
+    return [ids[i * options.calib_seq_len : (i + 1) * options.calib_seq_len].unsqueeze(0) for i in range(count)]
 
 
 def _is_causal(config: dict[str, Any]) -> bool:
@@ -182,21 +206,47 @@ def _linear_layers(model: nn.Module) -> list[str]:
             if isinstance(module, nn.Linear) and id(module.weight) not in tied and not name.endswith("lm_head")]
 
 
+def _decoder_blocks(model: nn.Module) -> list[nn.Module]:
+    """The decoder layers of a causal LM in execution order (``model.model.layers``), or [] if not found."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    return list(layers) if isinstance(layers, nn.ModuleList) else []
+
+
 def _quantize_weights(model: nn.Module, src: Path, options: QuantizeOptions, calib: list[str],
                       held_out: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    from quant import GPTQConfig, embedding_cosine_evaluator, gptq_quantize_model, mixed_precision, quantize
+    from quant import (
+        GPTQConfig,
+        embedding_cosine_evaluator,
+        gptq_quantize_blocks,
+        gptq_quantize_model,
+        mixed_precision,
+        quantize,
+    )
 
     layers = _linear_layers(model)
     tokenizer = _tokenizer(src)
+    causal = _is_causal(load_config_dict(src))
+    clip = options.group_clip
     if options.method == "gptq":
-        batches = [dict(tokenizer(calib[i : i + 8], padding=True, truncation=True, max_length=128,
-                                  return_tensors="pt")) for i in range(0, len(calib), 8)]
-        qweights = gptq_quantize_model(model, batches, GPTQConfig(bits=options.bits, group_size=options.group_size),
-                                       layers=layers)
+        config = GPTQConfig(bits=options.bits, group_size=options.group_size, act_order=options.act_order, clip=clip,
+                            static_groups=False)
+        blocks = _decoder_blocks(model) if causal else None
+        if blocks:  # layer by layer on cached inputs: each layer sees the already-quantized earlier ones
+            inside = {f"{n}." for n, m in model.named_modules() if any(m is b for b in blocks)}
+            in_blocks = [p for p in layers if any(p.startswith(prefix) for prefix in inside)]
+            qweights = gptq_quantize_blocks(model, blocks, _lm_calibration(tokenizer, calib, options), config,
+                                            layers=in_blocks, forward=lambda m, ids: m(ids, use_cache=False))
+            qweights |= {name: quantize(model.get_submodule(name).weight.detach(), options.bits, options.group_size,
+                                        clip=clip, name=name) for name in layers if name not in qweights}
+        else:
+            batches = [dict(tokenizer(calib[i : i + 8], padding=True, truncation=True, max_length=128,
+                                      return_tensors="pt")) for i in range(0, len(calib), 8)]
+            qweights = gptq_quantize_model(model, batches, config, layers=layers)
     else:
         qweights = {name: quantize(model.get_submodule(name).weight.detach(), options.bits, options.group_size,
-                                   name=name) for name in layers}
+                                   clip=clip, name=name) for name in layers}
     recipe: dict[str, Any] = {"method": options.method, "bits": options.bits, "group_size": options.group_size,
+                              "clip": clip, "act_order": options.act_order,
                               "calibration": options.calib or "chitchat-dataset messages", "fp16_layers": []}
     if options.mixed_target is not None and not _is_causal(load_config_dict(src)):
         reference = _embed(model, tokenizer, calib)
@@ -217,7 +267,7 @@ def quantize_model(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     options = options or QuantizeOptions()
     src, dst = Path(src), Path(dst)
     start = time.perf_counter()
-    calib, held_out = _calibration_and_eval(options)
+    calib, held_out = _calibration_and_eval(options, causal=_is_causal(load_config_dict(src)))
     model = load_model(src)
     qweights, recipe = _quantize_weights(model, src, options, calib, held_out)
     state: dict[str, Any] = dict(model.state_dict())

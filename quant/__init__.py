@@ -14,7 +14,7 @@ from quant.errors import (
     QuantShapeError,
     UnsupportedBitsError,
 )
-from quant.gptq import GPTQ, GPTQConfig, gptq_quantize_model
+from quant.gptq import GPTQ, GPTQConfig, gptq_quantize_blocks, gptq_quantize_model
 from quant.kernels import select_backend
 from quant.linear import MODES, QuantLinear, replace_linears
 from quant.metrics import CosineStats, cosine_stats, perplexity, relative_error
@@ -44,6 +44,7 @@ __all__ = [
     "cosine_stats",
     "dequantize",
     "embedding_cosine_evaluator",
+    "gptq_quantize_blocks",
     "gptq_quantize_model",
     "layer_sensitivity",
     "mixed_precision",

@@ -27,7 +27,7 @@ from quant.errors import CalibrationError, QuantShapeError
 from quant.packing import pack
 from quant.rtn import QuantizedTensor, _check_bits_group, compute_qparams, quantize, quantize_codes
 
-__all__ = ["GPTQ", "GPTQConfig", "gptq_quantize_model"]
+__all__ = ["GPTQ", "GPTQConfig", "gptq_quantize_blocks", "gptq_quantize_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,13 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class GPTQConfig:
     """GPTQ settings: bit width, group size (0 = per output channel), dampening as a fraction of the mean
-    Hessian diagonal, columns per lazy-update block, act-order, symmetric and range clipping of the groups."""
+    Hessian diagonal, columns per lazy-update block, act-order, symmetric and range clipping of the groups.
+
+    ``static_groups=True`` computes every group's scale and zero point up front from the original weights;
+    ``False`` computes them when the solver reaches the group, from the weights as already updated by the error
+    of earlier columns (the original GPTQ behaviour, usually more accurate). ``act_order`` needs static groups
+    (the stored format keeps contiguous groups), so it overrides ``static_groups=False``.
+    """
 
     bits: int = 4
     group_size: int = 128
@@ -44,9 +50,12 @@ class GPTQConfig:
     act_order: bool = False
     symmetric: bool = False
     clip: str = "minmax"
+    static_groups: bool = True
 
     def __post_init__(self) -> None:
         _check_bits_group(self.bits, self.group_size, "GPTQConfig")
+        if self.clip not in ("minmax", "mse"):
+            raise ValueError(f"GPTQConfig: clip={self.clip!r} is not supported; use 'minmax' or 'mse'")
         if not 0.0 < self.percdamp <= 1.0:
             raise ValueError(f"GPTQConfig: percdamp={self.percdamp} must lie in (0, 1]; the usual value is 0.01")
         if self.block_size < 1:
@@ -63,6 +72,8 @@ class GPTQ:
         self.columns = weight.shape[1]
         self.hessian = torch.zeros(self.columns, self.columns, dtype=torch.float32)
         self.nsamples = 0
+        self.output_error = 0.0  # set by quantize(): mean squared output error ||dW x||^2 per calibration row
+        self.relative_output_error = 0.0  # set by quantize(): sqrt(output error / mean ||W x||^2)
 
     def add_batch(self, inputs: torch.Tensor) -> None:
         """Accumulate ``H = 2/n * sum x x^T`` over the rows of ``inputs`` ``[..., in]`` (a running mean)."""
@@ -111,13 +122,20 @@ class GPTQ:
                 f"{self.name}: the calibration Hessian is not positive definite even after dampening "
                 f"(percdamp={cfg.percdamp}); raise percdamp or add more calibration data"
             ) from exc
+        dynamic = not (cfg.static_groups or cfg.act_order) and cfg.group_size > 0
+        block = cfg.block_size
+        if dynamic and block % glen:  # a group must lie inside one lazy-update block to see its updated weights
+            block = max(glen, block - block % glen)
         codes = torch.zeros_like(w)
-        for i1 in range(0, cols, cfg.block_size):
-            i2 = min(i1 + cfg.block_size, cols)
+        for i1 in range(0, cols, block):
+            i2 = min(i1 + block, cols)
             w1, hinv1 = w[:, i1:i2].clone(), hinv[i1:i2, i1:i2]
             err1 = torch.zeros_like(w1)
             for i in range(i2 - i1):
                 g = col_group[i1 + i]
+                if dynamic and (i1 + i) % glen == 0:
+                    fresh = compute_qparams(w1[:, i : i + glen], cfg.bits, symmetric=cfg.symmetric, clip=cfg.clip)
+                    scales[:, g], zeros[:, g] = fresh
                 s, z = scales[:, g], zeros[:, g]
                 col = w1[:, i]
                 c = quantize_codes(col, s, z, cfg.bits)
@@ -127,6 +145,12 @@ class GPTQ:
                 err1[:, i] = err
             w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
         codes = codes[:, torch.argsort(perm)]
+        group_of = torch.arange(cols) // glen
+        delta = self.weight.detach().float() - (codes - zeros[:, group_of]) * scales[:, group_of]
+        hess = self.hessian
+        self.output_error = float((delta @ hess * delta).sum() / 2)  # mean ||dW x||^2 per calibration row
+        ref = float((self.weight.detach().float() @ hess * self.weight.detach().float()).sum() / 2)
+        self.relative_output_error = math.sqrt(self.output_error / ref) if ref > 0 else 0.0
         pad = scales.shape[1] * glen - cols
         if pad:  # padded positions hold the code of 0.0, as in RTN
             codes = torch.cat([codes, zeros[:, -1:].expand(rows, pad)], dim=1)
@@ -160,6 +184,7 @@ def gptq_quantize_model(
     layers: Iterable[str] | None = None,
     configs: dict[str, GPTQConfig] | None = None,
     inplace: bool = False,
+    errors: dict[str, float] | None = None,
 ) -> dict[str, QuantizedTensor]:
     """Quantize the Linear layers of ``model`` with GPTQ in execution order.
 
@@ -169,7 +194,8 @@ def gptq_quantize_model(
     dict, else ``model(batch)``). ``layers`` restricts the Linear paths (default: all); ``configs`` overrides
     ``config`` per path. During the run each quantized Linear's weight is replaced by its dequantized value;
     with ``inplace=False`` the original weights are put back at the end. Layers the calibration never reaches
-    fall back to RTN with a warning.
+    fall back to RTN with a warning. ``errors``, when given, receives each GPTQ layer's mean squared output
+    error on its calibration inputs (:attr:`GPTQ.output_error`), a cheap sensitivity proxy.
     """
     config = config or GPTQConfig()
     if len(batches) == 0:
@@ -204,18 +230,120 @@ def gptq_quantize_model(
                 originals[path] = lin.weight.data
                 lin.weight.data = _dequantized_like(qt, lin.weight)
                 del remaining[path]
-                logger.info(
-                    "GPTQ %s: int%d g%d from %d calibration rows",
-                    path,
-                    qt.bits,
-                    qt.group_size,
-                    solver.nsamples,
-                )
+                if errors is not None:
+                    errors[path] = solver.output_error
+                logger.info("GPTQ %s: int%d g%d from %d calibration rows, relative output error %.4f", path,
+                            qt.bits, qt.group_size, solver.nsamples, solver.relative_output_error)
     finally:
         if not inplace:
             for path, data in originals.items():
                 linears[path].weight.data = data
     return {path: results[path] for path in wanted}
+
+
+def gptq_quantize_blocks(
+    model: nn.Module,
+    blocks: Sequence[nn.Module],
+    batches: Sequence[Any],
+    config: GPTQConfig | None = None,
+    *,
+    forward: Callable[[nn.Module, Any], Any] = _default_forward,
+    layers: Iterable[str] | None = None,
+    configs: dict[str, GPTQConfig] | None = None,
+    inplace: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    errors: dict[str, float] | None = None,
+) -> dict[str, QuantizedTensor]:
+    """Quantize the Linear layers inside ``blocks`` (e.g. a transformer's layers) one block at a time.
+
+    Returns ``{path: QuantizedTensor}`` for the wanted Linears inside the blocks (``layers``: model paths,
+    default all of them), in execution order.
+
+    One model forward per batch captures the inputs of ``blocks[0]`` (the forward stops there). Each block then
+    runs on the cached inputs alone: its Linears are calibrated with :func:`gptq_quantize_model` (layers reading
+    the same input share a pass, so within a block too later layers see the quantized earlier ones), and the
+    block's outputs with its quantized weights become the next block's inputs. The blocks must run in the given
+    order, each taking the previous one's output as its first argument (the other arguments, e.g. attention
+    masks and rotary embeddings, are reused). Cost: about two block forwards per block instead of one model
+    forward per group of layers. ``progress(done, total)`` is called after each block; ``errors`` is filled as
+    in :func:`gptq_quantize_model` (keys are model paths).
+    """
+    config = config or GPTQConfig()
+    if len(batches) == 0:
+        raise CalibrationError("gptq_quantize_blocks: no calibration batches; pass at least one real input batch")
+    if len(blocks) == 0:
+        raise CalibrationError("gptq_quantize_blocks: no blocks given; pass the model's layer modules in order")
+    names = {id(m): n for n, m in model.named_modules()}
+    missing = [i for i, b in enumerate(blocks) if id(b) not in names]
+    if missing:
+        raise CalibrationError(f"gptq_quantize_blocks: block {missing[0]} is not a submodule of the model")
+    wanted = None if layers is None else set(layers)
+    cached: list[tuple[tuple, dict]] = []
+
+    def capture(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        kwargs = dict(kwargs)
+        if "past_key_values" in kwargs:  # a KV cache would grow with every calibration pass
+            kwargs["past_key_values"] = None
+        cached.append((args, kwargs))
+        raise _StopForward
+
+    handle = blocks[0].register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                try:
+                    forward(model, batch)
+                except _StopForward:
+                    pass
+    finally:
+        handle.remove()
+    if not cached:
+        raise CalibrationError("gptq_quantize_blocks: the calibration forward never reached the first block")
+    results: dict[str, QuantizedTensor] = {}
+    originals: dict[nn.Linear, torch.Tensor] = {}
+    try:
+        for index, block in enumerate(blocks):
+            prefix = names[id(block)]
+            local = [n for n, m in block.named_modules() if isinstance(m, nn.Linear)
+                     and (wanted is None or f"{prefix}.{n}" in wanted)]
+            if local:
+                for n in local:
+                    lin = block.get_submodule(n)
+                    originals.setdefault(lin, lin.weight.data)
+                local_cfg = {n: (configs or {})[f"{prefix}.{n}"] for n in local if f"{prefix}.{n}" in (configs or {})}
+                block_errors: dict[str, float] = {}
+                out = gptq_quantize_model(block, cached, config, forward=_run_cached, layers=local,
+                                          configs=local_cfg, inplace=True, errors=block_errors)
+                results.update({f"{prefix}.{n}": qt for n, qt in out.items()})
+                if errors is not None:
+                    errors.update({f"{prefix}.{n}": e for n, e in block_errors.items()})
+            if index + 1 < len(blocks):
+                with torch.no_grad():
+                    cached = [((_first_output(block(*args, **kwargs)), *args[1:]), kwargs) for args, kwargs in cached]
+            if progress is not None:
+                progress(index + 1, len(blocks))
+    finally:
+        if not inplace:
+            for lin, data in originals.items():
+                lin.weight.data = data
+    if wanted is not None and set(results) != wanted:
+        extra = sorted(wanted - set(results))
+        raise CalibrationError(f"gptq_quantize_blocks: {extra[0]!r} is not a Linear inside the given blocks")
+    return results
+
+
+def _run_cached(block: nn.Module, item: tuple[tuple, dict]) -> Any:
+    args, kwargs = item
+    return block(*args, **kwargs)
+
+
+def _first_output(out: Any) -> torch.Tensor:
+    """A block's hidden-state output: the tensor itself or the first item of a tuple / model output."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    return out[0] if hasattr(out, "__getitem__") else out
 
 
 def _dequantized_like(qt: QuantizedTensor, like: torch.Tensor) -> torch.Tensor:

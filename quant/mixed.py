@@ -106,12 +106,19 @@ def mixed_precision(
     target: float,
     *,
     sensitivity: Mapping[str, float] | None = None,
+    search: str = "greedy",
 ) -> MixedRecipe:
-    """Greedily keep the most sensitive layers in FP16 until ``evaluate(model) >= target``.
+    """Keep the most sensitive layers in FP16 until ``evaluate(model) >= target``.
 
-    FP16 layers are evaluated with their weights rounded to float16 (what would be stored). The model is left
-    unchanged. If even all layers in FP16 miss the target, ``target_met`` is False and a warning is logged.
+    ``search="greedy"`` moves layers to FP16 one at a time in order of decreasing sensitivity, evaluating after
+    each (one evaluation per kept layer). ``search="bisect"`` finds the shortest prefix of that order that
+    meets the target by bisection (about ``log2(layers)`` evaluations; assumes the score grows with the prefix,
+    for models with many layers). FP16 layers are evaluated with their weights rounded to float16 (what would be
+    stored). The model is left unchanged. If even all layers in FP16 miss the target, ``target_met`` is False
+    and a warning is logged.
     """
+    if search not in ("greedy", "bisect"):
+        raise ValueError(f"mixed_precision: search={search!r} is not supported; use 'greedy' or 'bisect'")
     sens = dict(sensitivity) if sensitivity is not None else layer_sensitivity(model, qweights, evaluate)
     deq = _dequantized(model, qweights)
     fp16 = {p: _linear(model, p).weight.data.to(torch.float16).to(_linear(model, p).weight.dtype) for p in qweights}
@@ -121,7 +128,9 @@ def mixed_precision(
         score = quantized_score = float(evaluate(model))
     history: list[tuple[str, float]] = []
     kept: list[str] = []
-    for path in order:
+    if search == "bisect":
+        kept, score, history = _bisect(model, order, deq, fp16, evaluate, target, score)
+    for path in order if search == "greedy" else ():
         if score >= target:
             break
         current[path] = fp16[path]
@@ -147,6 +156,43 @@ def mixed_precision(
         float32_bytes=sum(fp16[p].numel() * 4 for p in qweights),
         history=history,
     )
+
+
+def _bisect(
+    model: nn.Module,
+    order: list[str],
+    deq: Mapping[str, torch.Tensor],
+    fp16: Mapping[str, torch.Tensor],
+    evaluate: Callable[[nn.Module], float],
+    target: float,
+    quantized_score: float,
+) -> tuple[list[str], float, list[tuple[str, float]]]:
+    """Shortest prefix of ``order`` kept in FP16 whose score meets ``target`` (or all of it, if none does)."""
+    history: list[tuple[str, float]] = []
+    if quantized_score >= target:
+        return [], quantized_score, history
+    scores: dict[int, float] = {0: quantized_score}
+
+    def score_of(n: int) -> float:
+        if n not in scores:
+            weights = {p: (fp16[p] if i < n else deq[p]) for i, p in enumerate(order)}
+            with _weights_swapped(model, weights):
+                scores[n] = float(evaluate(model))
+            history.append((order[n - 1], scores[n]))
+            logger.info("mixed precision: %d most sensitive layers in FP16 -> score %.5f (target %.5f)", n,
+                        scores[n], target)
+        return scores[n]
+
+    lo, hi = 0, len(order)  # score(lo) misses the target; find the smallest hi that meets it
+    if score_of(hi) < target:
+        return list(order), scores[hi], history
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if score_of(mid) >= target:
+            hi = mid
+        else:
+            lo = mid
+    return list(order[:hi]), scores[hi], history
 
 
 def embedding_cosine_evaluator(

@@ -55,3 +55,28 @@ def test_bad_options_and_calibration(tmp_path):
         _calibration_and_eval(QuantizeOptions(calib=str(small)))
     with pytest.raises(CalibrationError, match=r"does not exist; pass a text file with one sample per line$"):
         _calibration_and_eval(QuantizeOptions(calib=str(tmp_path / "missing.txt")))
+
+
+def test_clip_option_and_causal_calibration(tmp_path):
+    from pathlib import Path
+
+    from arrowengine.quantize import QuantizeOptions, _calibration_and_eval, _lm_calibration, _tokenizer
+
+    with pytest.raises(ValueError, match=r"^clip must be 'auto', 'minmax' or 'mse', got 'max'$"):
+        QuantizeOptions(clip="max")
+    assert QuantizeOptions(bits=2).group_clip == "mse" and QuantizeOptions(bits=4).group_clip == "minmax"
+    assert QuantizeOptions(bits=2, clip="minmax").group_clip == "minmax"
+    options = QuantizeOptions(bits=4, method="gptq", calib_samples=4, calib_seq_len=64)
+    encoder_calib, held_out = _calibration_and_eval(options)
+    calib, held_out_lm = _calibration_and_eval(options, causal=True)
+    assert len(encoder_calib) == 4 and len(calib) == 4 * 64 // 16 and held_out_lm == held_out
+    assert not set(calib) & set(held_out)
+    src = Path(__file__).resolve().parents[2] / "models" / "smollm2-135m-instruct"
+    if not (src / "tokenizer.json").exists():
+        pytest.skip("models/smollm2-135m-instruct is not converted (scripts/fetch_models.py)")
+    tokenizer = _tokenizer(src)
+    seqs = _lm_calibration(tokenizer, calib, options)
+    assert 1 <= len(seqs) <= 4 and all(tuple(s.shape) == (1, 64) for s in seqs)
+    assert tokenizer.decode(seqs[0][0]).startswith(calib[0][:10])
+    with pytest.raises(CalibrationError, match=r"less than one sequence of 64; pass more text with --calib$"):
+        _lm_calibration(tokenizer, ["hi there"], options)

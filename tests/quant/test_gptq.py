@@ -6,7 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from quant import GPTQ, CalibrationError, GPTQConfig, dequantize, gptq_quantize_model, quantize
+from quant import (
+    GPTQ,
+    CalibrationError,
+    GPTQConfig,
+    dequantize,
+    gptq_quantize_blocks,
+    gptq_quantize_model,
+    quantize,
+)
 
 
 def test_hessian_is_two_over_n_xtx() -> None:
@@ -132,3 +140,74 @@ def test_model_helper_needs_batches() -> None:
     with pytest.raises(CalibrationError) as info:
         gptq_quantize_model(nn.Sequential(nn.Linear(4, 4)), [])
     assert str(info.value) == ("gptq_quantize_model: no calibration batches; pass at least one real input batch")
+
+
+@pytest.mark.slow
+def test_dynamic_groups_beat_rtn_and_stay_on_their_grid(minilm_layer_activations) -> None:
+    layer, calib, held = minilm_layer_activations
+    solver = GPTQ(layer.weight, GPTQConfig(bits=2, group_size=32, static_groups=False, clip="mse"), name="ffn")
+    solver.add_batch(calib)
+    qt = solver.quantize()
+    w = dequantize(qt).view(qt.rows, qt.num_groups, 32)
+    steps = w / qt.scales.float()[..., None] + qt.zero_points.float()[..., None]
+    torch.testing.assert_close(steps, torch.round(steps), rtol=0, atol=1e-3)
+    rtn = quantize(layer.weight.detach(), 2, 32, clip="mse")
+    assert _output_error(layer, qt, held) < 0.8 * _output_error(layer, rtn, held)
+    # the solver's own error estimate matches the output error measured on its calibration rows
+    assert 0.0 < solver.relative_output_error < 1.0
+    assert solver.relative_output_error == pytest.approx(_output_error(layer, qt, calib), rel=1e-3)
+
+
+def test_unknown_clip_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"^GPTQConfig: clip='max' is not supported; use 'minmax' or 'mse'$"):
+        GPTQConfig(clip="max")
+
+
+@pytest.mark.slow
+def test_blocks_match_whole_model_passes_on_real_minilm(minilm, chitchat_sentences) -> None:
+    """Layer by layer on cached block inputs gives the same result as one model forward per layer group."""
+    model, tokenizer = minilm
+    batches = [dict(tokenizer(chitchat_sentences[i : i + 8], padding=True, return_tensors="pt")) for i in (0, 8)]
+    layers = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n[:16] in ("encoder.layer.0.",
+                                                                                             "encoder.layer.1.")]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = GPTQConfig(bits=4, group_size=32, static_groups=False)
+    errors: dict[str, float] = {}
+    done = []
+    blocks = gptq_quantize_blocks(model, list(model.encoder.layer[:2]), batches, cfg, errors=errors,
+                                  progress=lambda i, n: done.append((i, n)))
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # weights restored
+    whole = gptq_quantize_model(model, batches, cfg, layers=layers)
+    assert list(blocks) == layers and set(errors) == set(layers) and all(e > 0 for e in errors.values())
+    assert done == [(1, 2), (2, 2)] and len(layers) == 12
+    for name in layers:
+        torch.testing.assert_close(dequantize(blocks[name]), dequantize(whole[name]), rtol=0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_blocks_on_real_smollm2_decoder(tmp_path) -> None:
+    """A real Llama decoder (rotary embeddings and masks passed as keyword arguments; no KV cache kept)."""
+    from pathlib import Path
+
+    from arrowengine.runtime.loading import load_model
+
+    src = Path(__file__).resolve().parents[2] / "models" / "smollm2-135m-instruct"
+    if not (src / "weights.parquet").exists():
+        pytest.skip("models/smollm2-135m-instruct is not converted (scripts/fetch_models.py)")
+    model = load_model(src).eval()
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randint(100, 20000, (1, 32), generator=gen) for _ in range(2)]
+    blocks = list(model.model.layers)[:2]
+    layers = [f"model.layers.0.{n}" for n, m in blocks[0].named_modules() if isinstance(m, nn.Linear)]
+    cfg = GPTQConfig(bits=4, group_size=64, static_groups=False)
+
+    def forward(m, ids):
+        return m(ids, use_cache=False)
+
+    got = gptq_quantize_blocks(model, blocks, batches, cfg, layers=layers, forward=forward)
+    want = gptq_quantize_model(model, batches, cfg, layers=layers, forward=forward)
+    assert list(got) == layers
+    for name in layers:
+        torch.testing.assert_close(dequantize(got[name]), dequantize(want[name]), rtol=0, atol=1e-4)
+    with pytest.raises(CalibrationError, match=r"^gptq_quantize_blocks: 'lm_head' is not a Linear inside"):
+        gptq_quantize_blocks(model, blocks, batches[:1], cfg, layers=["lm_head"], forward=forward)

@@ -52,3 +52,28 @@ def test_sensitivity_needs_layers(setup) -> None:
     with pytest.raises(CalibrationError) as info:
         layer_sensitivity(model, {}, evaluate)
     assert str(info.value) == "layer_sensitivity: no quantized layers given"
+
+
+def test_bisect_finds_the_same_recipe_as_greedy(setup) -> None:
+    model, qweights, evaluate = setup
+    sens = layer_sensitivity(model, qweights, evaluate)
+    greedy = mixed_precision(model, qweights, evaluate, 0.995, sensitivity=sens)
+    calls = []
+
+    def counting(m):
+        calls.append(1)
+        return evaluate(m)
+
+    bisect = mixed_precision(model, qweights, counting, 0.995, sensitivity=sens, search="bisect")
+    assert bisect.target_met and bisect.fp16_layers == greedy.fp16_layers
+    assert bisect.score == pytest.approx(greedy.score, abs=1e-9)
+    assert len(calls) <= 2 + 3  # quantized score, all-FP16 check, then log2(6) rounded up
+
+
+def test_bisect_unreachable_and_unknown_search(setup) -> None:
+    model, qweights, evaluate = setup
+    two = dict(list(qweights.items())[:2])
+    recipe = mixed_precision(model, two, evaluate, 1.5, sensitivity=dict.fromkeys(two, 1.0), search="bisect")
+    assert not recipe.target_met and sorted(recipe.fp16_layers) == sorted(two)
+    with pytest.raises(ValueError, match=r"^mixed_precision: search='binary' is not supported; use 'greedy' or"):
+        mixed_precision(model, two, evaluate, 0.9, search="binary")
