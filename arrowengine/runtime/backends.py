@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["BACKENDS", "BackendChoice", "BackendFallbackWarning", "configure_threads", "prepare_backend"]
+__all__ = ["BACKENDS", "BackendChoice", "BackendFallbackWarning", "configure_threads", "onnx_session",
+           "prepare_backend"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +92,9 @@ class _CompiledWithFallback:
 class _OnnxRuntimeEncoder:
     """An encoder exported to ONNX once and run by onnxruntime's CPU provider."""
 
-    def __init__(self, model: nn.Module, session: Any, input_names: list[str]) -> None:
+    def __init__(self, model: nn.Module, session: Any, input_names: list[str], path: Path | None = None) -> None:
         self.model = model
+        self.path = path  # the exported .onnx file (e.g. for onnxruntime.quantization)
         self.session = session
         self.input_names = input_names
 
@@ -102,9 +104,16 @@ class _OnnxRuntimeEncoder:
         return SimpleNamespace(last_hidden_state=torch.from_numpy(hidden))
 
 
-def _export_onnx(model: nn.Module, directory: Path) -> tuple[Any, list[str]]:
+def onnx_session(path: Path) -> Any:
+    """An onnxruntime CPU session on ``path`` using torch's intra-op thread count."""
     import onnxruntime as ort
 
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _export_onnx(model: nn.Module, directory: Path) -> tuple[Any, list[str]]:
     names = ["input_ids", "attention_mask", "token_type_ids"]
     example = {n: torch.ones(2, 8, dtype=torch.long) for n in names}
 
@@ -122,10 +131,7 @@ def _export_onnx(model: nn.Module, directory: Path) -> tuple[Any, list[str]]:
     with torch.inference_mode(False), torch.no_grad():
         torch.onnx.export(_Wrapper(model), tuple(example[n] for n in names), str(path), input_names=names,
                           output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17, dynamo=False)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return session, names
+    return onnx_session(path), names
 
 
 def prepare_backend(model: nn.Module, backend: str = "eager") -> BackendChoice:
@@ -153,4 +159,5 @@ def prepare_backend(model: nn.Module, backend: str = "eager") -> BackendChoice:
     except Exception as exc:  # the exporter raises many types for unsupported graphs
         return _fallback(model, backend, f"ONNX export failed: {type(exc).__name__}: {str(exc)[:200]}")
     logger.info("exported %s to ONNX at %s", type(model).__name__, directory)
-    return BackendChoice(_OnnxRuntimeEncoder(model, session, names), "onnxruntime", "onnxruntime")
+    encoder = _OnnxRuntimeEncoder(model, session, names, directory / "model.onnx")
+    return BackendChoice(encoder, "onnxruntime", "onnxruntime")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from arrowengine.errors import ModelConfigError
-from arrowengine.runtime.backends import prepare_backend
+from arrowengine.runtime.backends import BackendChoice, prepare_backend
 from arrowengine.runtime.devices import select_dtype
 from arrowengine.runtime.loading import load_config_dict, load_model
 
@@ -43,6 +43,19 @@ def _pooling_from_dir(model_dir: Path) -> tuple[str, bool]:
     return mode, normalize
 
 
+def _default_calibration_texts(count: int = 256) -> list[str]:
+    """The last ``count`` messages of the chitchat-dataset package (benchmarks and tests use the first ones)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("chitchat_dataset")
+    if spec is None or spec.origin is None:
+        raise ModelConfigError("the int8 precisions need calibration text: pass calibration_texts=[...] (a few "
+                               "hundred real sentences) or pip install chitchat-dataset")
+    data = json.loads((Path(spec.origin).parent / "dataset.json").read_text(encoding="utf-8"))
+    texts = [m["text"].strip() for conv in data.values() for turn in conv["messages"] for m in turn]
+    return [t for t in texts if t][-count:]
+
+
 class TextEncoder:
     """Embed text with a converted encoder: tokenise, run the model batched, pool, L2-normalise.
 
@@ -60,12 +73,20 @@ class TextEncoder:
         pooling: ``mean``, ``cls`` or ``max`` (default: from the model's pooling config).
         normalize: L2-normalise the embeddings (default: from the model's modules config).
         quant_mode: execution mode of a quantized (V2) model's layers (see :func:`load_model`).
+        precision: run the lean BERT forward (:class:`arrowengine.runtime.bert_fast.FastBert`, backend name
+            ``fast``) in this precision instead of ``backend``/``dtype``: ``float32`` (exact), ``bfloat16``,
+            ``int8-mixed`` (fastest at cosine >= 0.99: int8 VNNI matmuls for Q/K/V, attention output and FFN up,
+            SmoothQuant-calibrated on ``calibration_texts``; bf16 FFN down) or ``int8`` (all int8, lower cosine).
+            Measured trade-offs: ``scripts/bench_text_encoder.py``. BERT-style models only.
+        calibration_texts: real sentences for the int8 precisions' SmoothQuant scales (default: 256 messages
+            from the chitchat-dataset package, disjoint from the benchmark's).
     """
 
     def __init__(self, model_dir: str | os.PathLike[str], *, device: str = "cpu", dtype: str = "float32",
                  backend: str = "eager", batch_size: int = 32, max_length: int | None = None,
                  pooling: str | None = None, normalize: bool | None = None,
-                 quant_mode: str = "dequant-on-the-fly") -> None:
+                 quant_mode: str = "dequant-on-the-fly", precision: str | None = None,
+                 calibration_texts: Sequence[str] | None = None) -> None:
         from tokenizers import Tokenizer
 
         self.model_dir = Path(model_dir)
@@ -88,6 +109,17 @@ class TextEncoder:
         self.model = load_model(self.model_dir, device=device, quant_mode=quant_mode)
         self.device_choice = self.model.arrowengine_device
         self.device = self.device_choice.torch_device
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(self.max_length)
+        self.pad_id = int(config.get("pad_token_id") or 0)
+        self.dimension = int(config.get("hidden_size") or config.get("d_model") or 0)
+        self.precision = precision
+        if precision is not None:
+            self.torch_dtype = torch.float32  # FastBert keeps its own per-projection copies
+            self.dtype = precision
+            self.backend = self._fast_backend(precision, calibration_texts)
+            return
         self.torch_dtype = select_dtype(dtype, self.device_choice)
         self.dtype = str(self.torch_dtype).removeprefix("torch.")
         if self.torch_dtype != torch.float32:
@@ -97,11 +129,20 @@ class TextEncoder:
                         self.dtype)
             self.model.to(self.torch_dtype)
         self.backend = prepare_backend(self.model, backend)
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(self.max_length)
-        self.pad_id = int(config.get("pad_token_id") or 0)
-        self.dimension = int(config.get("hidden_size") or config.get("d_model") or 0)
+
+    def _fast_backend(self, precision: str, calibration_texts: Sequence[str] | None) -> BackendChoice:
+        from arrowengine.runtime.bert_fast import PRECISIONS, FastBert, FastBertConfig
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if torch.device(self.device).type != "cpu":
+            raise ModelConfigError(f"precision={precision!r} runs on CPU only; use dtype/backend on {self.device}")
+        calibration = []
+        if precision.startswith("int8"):
+            texts = list(calibration_texts) if calibration_texts is not None else _default_calibration_texts()
+            encodings = self.tokenizer.encode_batch(texts)
+            calibration = [self._tensors(encodings[i : i + 32]) for i in range(0, len(encodings), 32)]
+        return BackendChoice(FastBert(self.model, FastBertConfig(precision), calibration), "fast", "fast")
 
     def encode(self, texts: Sequence[str] | str, *, batch_size: int | None = None) -> np.ndarray:
         """Embeddings of ``texts`` as float32 ``[len(texts), dimension]`` (a single string gives ``[1, dim]``)."""
@@ -125,7 +166,8 @@ class TextEncoder:
                 out[index] = embeddings.float().cpu().numpy()
         return out
 
-    def _forward(self, batch: list) -> torch.Tensor:
+    def _tensors(self, batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask, token_type_ids) of a batch of encodings, padded to its longest member."""
         width = max(len(e.ids) for e in batch)
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         types = torch.zeros((len(batch), width), dtype=torch.long)
@@ -135,7 +177,10 @@ class TextEncoder:
             ids[row, :n] = torch.tensor(enc.ids)
             types[row, :n] = torch.tensor(enc.type_ids)
             mask[row, :n] = 1
-        ids, types, mask = (t.to(self.device) for t in (ids, types, mask))
+        return ids, mask, types
+
+    def _forward(self, batch: list) -> torch.Tensor:
+        ids, mask, types = (t.to(self.device) for t in self._tensors(batch))
         hidden = self.backend.forward(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
         hidden = hidden.float()  # pool in float32 whatever the compute dtype
         if self.pooling == "cls":

@@ -51,3 +51,39 @@ def test_invalid_backend_and_threads(text_encoder):
     with pytest.raises(ValueError, match=r"^threads must be >= 0, got -1$"):
         configure_threads(-1)
     assert configure_threads(0) >= 1
+
+
+@pytest.fixture(scope="module")
+def st_reference(minilm_source, sentences):
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(minilm_source), device="cpu")
+    return model.encode(sentences, batch_size=32, normalize_embeddings=True)
+
+
+def test_fast_float32_is_exact_against_sentence_transformers(minilm_dir, sentences, st_reference):
+    encoder = TextEncoder(minilm_dir, precision="float32")
+    assert encoder.backend.name == "fast"
+    cosine = np.sum(encoder.encode(sentences) * st_reference, axis=1)
+    assert cosine.min() >= 0.99999
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "int8-mixed"])
+def test_fast_reduced_precision_keeps_cosine(minilm_dir, sentences, st_reference, precision):
+    # "Thank you" was the worst sentence of 2,000 chat messages for the int8 paths (short, outlier-dominated)
+    texts = [*sentences, "Thank you", "ok", "Thank you very much"]
+    encoder = TextEncoder(minilm_dir, precision=precision)
+    ref = TextEncoder(minilm_dir).encode(texts)
+    cosine = np.sum(encoder.encode(texts) * ref, axis=1)
+    assert cosine.min() >= 0.99
+    assert np.sum(encoder.encode(sentences) * st_reference, axis=1).min() >= 0.99
+
+
+def test_fast_int8_needs_calibration_and_a_known_precision(minilm_dir):
+    from arrowengine.runtime.bert_fast import FastBert, FastBertConfig
+
+    encoder = TextEncoder(minilm_dir)
+    with pytest.raises(ValueError, match=r"^int8 projections need calibration batches"):
+        FastBert(encoder.model, FastBertConfig("int8"))
+    with pytest.raises(ValueError, match=r"^precision must be one of float32, bfloat16, int8-mixed, int8, got 'int4'$"):
+        TextEncoder(minilm_dir, precision="int4")
