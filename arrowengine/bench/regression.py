@@ -36,6 +36,8 @@ GUARD_ENTRIES = (
     GuardEntry("text eager fp32 vs sentence-transformers", "text", "all-MiniLM-L6-v2 batch=32",
                "arrowengine eager fp32"),
     GuardEntry("text bf16 vs sentence-transformers", "text", "all-MiniLM-L6-v2 batch=32", "arrowengine bf16", "BF16"),
+    GuardEntry("text fast int8-mixed vs sentence-transformers", "text", "all-MiniLM-L6-v2 batch=32",
+               "arrowengine fast int8-mixed", "VNNI"),
     GuardEntry("text INT8 dequant-on-load vs sentence-transformers", "text", "all-MiniLM-L6-v2 batch=32",
                "arrowengine INT8 dequant-on-load"),
     GuardEntry("SDPA vs eager attention (MiniLM)", "ops", "attention: MiniLM", "SDPA fp32"),

@@ -44,6 +44,9 @@ class TextStrategy:
 TEXT_STRATEGIES = (
     TextStrategy("arrowengine eager fp32", {}, sweep=True),
     TextStrategy("arrowengine bf16", {"dtype": "bfloat16"}, sweep=True),
+    TextStrategy("arrowengine fast int8-mixed", {"precision": "int8-mixed"}, sweep=True),
+    TextStrategy("arrowengine fast bf16", {"precision": "bfloat16"}),
+    TextStrategy("arrowengine fast int8", {"precision": "int8"}),
     TextStrategy("arrowengine compile fp32", {"backend": "compile"}),
     TextStrategy("arrowengine onnxruntime fp32", {"backend": "onnxruntime"}),
     TextStrategy("arrowengine INT8 dequant-on-the-fly", {"quant_mode": "dequant-on-the-fly"}, int8_file=True),
@@ -51,6 +54,7 @@ TEXT_STRATEGIES = (
     TextStrategy("arrowengine INT8 dequant-on-load", {"quant_mode": "dequant-on-load"}, int8_file=True),
     TextStrategy("arrowengine INT8 dequant-on-load bf16", {"quant_mode": "dequant-on-load", "dtype": "bfloat16"},
                  int8_file=True),
+    TextStrategy("arrowengine INT8 file fast int8-mixed", {"precision": "int8-mixed"}, int8_file=True),
 )
 
 
