@@ -117,7 +117,9 @@ def _fidelity(vectors: np.ndarray, reference: np.ndarray) -> Fidelity:
 
 def _measure(ctx: BenchContext, strategy: str, role: str, encode: Callable[[list[str], int], np.ndarray],
              texts: list[str], batch: int, reference: np.ndarray | None) -> np.ndarray:
-    spread, vectors = ctx.time(lambda: encode(texts, batch), repeats=max(1, ctx.options.repeats // 2))
+    # a full run embeds 2000 sentences per call (seconds each): fewer repeats; quick runs need them all
+    repeats = ctx.options.repeats if ctx.options.quick else max(2, ctx.options.repeats // 2)
+    spread, vectors = ctx.time(lambda: encode(texts, batch), repeats=repeats)
     vectors = np.asarray(vectors, dtype=np.float32)
     fidelity = _fidelity(vectors, reference if reference is not None else vectors)
     ctx.record("text", f"{MODEL} batch={batch}", strategy, role, "throughput", "sentences/s",
