@@ -4,7 +4,8 @@ Baseline: transformers ``LlamaForCausalLM.generate`` (greedy, fp32) on the same 
 config (loading the GGUF source through transformers takes ~15 s and gives the same module). Each strategy
 generates exactly 64 new tokens (EOS ignored). Fidelity: greedy token agreement with the baseline (fraction of
 the 64 positions that match) and, for arrowengine, perplexity on held-out chat text (full runs; the baseline's
-perplexity is the fp32 strategy's, which computes the same function). Decode speed is also set
+perplexity is arrowengine fp32's, which computes the same function). A speed counts against the targets only
+when the strategy's perplexity is within +1% of fp32's. Decode speed is also set
 against the memory-bandwidth bound: measured copy bandwidth / weight bytes read per token.
 """
 
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 MODEL = "smollm2-135m-instruct"
 NEW_TOKENS = 64
+PPL_BAR = 0.01  # relative perplexity increase allowed for a speed to count against the targets
 PROMPT_LENGTHS = (32, 512)
 
 
@@ -111,6 +113,9 @@ def run_llm(ctx: BenchContext) -> None:
             return list(llm.generate_ids([ids], params)[0].token_ids)
         return generate
 
+    # the fp32 perplexity every strategy's is compared with (arrowengine fp32: logits identical to transformers')
+    reference_ppl = float(LLM(model_dir, device=ctx.options.device, dtype="float32").perplexity(held_out))
+
     def measure(strategy: str, role: str, generate, weight_bytes: float, perplexity: float | None) -> None:
         for length, ids in prompts.items():
             group = f"{MODEL} prompt={length}"
@@ -119,8 +124,14 @@ def run_llm(ctx: BenchContext) -> None:
             if role == "baseline":
                 references[length] = tokens
             agreement = _agreement(tokens, references.get(length, tokens))
-            extra = {"perplexity": perplexity} if perplexity is not None else {}
-            fidelity = Fidelity("token_agreement", agreement, None, extra=extra)
+            if perplexity is not None:
+                # the bar: perplexity within +1% of fp32 (issue 4's INT8 target); greedy tokens diverge early
+                # under any rounding change, so agreement is reported but not the bar
+                increase = perplexity / reference_ppl - 1.0
+                fidelity = Fidelity("perplexity_increase", increase, PPL_BAR, higher_is_better=False,
+                                    extra={"perplexity": perplexity, "token_agreement": agreement})
+            else:
+                fidelity = Fidelity("token_agreement", agreement, None)
             ctx.record("llm", group, strategy, role, "ttft", "ms", first.median * 1e3, higher_is_better=False,
                        spread=first.scaled(1e3), fidelity=fidelity, params={"prompt_tokens": length})
             decode_s = max(full.median - first.median, 1e-9) / (NEW_TOKENS - 1)
@@ -148,7 +159,7 @@ def run_llm(ctx: BenchContext) -> None:
     for strategy in LLM_STRATEGIES:
         def run(strategy=strategy) -> None:
             llm = LLM(model_dir, device=ctx.options.device, **strategy.kwargs)
-            ppl = None if ctx.options.quick else float(llm.perplexity(held_out))
+            ppl = float(llm.perplexity(held_out))
             measure(strategy.name, "ours", ours_runner(llm), float(llm.forward.weight_bytes_per_token), ppl)
         ctx.attempt("llm", f"{MODEL} prompt=32", strategy.name, "ours", "decode", "tokens/s", run)
         progress.update()

@@ -199,10 +199,11 @@ def console_summary(report: dict[str, Any]) -> str:
         if r["role"] == "baseline":
             continue
         if r["status"] != "ok":
-            lines.append(f"{r['suite']:6s} {r['group'][:58]:58s} {r['strategy'][:40]:40s} {r['status']}")
+            lines.append(f"{r['suite']:6s} {r['group'][:50]:50s} {r['strategy'][:40]:40s} {r['metric']:10s} "
+                         f"{r['status']}")
             continue
         ratio = f"{r['ratio']:6.2f}x" if r["ratio"] is not None else "     -"
-        lines.append(f"{r['suite']:6s} {r['group'][:58]:58s} {r['strategy'][:40]:40s} {ratio} vs "
+        lines.append(f"{r['suite']:6s} {r['group'][:50]:50s} {r['strategy'][:40]:40s} {r['metric']:10s} {ratio} vs "
                      f"{(r['baseline'] or '-')[:30]:30s} {_fidelity_text(r)}")
     lines.append("")
     for t in report["targets"]:

@@ -18,7 +18,7 @@ _FIDELITY = {
     "type": ["object", "null"],
     "required": ["metric", "value", "threshold", "higher_is_better", "extra"],
     "properties": {
-        "metric": {"enum": ["cosine_min", "rel_error", "token_agreement"]},
+        "metric": {"enum": ["cosine_min", "rel_error", "token_agreement", "perplexity_increase"]},
         "value": _NUMBER_OR_NULL,
         "threshold": _NUMBER_OR_NULL,
         "higher_is_better": {"type": "boolean"},
