@@ -58,7 +58,7 @@ def _fidelity_text(r: dict[str, Any]) -> str:
             text += f", {key} {value:.4g}"
     if fid["threshold"] is not None:
         ok = fid["value"] >= fid["threshold"] if fid["higher_is_better"] else fid["value"] <= fid["threshold"]
-        text += "" if ok else f" (below {fid['threshold']})"
+        text += "" if ok else f" (misses the bar {fid['threshold']})"
     return text
 
 
