@@ -7,7 +7,9 @@ rounds (medians reported), the encoder forward of:
 * transformers ``WhisperEncoder`` fp32 built from ``config.json`` with a plain (cloned) state dict: the baseline;
 * the same under ``torch.autocast(bfloat16)`` (the peer in shared/PEERS.md);
 * arrowengine ``AudioEncoder`` fp32 (mapped weights) and ``dtype="bfloat16"`` (autocast);
-* the mapped encoder with its weights cast to bf16 once (what TextEncoder does for bf16).
+* the mapped encoder with its weights cast to bf16 once (what TextEncoder does for bf16);
+* the lean encoder forward (``precision=``: ``bfloat16`` and ``int8-mixed``, see
+  :mod:`arrowengine.runtime.whisper_fast`).
 
 Fidelity is the cosine to the fp32 baseline: of the mean-pooled embedding (what ``encode`` returns) and per
 encoder frame over the frames that hold audio (mean and min).
@@ -74,6 +76,7 @@ def bench_model(model_dir: str, features: torch.Tensor, frames: int, rounds: int
     ours32 = AudioEncoder(model_dir)
     ours16 = AudioEncoder(model_dir, dtype="bfloat16")
     cast = copy.deepcopy(ref).to(torch.bfloat16)  # same weights, cast once
+    lean = {p: AudioEncoder(model_dir, precision=p) for p in ("bfloat16", "int8-mixed")}
 
     def hf(fp32: bool):
         def run() -> torch.Tensor:
@@ -84,7 +87,7 @@ def bench_model(model_dir: str, features: torch.Tensor, frames: int, rounds: int
     def ours(enc: AudioEncoder):
         def run() -> torch.Tensor:
             with torch.inference_mode(), enc._autocast():
-                return enc.model.model.encoder(features).last_hidden_state.float()
+                return enc._encoder(features).last_hidden_state.float()
         return run
 
     def cast_once() -> torch.Tensor:
@@ -93,7 +96,8 @@ def bench_model(model_dir: str, features: torch.Tensor, frames: int, rounds: int
 
     runs = {"transformers fp32": hf(True), "transformers bf16 autocast": hf(False),
             "arrowengine fp32": ours(ours32), "arrowengine bf16 (autocast)": ours(ours16),
-            "bf16 weights cast once": cast_once}
+            "bf16 weights cast once": cast_once,
+            **{f"arrowengine lean {p}": ours(enc) for p, enc in lean.items()}}
     outputs = {name: run() for name, run in runs.items()}  # also the warm-up
     times: dict[str, list[float]] = {name: [] for name in runs}
     for r in range(rounds):

@@ -37,7 +37,12 @@ class EncoderStrategy:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-AUDIO_STRATEGIES = (EncoderStrategy("arrowengine fp32"), EncoderStrategy("arrowengine bf16", {"dtype": "bfloat16"}))
+AUDIO_STRATEGIES = (
+    EncoderStrategy("arrowengine fp32"),
+    EncoderStrategy("arrowengine bf16", {"dtype": "bfloat16"}),
+    EncoderStrategy("arrowengine lean bf16", {"precision": "bfloat16"}),
+    EncoderStrategy("arrowengine lean int8-mixed", {"precision": "int8-mixed"}),
+)
 VISION_STRATEGIES = (EncoderStrategy("arrowengine fp32"), EncoderStrategy("arrowengine bf16", {"dtype": "bfloat16"}))
 
 

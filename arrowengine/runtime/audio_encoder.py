@@ -34,6 +34,16 @@ Waveform = np.ndarray | torch.Tensor | Sequence[float]
 _DTYPES = ("float32", "bfloat16")
 
 
+CALIBRATION_CLIPS = Path("/usr/share/pocketsphinx/test/data/cards")
+
+
+def _default_calibration_audio() -> list[np.ndarray]:
+    """Real speech for SmoothQuant calibration: pocketsphinx's ``cards`` clips (16 kHz), or none."""
+    from arrowengine.runtime.audio_features import load_wav
+
+    return [load_wav(path)[0] for path in sorted(CALIBRATION_CLIPS.glob("*.wav"))]
+
+
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
@@ -46,10 +56,19 @@ class AudioEncoder:
         device: torch device for the forward passes.
         dtype: ``float32`` (exact) or ``bfloat16`` (autocast; fast on CPUs with AMX/AVX512-BF16).
         batch_size: waveforms per encoder pass (each is a 30 s window).
+        precision: run the encoder through the lean forward
+            (:class:`arrowengine.runtime.whisper_fast.FastWhisperEncoder`, CPU) in this precision instead of
+            transformers' modules: ``float32``, ``bfloat16`` (bf16 matmuls, blocked attention) or ``int8-mixed``
+            (int8 VNNI matmuls for Q/K/V, attention output and FFN up, SmoothQuant-calibrated on
+            ``calibration_audio``; bf16 FFN down). The decoder of ``transcribe`` keeps ``dtype``.
+        calibration_audio: real 16 kHz speech for ``int8-mixed``'s SmoothQuant scales (default: the
+            pocketsphinx ``cards`` clips, disjoint from the LibriVox benchmark clips; without them smoothing is
+            off, which keeps the pooled cosine but not the worst frame's).
     """
 
     def __init__(self, model_dir: str | os.PathLike[str], *, device: str = "cpu", dtype: str = "float32",
-                 batch_size: int = 8) -> None:
+                 batch_size: int = 8, precision: str | None = None,
+                 calibration_audio: Sequence[Waveform] | None = None) -> None:
         self.model_dir = Path(model_dir)
         config = load_config_dict(self.model_dir)
         if config.get("model_type") != "whisper":
@@ -67,6 +86,29 @@ class AudioEncoder:
         self.device = str(next(self.model.parameters()).device)
         self.dim = int(config["d_model"])
         self._tokenizer = None
+        self.precision = precision
+        self._encoder = self.model.model.encoder
+        if precision is not None:
+            self._encoder = self._fast_encoder(precision, calibration_audio)
+
+    def _fast_encoder(self, precision: str, calibration_audio: Sequence[Waveform] | None):
+        from arrowengine.runtime.whisper_fast import WHISPER_PRECISIONS, FastWhisperConfig, FastWhisperEncoder
+
+        if precision not in WHISPER_PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(WHISPER_PRECISIONS)}, got {precision!r}")
+        if torch.device(self.device).type != "cpu":
+            raise ConfigError(f"precision={precision!r} runs on CPU only; use dtype= on {self.device}")
+        config = FastWhisperConfig(precision)
+        calibration = []
+        if precision == "int8-mixed":
+            waves = list(calibration_audio) if calibration_audio is not None else _default_calibration_audio()
+            if not waves:
+                logger.warning("no calibration speech (pocketsphinx-testdata's cards clips are absent): int8 "
+                               "projections run without SmoothQuant; pass calibration_audio= for the best frames")
+                config.smooth_alpha = 0.0
+            calibration = [log_mel([resample(as_waveform(w), WHISPER_SAMPLE_RATE, self.sampling_rate)],
+                                   self.features)[0] for w in waves]
+        return FastWhisperEncoder(self.model.model.encoder, config, calibration)
 
     @property
     def sampling_rate(self) -> int:
@@ -93,7 +135,7 @@ class AudioEncoder:
         for start in range(0, len(waves), self.batch_size):
             features, valid = log_mel(waves[start : start + self.batch_size], self.features)
             with torch.inference_mode(), self._autocast():
-                hidden = self.model.model.encoder(features.to(self.device)).last_hidden_state
+                hidden = self._encoder(features.to(self.device)).last_hidden_state
             yield hidden.float().cpu(), [max(1, math.ceil(v / frames_per_token)) for v in valid]
 
     def encode(self, waveforms: Waveform | Sequence[Waveform], sampling_rate: int = WHISPER_SAMPLE_RATE, *,
@@ -165,7 +207,9 @@ class AudioEncoder:
         model = self.model
         out: list[int] = []
         with torch.inference_mode(), self._autocast():
-            encoded = model.model.encoder(features.to(self.device)).last_hidden_state
+            encoded = self._encoder(features.to(self.device)).last_hidden_state
+            if self.precision is not None:
+                encoded = encoded.to(next(model.parameters()).dtype)
             cache = None  # the decoder creates its self- and cross-attention cache on the first call
             ids = torch.tensor([prompt], device=self.device)
             for i in range(limit):

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arrowengine.errors import ModelConfigError
+from arrowengine.runtime.fixed_linear import FixedLinear, float_weight, smooth_scales
 
 __all__ = ["PRECISIONS", "FastBert", "FastBertConfig"]
 
@@ -58,57 +59,6 @@ class FastBertConfig:
     precision: str = "float32"
     smooth_alpha: float = 0.8  # best min cosine of 0.5 / 0.65 / 0.8 on 600 chat messages (int8-mixed)
     kinds: dict[str, str] | None = None  # per layer kind (qkv/out/up/down) override of the precision's choice
-
-
-def _float_weight(linear: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(float32 weight, bias) of an ``nn.Linear`` or a ``QuantLinear`` (dequantized: a new tensor)."""
-    weight = linear.weight if isinstance(linear, nn.Linear) else linear.dequantized_weight(torch.float32)
-    bias = None if linear.bias is None else linear.bias.float()
-    return weight.float(), bias
-
-
-def _int8_codes(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-output-channel int8 codes ``[in, out]`` (the layout ``_int_mm`` reads fastest) and scales."""
-    scale = (weight.abs().amax(dim=1) / 127.0).clamp_min(1e-12)
-    codes = torch.clamp(torch.round(weight / scale[:, None]), -127, 127).to(torch.int8)
-    return codes.t().contiguous(), scale.float()
-
-
-class _Linear:
-    """One projection in a fixed precision: ``float32``, ``bfloat16`` or ``int8`` (dynamic per-token)."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, kind: str,
-                 smooth: torch.Tensor | None = None) -> None:
-        self.kind = kind
-        self.bias = None if bias is None else bias.float().contiguous()
-        self.smooth_inv = None
-        if kind == "int8":
-            if smooth is not None:
-                weight = weight * smooth[None, :]
-                self.smooth_inv = (1.0 / smooth).float().contiguous()
-            self.codes, self.scale = _int8_codes(weight)
-            self.out_scale = self.scale[None, :]
-        elif kind == "bfloat16":
-            self.weight = weight.to(torch.bfloat16).contiguous()
-            self.bias_bf16 = None if bias is None else bias.to(torch.bfloat16)
-        else:
-            self.weight = weight
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """``x W^T + b`` for 2-D ``x`` (float32 or bfloat16); out in ``x.dtype``."""
-        if self.kind == "float32":
-            return F.linear(x.float(), self.weight, self.bias).to(x.dtype)
-        if self.kind == "bfloat16":
-            return F.linear(x.to(torch.bfloat16), self.weight, self.bias_bf16).to(x.dtype)
-        xf = x.float()  # quantize in float32: bf16 cannot hold x / scale to int8 precision
-        if self.smooth_inv is not None:
-            xf = xf * self.smooth_inv
-        xs = xf.abs().amax(dim=1, keepdim=True).clamp_min_(1e-8).div_(127.0)
-        xq = torch.round(xf / xs).to(torch.int8)
-        y = torch._int_mm(xq, self.codes).float()
-        y = y.mul_(xs).mul_(self.out_scale)
-        y = y.add_(self.bias) if self.bias is not None else y
-        return y.to(x.dtype)
 
 
 def _kinds(precision: str) -> dict[str, str]:
@@ -169,10 +119,10 @@ class FastBert:
         for index, layer in enumerate(bert.encoder.layer):
             linears = {}
             for kind, modules in _projections(layer).items():
-                parts = [_float_weight(m) for m in modules]
+                parts = [float_weight(m) for m in modules]
                 weight = parts[0][0] if len(parts) == 1 else torch.cat([w for w, _ in parts])
                 bias = parts[0][1] if len(parts) == 1 else torch.cat([b for _, b in parts])
-                linears[kind] = _Linear(weight, bias, kinds[kind], smooth.get((index, kind)))
+                linears[kind] = FixedLinear(weight, bias, kinds[kind], smooth.get((index, kind)))
             self.layers.append(SimpleNamespace(
                 **linears,
                 norm1=self._norm(layer.attention.output.LayerNorm),
@@ -211,10 +161,8 @@ class FastBert:
         scales = {}
         for index, layer in enumerate(bert.encoder.layer):
             for kind in wanted:
-                weight = torch.cat([_float_weight(m)[0] for m in _projections(layer)[kind]])
-                w_max = weight.abs().amax(dim=0).clamp_min(1e-5)
-                a_max = amax[(index, kind)].clamp_min(1e-5)
-                scales[(index, kind)] = (a_max.pow(alpha) / w_max.pow(1.0 - alpha)).clamp_min(1e-5)
+                weight = torch.cat([float_weight(m)[0] for m in _projections(layer)[kind]])
+                scales[(index, kind)] = smooth_scales(amax[(index, kind)], weight, alpha)
         return scales
 
     def __call__(self, *, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

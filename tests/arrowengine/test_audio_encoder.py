@@ -193,6 +193,38 @@ def test_bfloat16_autocast_close_to_float32(tiny_model_dir, encoder, librivox):
     assert (bf16 * encoder.encode(waves)).sum(axis=1).min() >= 0.99
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["float32", "bfloat16", "int8-mixed"])
+def test_lean_encoder_precisions_close_to_float32(tiny_model_dir, encoder, librivox, fsdd, precision):
+    """The lean forward (fused QKV, blocked attention, int8 VNNI projections) keeps the pooled embeddings."""
+    from arrowengine.runtime.audio_encoder import AudioEncoder
+
+    waves = [w for w, _ in librivox] + [resample(w, rate, 16_000) for w, rate in fsdd]
+    fast = AudioEncoder(tiny_model_dir, precision=precision, batch_size=4)
+    cosine = (fast.encode(waves) * encoder.encode(waves)).sum(axis=1)
+    assert cosine.min() >= (0.99999 if precision == "float32" else 0.99), cosine
+    if precision == "float32":  # per frame too: the same function up to summation order
+        for ours, ref in zip(fast.hidden_states(waves[:2]), encoder.hidden_states(waves[:2]), strict=True):
+            np.testing.assert_allclose(ours, ref, rtol=0, atol=2e-3)
+
+
+@pytest.mark.slow
+def test_int8_mixed_transcribes_like_float32(tiny_model_dir, encoder, librivox):
+    from arrowengine.runtime.audio_encoder import AudioEncoder
+
+    fast = AudioEncoder(tiny_model_dir, precision="int8-mixed")
+    hypotheses = [fast.transcribe(w) for w, _ in librivox]
+    assert word_error_rate(hypotheses, [ref for _, ref in librivox]) <= 0.08, hypotheses
+
+
+def test_lean_encoder_bad_precision(tiny_model_dir):
+    from arrowengine.runtime.audio_encoder import AudioEncoder
+
+    with pytest.raises(ConfigError) as info:
+        AudioEncoder(tiny_model_dir, precision="int4")
+    assert str(info.value) == "precision must be one of float32, bfloat16, int8-mixed, got 'int4'"
+
+
 def test_wrong_model_and_bad_options(tiny_model_dir, tmp_path):
     from arrowengine.runtime.audio_encoder import AudioEncoder
 

@@ -1,0 +1,77 @@
+"""Fixed-precision projections shared by the lean encoder forwards (:mod:`bert_fast`, :mod:`whisper_fast`).
+
+A :class:`FixedLinear` holds one ``nn.Linear``'s (or ``QuantLinear``'s) weight in ``float32``, ``bfloat16`` or
+``int8`` and computes ``x W^T + b`` on 2-D activations. ``int8`` quantizes the activation per token (row) at
+run time and multiplies through ``torch._int_mm`` (VNNI on x86); an optional SmoothQuant vector, calibrated on
+real inputs, moves activation outliers into the weight first. :func:`smooth_scales` computes that vector.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["LINEAR_KINDS", "FixedLinear", "float_weight", "smooth_scales"]
+
+LINEAR_KINDS = ("float32", "bfloat16", "int8")
+
+
+def float_weight(linear: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(float32 weight, bias) of an ``nn.Linear`` or a ``QuantLinear`` (dequantized: a new tensor)."""
+    weight = linear.weight if isinstance(linear, nn.Linear) else linear.dequantized_weight(torch.float32)
+    bias = None if linear.bias is None else linear.bias.float()
+    return weight.float(), bias
+
+
+def _int8_codes(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8 codes ``[in, out]`` (the layout ``_int_mm`` reads fastest) and scales."""
+    scale = (weight.abs().amax(dim=1) / 127.0).clamp_min(1e-12)
+    codes = torch.clamp(torch.round(weight / scale[:, None]), -127, 127).to(torch.int8)
+    return codes.t().contiguous(), scale.float()
+
+
+def smooth_scales(activation_amax: torch.Tensor, weight: torch.Tensor, alpha: float) -> torch.Tensor:
+    """SmoothQuant's per-input-channel ``s = amax_x^alpha / amax_w^(1 - alpha)`` (weight ``[out, in]``)."""
+    w_max = weight.abs().amax(dim=0).clamp_min(1e-5)
+    a_max = activation_amax.float().clamp_min(1e-5)
+    return (a_max.pow(alpha) / w_max.pow(1.0 - alpha)).clamp_min(1e-5)
+
+
+class FixedLinear:
+    """One projection in a fixed precision: ``float32``, ``bfloat16`` or ``int8`` (dynamic per-token)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, kind: str,
+                 smooth: torch.Tensor | None = None) -> None:
+        if kind not in LINEAR_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(LINEAR_KINDS)}, got {kind!r}")
+        self.kind = kind
+        self.bias = None if bias is None else bias.float().contiguous()
+        self.smooth_inv = None
+        if kind == "int8":
+            if smooth is not None:
+                weight = weight * smooth[None, :]
+                self.smooth_inv = (1.0 / smooth).float().contiguous()
+            self.codes, self.scale = _int8_codes(weight)
+            self.out_scale = self.scale[None, :]
+        elif kind == "bfloat16":
+            self.weight = weight.to(torch.bfloat16).contiguous()
+            self.bias_bf16 = None if bias is None else bias.to(torch.bfloat16)
+        else:
+            self.weight = weight
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``x W^T + b`` for 2-D ``x`` (float32 or bfloat16); out in ``x.dtype``."""
+        if self.kind == "float32":
+            return F.linear(x.float(), self.weight, self.bias).to(x.dtype)
+        if self.kind == "bfloat16":
+            return F.linear(x.to(torch.bfloat16), self.weight, self.bias_bf16).to(x.dtype)
+        xf = x.float()  # quantize in float32: bf16 cannot hold x / scale to int8 precision
+        if self.smooth_inv is not None:
+            xf = xf * self.smooth_inv
+        xs = xf.abs().amax(dim=1, keepdim=True).clamp_min_(1e-8).div_(127.0)
+        xq = torch.round(xf / xs).to(torch.int8)
+        # int32 x per-token scale -> fp32 in one pass, then per-channel scale and bias in one more
+        y = torch.mul(torch._int_mm(xq, self.codes), xs)
+        y = torch.addcmul(self.bias, y, self.out_scale) if self.bias is not None else y.mul_(self.out_scale)
+        return y.to(x.dtype)
