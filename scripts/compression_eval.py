@@ -9,11 +9,14 @@ token, so it covers a subset: the first ``--lm-per-conversation`` messages of ea
 order, until ``--lm-messages`` messages; the zstd figures are repeated on that same subset.
 
 Semantic tier: one memory per whole conversation, using the first ``--semantic-memories`` conversations of at
-least ``--semantic-min-bytes`` bytes (shorter ones cannot reach 10x: the int8 embedding alone is 384 bytes).
-The summary + entity list are coded with zstd -19 against the dictionary; the whole Arrow row (payload, binary
-or int8 embedding, checksums, metrics) is what the ratio divides by, and the summary is sized so the row meets
-``--semantic-target-ratio``. Reports ratio (also as it would be with an int8 embedding, and without any
-embedding), cosine of MiniLM embeddings of original vs reconstruction and entity retention as min / p5 / p25 /
+least ``--semantic-min-bytes`` bytes (shorter ones cannot reach 10x: the row's fixed fields alone are ~156 bytes).
+The store's text model (:mod:`memory.compression.text_model`) and zstd dictionary are trained on the messages of
+``--semantic-training-conversations`` conversations after the last evaluated one (disjoint). The summary + entity
+list are coded with the text model; the whole Arrow row (payload, binary or int8 embedding, checksums, metrics) is
+what the ratio divides by, and the summary is sized so the row meets ``--semantic-target-ratio``. The compressor
+embeds with MiniLM ``--embedder-precision`` (int8-mixed: fast, cosine >= 0.99 to fp32); every record is then
+decoded and the reported cosine is fp32 MiniLM of original vs decoded reconstruction. Reports ratio (also as it
+would be with an int8 embedding, and without any embedding), cosine and entity retention as min / p5 / p25 /
 median / mean, how many were flagged, and a histogram PNG.
 
     python scripts/compression_eval.py --out docs/benchmarks/compression.json
@@ -124,37 +127,70 @@ def lm_figures(conversations: list[list[str]], max_messages: int, per_conversati
     }, messages
 
 
-def semantic_figures(conversations: list[list[str]], n_memories: int, min_bytes: int, embedder,
-                     config: CompressionConfig, dictionary: ZstdDictionary, histogram: Path | None) -> dict:
-    """Semantic tier on whole conversations of at least ``min_bytes`` bytes; every record decoded again."""
-    memories = [t for t in ("\n".join(c) for c in conversations) if len(t.encode()) >= min_bytes][:n_memories]
-    compressor = Compressor(config, embedder=embedder, dictionary=dictionary)
-    reconstructor = Reconstructor(config, dictionary=dictionary)
+def semantic_split(conversations: list[list[str]], n_memories: int, min_bytes: int,
+                   n_training: int) -> tuple[list[str], list[str]]:
+    """The first ``n_memories`` conversations of >= ``min_bytes`` bytes, and the messages of ``n_training``
+    conversations after the last of them: the store's text the dictionary and text model learn from, disjoint
+    from what they code."""
+    texts = ["\n".join(c) for c in conversations]
+    chosen = [i for i, t in enumerate(texts) if len(t.encode()) >= min_bytes][:n_memories]
+    after = chosen[-1] + 1 if chosen else 0
+    training = [m for c in conversations[after : after + n_training] for m in c]
+    assert not set(chosen) & set(range(after, after + n_training))
+    return [texts[i] for i in chosen], training
+
+
+def semantic_figures(memories: list[str], training: list[str], embedder, reference_embedder,
+                     config: CompressionConfig, histogram: Path | None) -> dict:
+    """Semantic tier on whole conversations; every record decoded again and scored by the fp32 reference."""
+    from memory.compression import ContextTextModel
+    from memory.compression.semantic import embed_documents
+
+    start = time.perf_counter()
+    text_model = ContextTextModel.train(training)
+    dictionary = ZstdDictionary.train(training)
+    train_s = time.perf_counter() - start
+    compressor = Compressor(config, embedder=embedder, dictionary=dictionary, text_model=text_model)
+    reconstructor = Reconstructor(config, dictionary=dictionary, text_model=text_model)
     records = [compressor.compress(m, tier="semantic") for m in tqdm(memories, desc="semantic (conversations)")]
-    for memory, record in zip(memories, records, strict=True):
+    rebuilt = []
+    for memory, record in zip(tqdm(memories, desc="decode + fp32 cosine"), records, strict=True):
         restored = reconstructor.reconstruct(record)
         assert not record.flagged or restored == memory, "flagged record did not restore the raw text"
+        rebuilt.append(restored)
+    # the headline cosine: fp32 MiniLM on the original and on the reconstruction decoded from the stored record
+    cos_fp32 = [float(a @ b) for a, b in zip(embed_documents(reference_embedder, memories),
+                                              embed_documents(reference_embedder, rebuilt), strict=True)]
     unflagged = [r for r in records if not r.flagged]
+    unflagged_cos = [c for c, r in zip(cos_fp32, records, strict=True) if not r.flagged]
     int8_bytes = 384 + 4  # what an int8 embedding (+ its float32 scale, already in the row) would add instead
     ratio_int8 = [r.original_length / (r.stored_bytes - len(r.embedding) + int8_bytes - 4) for r in records]
     ratio_no_embedding = [r.original_length / (r.stored_bytes - len(r.embedding)) for r in records]
+    parts = [reconstructor.semantic_parts(r) for r in unflagged]
     report = {
-        "memories": len(records), "min_bytes": min_bytes, "target_ratio": config.semantic_target_ratio,
-        "embedding_format": config.semantic_embedding, "payload_coding": "zstd_dict",
+        "memories": len(records), "training_messages": len(training), "text_model_order": text_model.order,
+        "text_model_and_dictionary_train_s": train_s, "target_ratio": config.semantic_target_ratio,
+        "embedding_format": config.semantic_embedding,
+        "payload_coding": sorted({r.token_path.split("/")[0] for r in unflagged}),
         "quality_threshold": config.quality_threshold, "summary_shortlist": config.summary_shortlist,
+        "summary_search_steps": config.summary_search_steps,
         "raw_bytes": stats([r.original_length for r in records]),
         "stored_bytes": stats([r.stored_bytes for r in records]),
         "ratio": stats([r.ratio for r in records]),
         "ratio_if_int8_embedding": stats(ratio_int8),
         "ratio_without_embedding": stats(ratio_no_embedding),
         "aggregate_ratio": sum(r.original_length for r in records) / sum(r.stored_bytes for r in records),
-        "cosine": stats([r.cosine for r in records]),
-        "cosine_at_least_0.90": int(sum(r.cosine >= 0.90 for r in records)),
+        "cosine_fp32": stats(cos_fp32),
+        "cosine_fp32_at_least_0.90": int(sum(c >= 0.90 for c in cos_fp32)),
+        "cosine_compressor_embedder": stats([r.cosine for r in records]),
         "entity_retention": stats([r.entity_retention for r in records]),
-        "entities_per_memory": stats([len(reconstructor.semantic_parts(r)[1]) for r in unflagged] or [0]),
+        "entities_per_memory": stats([len(e) for _, e in parts] or [0]),
+        "summary_fraction_of_raw": stats([len(s.encode()) / r.original_length
+                                          for (s, _), r in zip(parts, unflagged, strict=True)] or [0]),
+        "payload_ratio": stats([r.payload_ratio for r in unflagged] or [float("nan")]),
         "flagged": int(sum(r.flagged for r in records)),
         "unflagged_ratio": stats([r.ratio for r in unflagged] or [float("nan")]),
-        "unflagged_cosine": stats([r.cosine for r in unflagged] or [float("nan")]),
+        "unflagged_cosine_fp32": stats(unflagged_cos or [float("nan")]),
         "latency_ms": stats([r.latency_ms for r in records]),
     }
     if histogram is not None:
@@ -166,11 +202,12 @@ def semantic_figures(conversations: list[list[str]], n_memories: int, min_bytes:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
         axes[0].hist([r.ratio for r in records], bins=40)
         axes[0].set_xlabel("ratio (raw bytes / stored row bytes)")
-        axes[1].hist([r.cosine for r in records], bins=40)
+        axes[1].hist(cos_fp32, bins=40)
         axes[1].axvline(config.quality_threshold, color="red", linestyle="--", label="quality threshold")
-        axes[1].set_xlabel("cosine(original, reconstruction), MiniLM")
+        axes[1].set_xlabel("cosine(original, reconstruction), MiniLM fp32")
         axes[1].legend()
-        fig.suptitle(f"semantic tier, {len(records)} chitchat conversations >= {min_bytes} bytes")
+        fig.suptitle(f"semantic tier, {len(records)} chitchat conversations >= "
+                     f"{min(r.original_length for r in records)} bytes")
         fig.tight_layout()
         fig.savefig(histogram, dpi=100)
     return report
@@ -190,8 +227,14 @@ def main() -> None:
     parser.add_argument("--semantic-target-ratio", type=float, default=CompressionConfig.semantic_target_ratio)
     parser.add_argument("--semantic-embedding", choices=("binary", "int8"), default="binary")
     parser.add_argument("--semantic-histogram", type=Path, default=Path("docs/benchmarks/compression_semantic.png"))
-    parser.add_argument("--semantic-shortlist", type=int, default=0,
+    parser.add_argument("--semantic-shortlist", type=int, default=CompressionConfig.summary_shortlist,
                         help="candidates re-scored on real embeddings per greedy step (0: fastest)")
+    parser.add_argument("--semantic-search-steps", type=int, default=CompressionConfig.summary_search_steps,
+                        help="rounds of the local search on real embeddings after the greedy stage")
+    parser.add_argument("--semantic-training-conversations", type=int, default=2000,
+                        help="conversations after the evaluated ones that train the text model and dictionary")
+    parser.add_argument("--embedder-precision", default="int8-mixed",
+                        help="TextEncoder precision the compressor embeds with (cosines re-measured in fp32)")
     parser.add_argument("--embedder-dir", type=Path, default=Path("models/all-MiniLM-L6-v2"))
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -218,12 +261,15 @@ def main() -> None:
     if args.semantic_memories:
         from arrowengine import TextEncoder
 
-        embedder = TextEncoder(args.embedder_dir)
+        memories, training = semantic_split(conversations, args.semantic_memories, args.semantic_min_bytes,
+                                            args.semantic_training_conversations)
+        embedder = TextEncoder(args.embedder_dir, precision=args.embedder_precision)
         config = CompressionConfig(semantic_target_ratio=args.semantic_target_ratio,
                                    summary_shortlist=args.semantic_shortlist,
+                                   summary_search_steps=args.semantic_search_steps,
                                    semantic_embedding=args.semantic_embedding)
-        report["semantic"] = semantic_figures(conversations, args.semantic_memories, args.semantic_min_bytes,
-                                              embedder, config, dictionary, args.semantic_histogram)
+        report["semantic"] = semantic_figures(memories, training, embedder, TextEncoder(args.embedder_dir),
+                                              config, args.semantic_histogram)
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
 

@@ -21,18 +21,21 @@ from memory.compression.lm_coder import LM_CODER_VERSION, LMArithmeticCoder, fre
 from memory.compression.lm_model import HFCausalLM, TokenStepper, load_causal_lm
 from memory.compression.reconstructor import Reconstructor
 from memory.compression.records import RECORD_SCHEMA, RECORD_VERSION, CompressedMemory
+from memory.compression.text_model import TEXT_MODEL_VERSION, ContextTextModel
 from memory.compression.zstd_dict import ZstdDictionary
 
 __all__ = [
     "LM_CODER_VERSION",
     "RECORD_SCHEMA",
     "RECORD_VERSION",
+    "TEXT_MODEL_VERSION",
     "ArithmeticDecoder",
     "ArithmeticEncoder",
     "CompressedMemory",
     "CompressionConfig",
     "CompressionError",
     "Compressor",
+    "ContextTextModel",
     "CorruptPayloadError",
     "EmptyContentError",
     "HFCausalLM",

@@ -11,15 +11,16 @@ raw text (zstd) instead of losing it.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from memory.compression import semantic
 from memory.compression import semantic_codec as codec
-from memory.compression.config import CompressionConfig
+from memory.compression.coders import CoderSet
 from memory.compression.entities import entity_retention, extract_entities
 from memory.compression.errors import (
     CorruptPayloadError,
@@ -27,9 +28,9 @@ from memory.compression.errors import (
     InvalidContentError,
     MissingCoderError,
 )
-from memory.compression.lm_coder import LM_CODER_VERSION, LMArithmeticCoder
-from memory.compression.lm_model import TokenStepper
+from memory.compression.lm_coder import LM_CODER_VERSION
 from memory.compression.records import CompressedMemory
+from memory.compression.text_model import ContextTextModel
 from memory.compression.zstd_dict import ZSTD_CODER_VERSION, ZstdDictionary, _compressor, zstd_compress
 
 __all__ = ["Compressor", "as_context", "validate_texts"]
@@ -70,30 +71,9 @@ def as_context(context: str | Sequence[str] | None) -> list:
     return [context] if isinstance(context, str) else list(context)
 
 
-class Compressor:
-    """Compresses memories (see module docstring).
-
-    ``lm`` is a :class:`~memory.compression.lm_model.TokenStepper` (wrap any transformers causal LM with
-    :class:`~memory.compression.lm_model.HFCausalLM`); ``embedder`` anything with ``encode(list[str])``;
-    ``llm`` anything with ``generate(prompt, max_new_tokens=...)``; ``dictionary`` a trained
-    :class:`ZstdDictionary` (or call :meth:`train_dictionary`).
-    """
-
-    def __init__(
-        self,
-        config: CompressionConfig | None = None,
-        *,
-        lm: TokenStepper | None = None,
-        embedder: semantic.Embedder | None = None,
-        llm: semantic.TextGenerator | None = None,
-        dictionary: ZstdDictionary | None = None,
-    ) -> None:
-        self.config = config or CompressionConfig()
-        self.lm = lm
-        self.embedder = embedder
-        self.llm = llm
-        self.dictionary = dictionary
-        self._coder = LMArithmeticCoder(lm, total_bits=self.config.lm_total_bits) if lm is not None else None
+class Compressor(CoderSet):
+    """Compresses memories (see module docstring and :class:`~memory.compression.coders.CoderSet` for the
+    models it takes: ``lm``, ``embedder``, ``llm``, ``dictionary``, ``text_model``)."""
 
     def train_dictionary(self, texts: Sequence[str]) -> ZstdDictionary:
         """Train (and keep) a zstd dictionary on the store's own texts; returns it for saving with the state."""
@@ -102,6 +82,11 @@ class Compressor:
             texts, size=self.config.dictionary_size, level=self.config.zstd_level
         )
         return self.dictionary
+
+    def train_text_model(self, texts: Sequence[str], *, order: int = 4) -> ContextTextModel:
+        """Train (and keep) the semantic tier's payload model on the store's own texts; save it with the state."""
+        self.text_model = ContextTextModel.train(validate_texts(texts, "training text"), order=order)
+        return self.text_model
 
     def lossless_method(self) -> str:
         """The lossless method this compressor uses, after resolving ``auto``."""
@@ -180,27 +165,25 @@ class Compressor:
         ratio = record.original_length / record.stored_bytes
         return record.with_metrics(ratio=ratio, latency_ms=(time.perf_counter() - start) * 1000.0)
 
-    def _semantic(self, text: str) -> CompressedMemory:
-        if self.embedder is None:
-            raise MissingCoderError(
-                "the semantic tier needs an embedder (anything with encode(list[str]) -> ndarray); pass embedder="
-            )
-        start = time.perf_counter()
+    def _semantic_coding(self, coding: str, entities: tuple[str, ...], base: int, limit: int
+                         ) -> tuple[Callable[[str], bytes | None], Callable[[str], bool]]:
+        """``(payload_of(summary), fits(summary))`` for a semantic payload coded with ``coding``."""
+        if coding == "ctx":
+            model = self.text_model
+            assert model is not None
+            # unit code lengths add up (each unit starts from a line-start context), so sizing is exact and cheap
+            entity_bits = sum(model.unit_bits(e) for e in entities) + 2 * model.unit_bits("")
+
+            def payload_of_ctx(summary: str) -> bytes | None:
+                return model.encode_units(codec.pack_units(summary, entities))
+
+            def fits_ctx(summary: str) -> bool:
+                lines = summary.split("\n") if summary else []
+                bits = entity_bits + sum(model.unit_bits(line) for line in lines)
+                return base + math.ceil(bits / 8.0) + 4 <= limit
+
+            return payload_of_ctx, fits_ctx
         cfg = self.config
-        data = text.encode("utf-8")
-        entities = tuple(extract_entities(text))
-        sentences = [s for s in semantic.split_sentences(text) if not any(c in s for c in codec.SEPARATORS)]
-        original = semantic.embed_documents(self.embedder, [text])[0]
-        embedding, scale = codec.quantize(original, cfg.semantic_embedding)
-        coding = "zstd_dict" if self.dictionary is not None else "zstd"
-        skeleton = CompressedMemory(
-            method="semantic", coder_version=SEMANTIC_CODER_VERSION, original_length=len(data),
-            content_crc32=zlib.crc32(data), embedding=embedding, embedding_scale=scale,
-            model_checksum=self.dictionary.checksum if self.dictionary is not None else "",
-            token_path=f"{coding}/{cfg.semantic_embedding}",
-        )
-        # a binary column grows by exactly the payload's length, so the row size is base + payload
-        base, limit = skeleton.stored_bytes, int(len(data) / cfg.semantic_target_ratio)
 
         def payload_of(summary: str) -> bytes | None:
             packed = codec.pack_parts(summary, entities)
@@ -222,8 +205,37 @@ class Compressor:
                 return estimate <= limit
             return base + len(payload_of(summary) or packed) <= limit
 
+        return payload_of, fits
+
+    def _semantic(self, text: str) -> CompressedMemory:
+        if self.embedder is None:
+            raise MissingCoderError(
+                "the semantic tier needs an embedder (anything with encode(list[str]) -> ndarray); pass embedder="
+            )
+        start = time.perf_counter()
+        cfg = self.config
+        data = text.encode("utf-8")
+        entities = tuple(extract_entities(text))
+        sentences = [s for s in semantic.split_sentences(text) if not any(c in s for c in codec.SEPARATORS)]
+        original = semantic.embed_documents(self.embedder, [text])[0]
+        embedding, scale = codec.quantize(original, cfg.semantic_embedding)
+        coding = ("ctx" if self.text_model is not None else "zstd_dict" if self.dictionary is not None
+                  else "zstd")
+        checksum = {"ctx": self.text_model.checksum if self.text_model is not None else "",
+                    "zstd_dict": self.dictionary.checksum if self.dictionary is not None else ""}.get(coding, "")
+        skeleton = CompressedMemory(
+            method="semantic", coder_version=SEMANTIC_CODER_VERSION, original_length=len(data),
+            content_crc32=zlib.crc32(data), embedding=embedding, embedding_scale=scale,
+            model_checksum=checksum, token_path=f"{coding}/{cfg.semantic_embedding}",
+        )
+        # a binary column grows by exactly the payload's length, so the row size is base + payload
+        base, limit = skeleton.stored_bytes, int(len(data) / cfg.semantic_target_ratio)
+        payload_of, fits = self._semantic_coding(coding, entities, base, limit)
+
         if self.llm is not None:
             summary = semantic.llm_summary(self.llm, text, cfg.summary_max_words, cfg.summary_max_new_tokens)
+            if coding == "ctx":  # the text model codes non-blank lines only
+                summary = "\n".join(codec.summary_lines(summary))
             reconstruction = semantic.llm_reconstruction(
                 self.llm, summary, entities, cfg.reconstruction_max_new_tokens
             )
@@ -231,7 +243,8 @@ class Compressor:
             vectors = np.asarray(self.embedder.encode(sentences), dtype=np.float32)
             summary = semantic.extractive_summary(
                 sentences, vectors, original, fits, entities=entities, shortlist=cfg.summary_shortlist,
-                embedder=self.embedder if cfg.summary_shortlist else None,
+                embedder=self.embedder if cfg.summary_shortlist or cfg.summary_search_steps else None,
+                search_steps=cfg.summary_search_steps,
             )
             reconstruction = semantic.render_reconstruction(summary, entities)
         else:

@@ -20,7 +20,9 @@ class CompressionConfig:
     flagged and the raw text kept; ``semantic_target_ratio`` is the ratio (raw bytes / stored row bytes) the
     extractive summary is sized for, counting everything stored; ``semantic_embedding`` is how the original's
     embedding is kept (``"binary"``: sign bits, 48 bytes for 384 dimensions; ``"int8"``: 384 bytes + scale);
-    ``summary_shortlist`` is how many candidate sentences per step are re-scored on real embeddings (0: none).
+    ``summary_shortlist`` is how many candidate sentences per greedy step are re-scored on real embeddings (0:
+    none); ``summary_search_steps`` bounds the local search (add / drop / swap sentences on the real embedding)
+    that follows the greedy stage (0: greedy only).
     """
 
     lossless_method: str = "auto"
@@ -30,7 +32,8 @@ class CompressionConfig:
     quality_threshold: float = 0.85
     semantic_target_ratio: float = 10.0
     semantic_embedding: str = "binary"
-    summary_shortlist: int = 4
+    summary_shortlist: int = 0
+    summary_search_steps: int = 4
     summary_max_words: int = 60
     summary_max_new_tokens: int = 96
     reconstruction_max_new_tokens: int = 192
@@ -50,6 +53,11 @@ class CompressionConfig:
         if self.semantic_embedding not in ("int8", "binary"):
             raise CompressionError(
                 f"semantic_embedding={self.semantic_embedding!r} is not one of ['int8', 'binary']"
+            )
+        if self.summary_shortlist < 0 or self.summary_search_steps < 0:
+            raise CompressionError(
+                f"summary_shortlist={self.summary_shortlist} and summary_search_steps={self.summary_search_steps} "
+                "must be >= 0"
             )
         if self.semantic_target_ratio <= 1.0:
             raise CompressionError(f"semantic_target_ratio={self.semantic_target_ratio} must be above 1")

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from typing import Any
 
 from memory.compression import semantic, semantic_codec
+from memory.compression.coders import CoderSet
 from memory.compression.compressor import SEMANTIC_CODER_VERSION, as_context, validate_texts
-from memory.compression.config import CompressionConfig
 from memory.compression.errors import (
     CorruptPayloadError,
     InvalidContentError,
@@ -21,10 +22,9 @@ from memory.compression.errors import (
     ModelMismatchError,
     RecordFormatError,
 )
-from memory.compression.lm_coder import LM_CODER_VERSION, LMArithmeticCoder, context_checksum
-from memory.compression.lm_model import TokenStepper
+from memory.compression.lm_coder import LM_CODER_VERSION, context_checksum
 from memory.compression.records import METHODS, CompressedMemory
-from memory.compression.zstd_dict import ZSTD_CODER_VERSION, ZstdDictionary, zstd_decompress
+from memory.compression.zstd_dict import ZSTD_CODER_VERSION, zstd_decompress
 
 __all__ = ["Reconstructor"]
 
@@ -32,28 +32,13 @@ _VERSIONS = {"zstd": ZSTD_CODER_VERSION, "zstd_dict": ZSTD_CODER_VERSION, "lm": 
              "semantic": SEMANTIC_CODER_VERSION}
 
 
-class Reconstructor:
+class Reconstructor(CoderSet):
     """Restores memories: exact text for lossless records, summary + entities for semantic ones.
 
-    Give it the same ``lm`` and ``dictionary`` the compressor used; ``llm`` (optional) rewrites semantic
-    records into prose, otherwise a template joins the summary and the entities it lacks.
+    Give it the same ``lm``, ``dictionary`` and ``text_model`` the compressor used (see
+    :class:`~memory.compression.coders.CoderSet`); ``llm`` (optional) rewrites semantic records into prose,
+    otherwise a template joins the summary and the entities it lacks.
     """
-
-    def __init__(
-        self,
-        config: CompressionConfig | None = None,
-        *,
-        lm: TokenStepper | None = None,
-        embedder: semantic.Embedder | None = None,
-        llm: semantic.TextGenerator | None = None,
-        dictionary: ZstdDictionary | None = None,
-    ) -> None:
-        self.config = config or CompressionConfig()
-        self.lm = lm
-        self.embedder = embedder
-        self.llm = llm
-        self.dictionary = dictionary
-        self._coder = LMArithmeticCoder(lm, total_bits=self.config.lm_total_bits) if lm is not None else None
 
     def reconstruct(
         self,
@@ -139,21 +124,30 @@ class Reconstructor:
                 f"{' (flagged: it keeps the raw text)' if record.flagged else ''}; call reconstruct() instead"
             )
         coding, _ = semantic_codec.parse_token_path(record.token_path)
-        if coding == "zstd_dict":
-            if self.dictionary is None:
-                raise MissingCoderError(
-                    f"semantic record was coded with zstd dictionary {record.model_checksum}; pass dictionary= "
-                    "the same ZstdDictionary to the Reconstructor"
-                )
-            if record.model_checksum != self.dictionary.checksum:
-                raise ModelMismatchError(
-                    f"semantic record was coded with dictionary {record.model_checksum}, but this "
-                    f"reconstructor's dictionary is {self.dictionary.checksum}; load the dictionary the "
-                    "compressor trained"
-                )
         limit = 4 * record.original_length + 1024  # summary + entities never exceed the original by this much
+        if coding == "ctx":
+            model = self._checked("text model", "text_model", self.text_model, record)
+            units = model.decode_units(record.payload, semantic_codec.units_complete, max_bytes=limit)
+            return semantic_codec.unpack_units(units)
+        if coding == "zstd_dict":
+            self._checked("zstd dictionary", "dictionary", self.dictionary, record)
         data = zstd_decompress(record.payload, limit, self.dictionary if coding == "zstd_dict" else None)
         return semantic_codec.unpack_parts(data)
+
+    @staticmethod
+    def _checked(what: str, argument: str, model: Any, record: CompressedMemory) -> Any:
+        """``model`` if it is the one ``record`` was coded with, else the error that says which one to pass."""
+        if model is None:
+            raise MissingCoderError(
+                f"semantic record was coded with {what} {record.model_checksum}; pass {argument}= the same one "
+                "to the Reconstructor"
+            )
+        if record.model_checksum != model.checksum:
+            raise ModelMismatchError(
+                f"semantic record was coded with {what} {record.model_checksum}, but this reconstructor's is "
+                f"{model.checksum}; load the {argument} the compressor trained"
+            )
+        return model
 
     def _semantic(self, record: CompressedMemory) -> str:
         summary, entities = self.semantic_parts(record)

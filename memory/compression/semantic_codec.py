@@ -1,8 +1,10 @@
 """What a semantic record stores, in as few bytes as the objective allows.
 
-* Payload: the summary and the exact entity list as one UTF-8 text (``summary \\x1e entity \\x1f entity ...``),
-  coded with zstd -19 against the store's trained dictionary (``zstd_dict``) or without one (``zstd``). The
-  entities that also occur in the summary cost a zstd match (a few bytes) each.
+* Payload, coded by the store's text model (``ctx``, :mod:`memory.compression.text_model`): the units
+  ``summary lines..., "", entities..., ""`` (an empty unit ends each list), each from a line-start context, so
+  the payload's size is the sum of its units' code lengths. Without a text model: the summary and the entity list
+  as one UTF-8 text (``summary \\x1e entity \\x1f entity ...``) coded with zstd -19 against the store's trained
+  dictionary (``zstd_dict``) or without one (``zstd``).
 * Embedding of the original: ``int8`` (one byte per dimension + a float32 scale) or ``binary`` (one sign bit per
   dimension, 48 bytes for MiniLM's 384; Hamming/cosine retrieval on signs).
 * ``token_path`` of a semantic record names both: ``"<codec>/<embedding format>"``, e.g. ``"zstd_dict/binary"``;
@@ -22,10 +24,15 @@ __all__ = [
     "SEPARATORS",
     "dequantize",
     "pack_parts",
+    "pack_units",
     "parse_token_path",
     "quantize",
+    "summary_lines",
     "unpack_parts",
+    "unpack_units",
 ]
+
+CODINGS = ("ctx", "zstd", "zstd_dict", "raw")
 
 EMBEDDING_FORMATS = ("int8", "binary")
 _SUMMARY_END, _ENTITY_SEP = "\x1e", "\x1f"
@@ -51,6 +58,29 @@ def unpack_parts(data: bytes) -> tuple[str, tuple[str, ...]]:
     return summary, tuple(rest.split(_ENTITY_SEP)) if rest else ()
 
 
+def summary_lines(summary: str) -> list[str]:
+    """The non-blank lines of ``summary``: what a text-model payload keeps of it (units cannot be empty)."""
+    return [line for line in summary.split("\n") if line.strip()]
+
+
+def pack_units(summary: str, entities: Sequence[str]) -> list[str]:
+    """The units a text-model payload codes: summary lines, an empty end marker, entities, an end marker."""
+    return [*summary_lines(summary), "", *entities, ""]
+
+
+def units_complete(units: Sequence[str]) -> bool:
+    """Whether decoded ``units`` hold both end markers (the decoder's stop test)."""
+    return sum(1 for unit in units if unit == "") >= 2
+
+
+def unpack_units(units: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+    """Invert :func:`pack_units`."""
+    if not units_complete(units):
+        raise CorruptPayloadError("text-model payload lacks its end markers: the payload is corrupted")
+    end = units.index("")
+    return "\n".join(units[:end]), tuple(units[end + 1 : len(units) - 1])
+
+
 def quantize(vector: np.ndarray, fmt: str) -> tuple[bytes, float]:
     """``(bytes, scale)`` of ``vector`` in ``fmt``: symmetric int8 with its scale, or packed sign bits (scale 0)."""
     v = np.asarray(vector, dtype=np.float32)
@@ -72,8 +102,8 @@ def dequantize(data: bytes, scale: float, fmt: str) -> np.ndarray:
 def parse_token_path(token_path: str) -> tuple[str, str]:
     """``(codec, embedding format)`` of a semantic record's ``token_path`` (``"zstd_dict/binary"``...)."""
     codec, _, fmt = token_path.partition("/")
-    if codec not in ("zstd", "zstd_dict", "raw") or fmt not in EMBEDDING_FORMATS:
+    if codec not in CODINGS or fmt not in EMBEDDING_FORMATS:
         raise CorruptPayloadError(
-            f"semantic record has token_path {token_path!r}; expected '<zstd|zstd_dict|raw>/<int8|binary>'"
+            f"semantic record has token_path {token_path!r}; expected '<ctx|zstd|zstd_dict|raw>/<int8|binary>'"
         )
     return codec, fmt
