@@ -99,6 +99,7 @@ class TieringConfig:
 
     access_flush_every: int = _rng(512, 1, _BIG)  # buffered access records before a flush
     access_flush_seconds: float = 30.0  # or after this long, whichever first
+    background_flush: bool = True  # write due access statistics on a thread, off the search path
     hot_window_s: float = 7 * 24 * 3600.0  # accessed or created within this window -> hot (LRU recency)
     salience_quantile: float = _rng(0.9, 0.0, 1.0)  # TF-IDF salience at or above this quantile keeps a memory hot
     eviction_policy: str | None = None  # "lru" | "lfu" | "age" | "importance" | None

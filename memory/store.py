@@ -69,6 +69,8 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
         self._access = AccessBuffer(cfg.tiering.access_flush_every, cfg.tiering.access_flush_seconds)
         self._session_tail: dict[str, str] = {}
         self._lock = threading.RLock()
+        self._flush_guard = threading.Lock()
+        self._flusher: threading.Thread | None = None
         self._zstd = zstandard.ZstdDecompressor()
         self._index: MemoryIndex | None = None
         self._dim: int | None = None
@@ -329,11 +331,11 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
         """The memory ``mid`` (archived content transparently decompressed); counts as one access."""
         row = self._require([mid])[mid]
         self._access.record([mid])
-        self._maybe_flush()
         content = row["content"]
         if row["content_zstd"] is not None:
             content = self._zstd.decompress(row["content_zstd"]).decode("utf-8")
         count, last = self._access.pending_for(mid)
+        self._maybe_flush()
         return Memory(
             id=row["id"], content=content, modality=row["modality"], session=row["session"],
             created_at=row["created_at"], tier=row["tier"], importance=float(row["importance"]),

@@ -44,6 +44,7 @@ class AccessBuffer:
         self._flush_every = flush_every
         self._flush_seconds = flush_seconds
         self._pending: dict[str, tuple[int, float]] = {}
+        self._inflight: dict[str, tuple[int, float]] = {}  # drained, not yet committed: still seen by reads
         self._lock = threading.Lock()
         self._since = time.monotonic()
 
@@ -68,19 +69,29 @@ class AccessBuffer:
         """Take every pending record (id -> (count delta, last access))."""
         with self._lock:
             pending, self._pending = self._pending, {}
+            self._inflight = pending
             self._since = time.monotonic()
         return pending
+
+    def settle(self) -> None:
+        """The drained records are committed: reads now find them in the table."""
+        with self._lock:
+            self._inflight = {}
 
     def restore(self, pending: dict[str, tuple[int, float]]) -> None:
         """Put records back after a failed write."""
         with self._lock:
+            self._inflight = {}
             for mid, (count, last) in pending.items():
                 c0, l0 = self._pending.get(mid, (0, 0.0))
                 self._pending[mid] = (c0 + count, max(l0, last))
 
     def pending_for(self, mid: str) -> tuple[int, float]:
-        """Not-yet-flushed (count, last access) for one id, so reads see their own accesses."""
-        return self._pending.get(mid, (0, 0.0))
+        """Not-yet-committed (count, last access) for one id, so reads see their own accesses."""
+        with self._lock:
+            c0, l0 = self._pending.get(mid, (0, 0.0))
+            c1, l1 = self._inflight.get(mid, (0, 0.0))
+        return c0 + c1, max(l0, l1)
 
 
 def tfidf_salience(texts: Sequence[str]) -> np.ndarray:

@@ -72,7 +72,7 @@ class ContextTextModel:
         for text in texts:
             for line in text.splitlines():
                 data = b"\n" + line.encode("utf-8") + b"\n"
-                total += len(data) - 1
+                total += len(data) - 2  # content bytes; blank lines still teach the end-of-unit byte
                 for i in range(1, len(data)):
                     for k in range(min(order, i) + 1):
                         slot = counts[k].setdefault(data[i - k : i], {})

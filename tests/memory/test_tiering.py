@@ -41,8 +41,19 @@ def test_flush_triggers_on_size(tmp_path, embedder):
         version = s.version
         s.get(a)
         assert s.version == version
-        s.get(b)  # second distinct id reaches the threshold
+        s.get(b)  # second distinct id reaches the threshold: one merge, written off the read path
+        s._join_flusher()
         assert s.version == version + 1
+        assert s.get(a).access_count == 2  # the flushed read plus this one, counted before its own flush
+
+
+def test_inline_flush_when_background_is_off(tmp_path, embedder):
+    with _store(tmp_path, embedder, access_flush_every=2, background_flush=False) as s:
+        a, b = s.add_many(["one", "two"])
+        version = s.version
+        s.get(a)
+        s.get(b)
+        assert s._flusher is None and s.version == version + 1
 
 
 @pytest.mark.parametrize(
