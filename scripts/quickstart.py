@@ -2,8 +2,9 @@
 
 Fetches and converts MiniLM and SmolLM2 into models/, maps MiniLM zero-copy and embeds sentences, then stores
 real chat conversations in a memory store (LanceDB, in a temporary directory unless --store is given),
-searches it, and compresses a conversation losslessly (zstd with a trained dictionary, and the arithmetic coder
-driven by SmolLM2) with exact round trips.
+searches it, compresses a conversation losslessly (zstd with a trained dictionary, and the arithmetic coder
+driven by SmolLM2) with exact round trips, and compresses the longest one semantically (summary + exact entities
+coded by a text model trained on other conversations, >= 10x, scored by cosine).
 
 Usage: python scripts/quickstart.py [--models-dir models] [--store DIR] [--conversations 20] [--lm-messages 6]
 Prints what happened and how long each step took.
@@ -141,6 +142,27 @@ def memory_job(encoder: TextEncoder, args: argparse.Namespace) -> None:
     lm_bytes = sum(len(r.payload) for r in records)
     print(f"    SmolLM2 arithmetic coder (conversation as context): {raw / lm_bytes:.2f}x, "
           f"{8 * lm_bytes / raw:.2f} bits/byte, exact round trip, {time.perf_counter() - t0:.1f} s")
+    semantic_job(encoder, conversations)
+
+
+def semantic_job(encoder: TextEncoder, stored: list[tuple[str, list[str]]]) -> None:
+    """Semantic tier: one long conversation to >= 10x, with its cosine and entity retention."""
+    from memory import CompressionConfig, Compressor, Reconstructor
+
+    t0 = time.perf_counter()
+    # the store's text model learns from conversations it already holds (here: the next 1,500 of the data set)
+    training = [m for _, msgs in _conversations(len(stored) + 1500)[len(stored):] for m in msgs]
+    compressor = Compressor(CompressionConfig(semantic_target_ratio=10.0), embedder=encoder)
+    compressor.train_text_model(training)
+    train_s = time.perf_counter() - t0
+    text = max(("\n".join(msgs) for _, msgs in stored), key=len)
+    record = compressor.compress(text, tier="semantic")
+    summary, entities = Reconstructor(text_model=compressor.text_model).semantic_parts(record)
+    print(f"[7] semantic compression of a {record.original_length}-byte conversation (text model trained on "
+          f"{len(training)} messages in {train_s:.1f} s): {record.ratio:.1f}x the stored row "
+          f"({record.stored_bytes} bytes), cosine {record.cosine:.3f}, entity retention {record.entity_retention:.0%}"
+          f"{' (flagged: raw text kept)' if record.flagged else ''}, {record.latency_ms / 1e3:.1f} s")
+    print(f"    summary: {summary[:150]!r}...; entities: {list(entities)[:8]}")
 
 
 if __name__ == "__main__":
