@@ -159,7 +159,8 @@ def _add_quant_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip", default="auto", choices=["auto", "minmax", "mse"],
                    help="group range: MSE-clipped or min-max (auto: mse for INT2)")
     p.add_argument("--mixed", type=float, default=None, metavar="TARGET",
-                   help="keep the most sensitive layers FP16 until this cosine holds")
+                   help="keep the most sensitive Linears FP16 until this holds: mean cosine (encoders, e.g. 0.98) "
+                        "or relative perplexity increase on the calibration text (causal LMs, e.g. 0.10)")
     p.add_argument("--min-cosine", type=float, default=0.99, help="encoder threshold (mean cosine)")
     p.add_argument("--max-ppl-increase", type=float, default=0.10, help="causal LM threshold (relative)")
 

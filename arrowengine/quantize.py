@@ -49,7 +49,9 @@ class QuantizeOptions:
     group_size: int = 0
     method: str = "rtn"  # rtn | gptq
     calib: str | None = None  # text file, one sample per line; default: real chat messages
-    mixed_target: float | None = None  # keep the most sensitive layers FP16 until this cosine holds (encoders)
+    # keep the most sensitive Linears FP16 until this holds: encoders a mean cosine (0.98), causal LMs a relative
+    # perplexity increase on the calibration text (0.10)
+    mixed_target: float | None = None
     min_cosine: float = 0.99  # encoders: mean embedding cosine vs the float model
     max_ppl_increase: float = 0.10  # causal LMs: relative perplexity increase vs the float model
     eval_samples: int = 200
@@ -226,6 +228,7 @@ def _quantize_weights(model: nn.Module, src: Path, options: QuantizeOptions, cal
     layers = _linear_layers(model)
     tokenizer = _tokenizer(src)
     causal = _is_causal(load_config_dict(src))
+    errors: dict[str, float] = {}  # GPTQ's per-layer output error: the sensitivity order for mixed precision
     clip = options.group_clip
     if options.method == "gptq":
         config = GPTQConfig(bits=options.bits, group_size=options.group_size, act_order=options.act_order, clip=clip,
@@ -235,7 +238,8 @@ def _quantize_weights(model: nn.Module, src: Path, options: QuantizeOptions, cal
             inside = {f"{n}." for n, m in model.named_modules() if any(m is b for b in blocks)}
             in_blocks = [p for p in layers if any(p.startswith(prefix) for prefix in inside)]
             qweights = gptq_quantize_blocks(model, blocks, _lm_calibration(tokenizer, calib, options), config,
-                                            layers=in_blocks, forward=lambda m, ids: m(ids, use_cache=False))
+                                            layers=in_blocks, forward=lambda m, ids: m(ids, use_cache=False),
+                                            errors=errors)
             qweights |= {name: quantize(model.get_submodule(name).weight.detach(), options.bits, options.group_size,
                                         clip=clip, name=name) for name in layers if name not in qweights}
         else:
@@ -248,13 +252,39 @@ def _quantize_weights(model: nn.Module, src: Path, options: QuantizeOptions, cal
     recipe: dict[str, Any] = {"method": options.method, "bits": options.bits, "group_size": options.group_size,
                               "clip": clip, "act_order": options.act_order,
                               "calibration": options.calib or "chitchat-dataset messages", "fp16_layers": []}
-    if options.mixed_target is not None and not _is_causal(load_config_dict(src)):
+    if options.mixed_target is not None and causal:
+        recipe["fp16_layers"] = _causal_mixed(model, tokenizer, qweights, calib, options.mixed_target, errors)
+        recipe["mixed_target"] = options.mixed_target
+    elif options.mixed_target is not None:
         reference = _embed(model, tokenizer, calib)
         mixed = mixed_precision(model, qweights, embedding_cosine_evaluator(
             lambda m: _embed(m, tokenizer, calib), reference), options.mixed_target)
         recipe["fp16_layers"] = list(mixed.fp16_layers)
         recipe["mixed_target"] = options.mixed_target
     return qweights, recipe
+
+
+def _causal_mixed(model: nn.Module, tokenizer: Any, qweights: dict[str, Any], texts: list[str],
+                  max_increase: float, errors: dict[str, float]) -> list[str]:
+    """Linears kept FP16 so the calibration-text perplexity rises at most ``max_increase`` over float.
+
+    Sensitivity is GPTQ's output error per layer when GPTQ ran, else the relative weight error of the quantized
+    Linear (one perplexity per layer would cost hundreds of forwards); the prefix of that order is found by
+    bisection (about log2(layers) perplexities).
+    """
+    from quant import dequantize, mixed_precision
+
+    if not errors:
+        for name, qt in qweights.items():
+            weight = model.get_submodule(name).weight.detach().float()
+            errors[name] = float((dequantize(qt).float() - weight).pow(2).sum() / weight.pow(2).sum().clamp_min(1e-12))
+    base = _perplexity(model, tokenizer, texts)
+    recipe = mixed_precision(model, qweights, lambda m: -math.log(_perplexity(m, tokenizer, texts)),
+                             -math.log(base * (1.0 + max_increase)), sensitivity=errors, search="bisect")
+    logger.info("mixed precision: %d of %d Linears kept FP16 (calibration perplexity target +%.1f%%: %s)",
+                len(recipe.fp16_layers), len(qweights), 100 * max_increase,
+                "met" if recipe.target_met else "missed")
+    return list(recipe.fp16_layers)
 
 
 def quantize_model(src: str | os.PathLike[str], dst: str | os.PathLike[str],

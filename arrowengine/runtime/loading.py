@@ -115,6 +115,22 @@ def _install_quantized(model: nn.Module, quantized: dict[str, Any], mode: str) -
     logger.info("built %d QuantLinear layers in mode %s", count, mode)
 
 
+def _upcast_fp16_linears(model: nn.Module) -> None:
+    """A mixed-precision file stores its most sensitive Linears in FP16 next to float32 tensors; a float32
+    forward cannot multiply them, so they are cast to float32 once (a copy of those layers only, logged)."""
+    if not any(p.dtype == torch.float32 for p in model.parameters()):
+        return
+    cast = 0
+    for module in model.modules():
+        if type(module) is nn.Linear and module.weight.dtype == torch.float16:
+            module.weight = nn.Parameter(module.weight.float(), requires_grad=False)
+            if module.bias is not None and module.bias.dtype == torch.float16:
+                module.bias = nn.Parameter(module.bias.float(), requires_grad=False)
+            cast += 1
+    if cast:
+        logger.info("cast %d FP16 Linears of a mixed-precision file to float32 (copies of those layers)", cast)
+
+
 def load_model(
     model_dir: str | os.PathLike[str],
     device: str = "cpu",
@@ -155,6 +171,7 @@ def load_model(
     result = model.load_state_dict(plain, strict=False, assign=True)
     if quantized:
         _install_quantized(model, quantized, quant_mode)
+        _upcast_fp16_linears(model)
     if hasattr(model, "tie_weights") and not quantized:
         model.tie_weights()
     missing = [name for name, p in model.named_parameters() if p.device.type == "meta"]
