@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arrowengine.errors import ModelConfigError
-from arrowengine.runtime.fixed_linear import FixedLinear, float_weight, smooth_scales
+from arrowengine.runtime.fixed_linear import FixedLinear, fused_weight, input_channel_amax, smooth_scales
 
 __all__ = ["PRECISIONS", "FastBert", "FastBertConfig"]
 
@@ -117,12 +117,8 @@ class FastBert:
         smooth = self._smooth_scales(bert, calibration, kinds)
         self.layers = []
         for index, layer in enumerate(bert.encoder.layer):
-            linears = {}
-            for kind, modules in _projections(layer).items():
-                parts = [float_weight(m) for m in modules]
-                weight = parts[0][0] if len(parts) == 1 else torch.cat([w for w, _ in parts])
-                bias = parts[0][1] if len(parts) == 1 else torch.cat([b for _, b in parts])
-                linears[kind] = FixedLinear(weight, bias, kinds[kind], smooth.get((index, kind)))
+            linears = {kind: FixedLinear(*fused_weight(modules), kinds[kind], smooth.get((index, kind)))
+                       for kind, modules in _projections(layer).items()}
             self.layers.append(SimpleNamespace(
                 **linears,
                 norm1=self._norm(layer.attention.output.LayerNorm),
@@ -142,26 +138,19 @@ class FastBert:
         if not calibration:
             raise ValueError("int8 projections need calibration batches for their SmoothQuant scales; pass "
                              "calibration=[(input_ids, attention_mask, token_type_ids), ...] or smooth_alpha=0")
-        amax: dict[tuple[int, str], torch.Tensor] = {}
-        hooks = []
-        for index, layer in enumerate(bert.encoder.layer):
-            for kind in wanted:
-                def hook(_module, inputs, _output, key=(index, kind)):
-                    x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1]).abs().amax(dim=0)
-                    amax[key] = x if key not in amax else torch.maximum(amax[key], x)
-                hooks.append(_projections(layer)[kind][0].register_forward_hook(hook))
-        try:
-            with torch.inference_mode():
-                for ids, mask, types in calibration:
-                    bert(input_ids=ids, attention_mask=mask, token_type_ids=types)
-        finally:
-            for handle in hooks:
-                handle.remove()
+        layers = list(bert.encoder.layer)
+
+        def run() -> None:
+            for ids, mask, types in calibration:
+                bert(input_ids=ids, attention_mask=mask, token_type_ids=types)
+
+        amax = input_channel_amax({(index, kind): _projections(layer)[kind][0] for index, layer in enumerate(layers)
+                                   for kind in wanted}, run)
         alpha = self.config.smooth_alpha
         scales = {}
         for index, layer in enumerate(bert.encoder.layer):
             for kind in wanted:
-                weight = torch.cat([float_weight(m)[0] for m in _projections(layer)[kind]])
+                weight = fused_weight(_projections(layer)[kind])[0]
                 scales[(index, kind)] = smooth_scales(amax[(index, kind)], weight, alpha)
         return scales
 

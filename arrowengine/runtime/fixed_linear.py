@@ -8,11 +8,13 @@ real inputs, moves activation outliers into the weight first. :func:`smooth_scal
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Mapping, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LINEAR_KINDS", "FixedLinear", "float_weight", "smooth_scales"]
+__all__ = ["LINEAR_KINDS", "FixedLinear", "float_weight", "fused_weight", "input_channel_amax", "smooth_scales"]
 
 LINEAR_KINDS = ("float32", "bfloat16", "int8")
 
@@ -22,6 +24,34 @@ def float_weight(linear: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     weight = linear.weight if isinstance(linear, nn.Linear) else linear.dequantized_weight(torch.float32)
     bias = None if linear.bias is None else linear.bias.float()
     return weight.float(), bias
+
+
+def fused_weight(modules: Sequence[nn.Module]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One float32 weight ``[sum(out), in]`` and bias for projections of the same input (a missing bias is 0)."""
+    parts = [float_weight(m) for m in modules]
+    weight = torch.cat([w for w, _ in parts]) if len(parts) > 1 else parts[0][0]
+    if all(b is None for _, b in parts):
+        return weight, None
+    bias = torch.cat([b if b is not None else torch.zeros(w.shape[0]) for w, b in parts])
+    return weight, bias
+
+
+def input_channel_amax(modules: Mapping[Hashable, nn.Module], run: Callable[[], None]) -> dict[Hashable, torch.Tensor]:
+    """Per-input-channel max ``|x|`` each module sees while ``run()`` feeds calibration data through the model."""
+    amax: dict[Hashable, torch.Tensor] = {}
+    hooks = []
+    for key, module in modules.items():
+        def hook(_module, inputs, _output, key=key):
+            x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1]).abs().amax(dim=0)
+            amax[key] = x if key not in amax else torch.maximum(amax[key], x)
+        hooks.append(module.register_forward_hook(hook))
+    try:
+        with torch.inference_mode():
+            run()
+    finally:
+        for handle in hooks:
+            handle.remove()
+    return amax
 
 
 def _int8_codes(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arrowengine.errors import ModelConfigError
-from arrowengine.runtime.fixed_linear import FixedLinear, float_weight, smooth_scales
+from arrowengine.runtime.fixed_linear import FixedLinear, fused_weight, input_channel_amax, smooth_scales
 
 __all__ = ["WHISPER_PRECISIONS", "FastWhisperConfig", "FastWhisperEncoder"]
 
@@ -62,16 +62,6 @@ def _projections(layer: nn.Module) -> dict[str, list[nn.Module]]:
     att = layer.self_attn
     return {"qkv": [att.q_proj, att.k_proj, att.v_proj], "out": [att.out_proj], "up": [layer.fc1],
             "down": [layer.fc2]}
-
-
-def _fused(modules: list[nn.Module]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One weight ``[sum(out), in]`` and bias for several projections of the same input (a missing bias is 0)."""
-    parts = [float_weight(m) for m in modules]
-    weight = torch.cat([w for w, _ in parts]) if len(parts) > 1 else parts[0][0]
-    if all(b is None for _, b in parts):
-        return weight, None
-    bias = torch.cat([b if b is not None else torch.zeros(w.shape[0]) for w, b in parts])
-    return weight, bias
 
 
 class FastWhisperEncoder:
@@ -106,7 +96,7 @@ class FastWhisperEncoder:
         smooth = self._smooth_scales(encoder, calibration, kinds)
         self.layers = []
         for index, layer in enumerate(encoder.layers):
-            linears = {kind: FixedLinear(*_fused(modules), kinds[kind], smooth.get((index, kind)))
+            linears = {kind: FixedLinear(*fused_weight(modules), kinds[kind], smooth.get((index, kind)))
                        for kind, modules in _projections(layer).items()}
             self.layers.append(SimpleNamespace(**linears, norm1=self._norm(layer.self_attn_layer_norm),
                                                norm2=self._norm(layer.final_layer_norm)))
@@ -126,22 +116,13 @@ class FastWhisperEncoder:
         if not calibration:
             raise ValueError("int8 projections need calibration log-mel batches of real speech for their "
                              "SmoothQuant scales; pass calibration=[features, ...] or smooth_alpha=0")
-        amax: dict[tuple[int, str], torch.Tensor] = {}
-        hooks = []
-        for index, layer in enumerate(encoder.layers):
-            for kind in wanted:
-                def hook(_module, inputs, _output, key=(index, kind)):
-                    x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1]).abs().amax(dim=0)
-                    amax[key] = x if key not in amax else torch.maximum(amax[key], x)
-                hooks.append(_projections(layer)[kind][0].register_forward_hook(hook))
-        try:
-            with torch.inference_mode():
-                for features in calibration:
-                    encoder(features.float())
-        finally:
-            for handle in hooks:
-                handle.remove()
-        return {(index, kind): smooth_scales(amax[(index, kind)], _fused(_projections(layer)[kind])[0],
+        def run() -> None:
+            for features in calibration:
+                encoder(features.float())
+
+        amax = input_channel_amax({(index, kind): _projections(layer)[kind][0]
+                                   for index, layer in enumerate(encoder.layers) for kind in wanted}, run)
+        return {(index, kind): smooth_scales(amax[(index, kind)], fused_weight(_projections(layer)[kind])[0],
                                              self.config.smooth_alpha)
                 for index, layer in enumerate(encoder.layers) for kind in wanted}
 
