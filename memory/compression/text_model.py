@@ -40,6 +40,7 @@ TEXT_MODEL_VERSION = 1
 _TOTAL_BITS = 22
 _BUDGET = (1 << _TOTAL_BITS) - 256  # every byte keeps frequency >= 1
 _LINE = 0x0A
+_CACHE_LIMIT = 200_000  # entries per cache (contexts' tables, units' code lengths)
 _SCHEMA = pa.schema([("order", pa.uint8()), ("context", pa.binary()), ("symbols", pa.binary()),
                      ("counts", pa.list_(pa.uint32()))],
                     metadata={"arrowengine.text_model.version": str(TEXT_MODEL_VERSION)})
@@ -94,6 +95,10 @@ class ContextTextModel:
                 h.update(syms.astype(np.uint8).tobytes() + cnts.astype(np.uint32).tobytes())
         return h.hexdigest()
 
+    def _advance(self, history: bytes, byte: int) -> bytes:
+        """The context after ``byte``: the last ``order`` bytes (all a table lookup reads)."""
+        return (history + bytes([byte]))[-self.order :] if self.order else b""
+
     def _cumulative(self, history: bytes) -> np.ndarray:
         """Integer cumulative frequencies ``[257]`` of the byte after ``history`` (its last ``order`` bytes)."""
         key = history[-self.order :] if self.order else b""
@@ -112,7 +117,7 @@ class ContextTextModel:
         freq = np.floor(p * _BUDGET).astype(np.int64) + 1
         table = np.zeros(257, dtype=np.int64)
         np.cumsum(freq, out=table[1:])
-        if len(self._cumulative_cache) < 200_000:
+        if len(self._cumulative_cache) < _CACHE_LIMIT:
             self._cumulative_cache[key] = table
         return table
 
@@ -131,8 +136,9 @@ class ContextTextModel:
             for byte in self._unit_bytes(unit):
                 table = self._cumulative(history)
                 bits += math.log2(float(table[-1]) / float(table[byte + 1] - table[byte]))
-                history = (history + bytes([byte]))[-self.order - 1 :] if self.order else b""
-            self._unit_bits[unit] = bits
+                history = self._advance(history, byte)
+            if len(self._unit_bits) < _CACHE_LIMIT:  # a long-lived store sees ever new sentences
+                self._unit_bits[unit] = bits
         return bits
 
     def estimate_bytes(self, units: Sequence[str]) -> int:
@@ -147,7 +153,7 @@ class ContextTextModel:
             for byte in self._unit_bytes(unit):
                 table = self._cumulative(history)
                 encoder.encode(int(table[byte]), int(table[byte + 1]), int(table[-1]))
-                history = (history + bytes([byte]))[-self.order - 1 :] if self.order else b""
+                history = self._advance(history, byte)
         return encoder.finish()
 
     def decode_units(self, payload: bytes, done: Callable[[list[str]], bool], *, max_bytes: int) -> list[str]:
@@ -173,7 +179,7 @@ class ContextTextModel:
                 current, history = bytearray(), b"\n"
             else:
                 current.append(byte)
-                history = (history + bytes([byte]))[-self.order - 1 :] if self.order else b""
+                history = self._advance(history, byte)
         return units
 
     # -- persistence ---------------------------------------------------------------------------------------
