@@ -136,7 +136,6 @@ def semantic_split(conversations: list[list[str]], n_memories: int, min_bytes: i
     chosen = [i for i, t in enumerate(texts) if len(t.encode()) >= min_bytes][:n_memories]
     after = chosen[-1] + 1 if chosen else 0
     training = [m for c in conversations[after : after + n_training] for m in c]
-    assert not set(chosen) & set(range(after, after + n_training))
     return [texts[i] for i in chosen], training
 
 

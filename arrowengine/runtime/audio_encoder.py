@@ -23,8 +23,10 @@ from arrowengine.errors import ConfigError, ModelConfigError
 from arrowengine.runtime.audio_features import WHISPER_SAMPLE_RATE, LogMelConfig, as_waveform, log_mel, resample
 from arrowengine.runtime.loading import load_config_dict, load_model
 
-if TYPE_CHECKING:  # tokenizers is imported lazily at run time
+if TYPE_CHECKING:  # tokenizers and the lean encoder are imported lazily at run time
     from tokenizers import Tokenizer
+
+    from arrowengine.runtime.whisper_fast import FastWhisperEncoder
 
 __all__ = ["AudioEncoder"]
 
@@ -91,7 +93,7 @@ class AudioEncoder:
         if precision is not None:
             self._encoder = self._fast_encoder(precision, calibration_audio)
 
-    def _fast_encoder(self, precision: str, calibration_audio: Sequence[Waveform] | None):
+    def _fast_encoder(self, precision: str, calibration_audio: Sequence[Waveform] | None) -> FastWhisperEncoder:
         from arrowengine.runtime.whisper_fast import WHISPER_PRECISIONS, FastWhisperConfig, FastWhisperEncoder
 
         if precision not in WHISPER_PRECISIONS:

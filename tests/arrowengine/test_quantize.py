@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from arrowengine.cli import main
 from arrowengine.format import WeightFile
@@ -76,7 +77,10 @@ def test_clip_option_and_causal_calibration(tmp_path):
         pytest.skip("models/smollm2-135m-instruct is not converted (scripts/fetch_models.py)")
     tokenizer = _tokenizer(src)
     seqs = _lm_calibration(tokenizer, calib, options)
-    assert 1 <= len(seqs) <= 4 and all(tuple(s.shape) == (1, 64) for s in seqs)
+    stream = tokenizer("\n".join(calib), return_tensors="pt").input_ids[0]
+    assert len(seqs) == min(4, stream.numel() // 64) >= 1
+    assert all(tuple(s.shape) == (1, 64) for s in seqs)
+    assert torch.equal(torch.cat([s[0] for s in seqs]), stream[: 64 * len(seqs)])  # consecutive cuts of one stream
     assert tokenizer.decode(seqs[0][0]).startswith(calib[0][:10])
     with pytest.raises(CalibrationError, match=r"less than one sequence of 64; pass more text with --calib$"):
         _lm_calibration(tokenizer, ["hi there"], options)
