@@ -1,0 +1,97 @@
+"""FixedLinear: every precision against the float32 product, with the fused GELU and residual epilogues."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from arrowengine.runtime import fixed_linear, whisper_fast
+from arrowengine.runtime.fixed_linear import LINEAR_KINDS, FixedLinear, onednn_int8_available, smooth_scales
+
+needs_onednn_int8 = pytest.mark.skipif(not onednn_int8_available(),
+                                       reason="oneDNN's quantized linear is not available in this torch build")
+
+# worst-case relative error of each kind on LayerNorm-like inputs (fp32 is exact up to summation order)
+TOLERANCE = {"float32": 1e-5, "bfloat16": 2e-2, "int8": 3e-2, "int8-tensor": 4e-2}
+
+
+def _reference(x, weight, bias, activation, residual):
+    y = F.linear(x.float(), weight, bias)
+    if activation is not None:
+        y = F.gelu(y, approximate="tanh" if activation == "gelu_tanh" else "none")
+    return y if residual is None else y + residual.float()
+
+
+def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.float() - want).norm() / want.norm())
+
+
+@settings(max_examples=30, deadline=None)
+@given(kind=st.sampled_from([k for k in LINEAR_KINDS if k != "int8-tensor" or onednn_int8_available()]),
+       rows=st.integers(1, 70), inputs=st.sampled_from([16, 64, 96]), outputs=st.sampled_from([8, 48, 128]),
+       activation=st.sampled_from([None, "gelu", "gelu_tanh"]), with_residual=st.booleans(),
+       with_bias=st.booleans(), dtype=st.sampled_from([torch.float32, torch.bfloat16]), seed=st.integers(0, 99))
+def test_every_kind_matches_the_float_product(kind, rows, inputs, outputs, activation, with_residual, with_bias,
+                                              dtype, seed):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, inputs, generator=generator).to(dtype)
+    weight = torch.randn(outputs, inputs, generator=generator) * inputs**-0.5
+    bias = torch.randn(outputs, generator=generator) * 0.1 if with_bias else None
+    residual = torch.randn(rows, outputs, generator=generator).to(dtype) if with_residual else None
+    linear = FixedLinear(weight, bias, kind)
+    got = linear(x, activation=activation, residual=residual)
+    assert got.dtype == dtype and got.shape == (rows, outputs)
+    tolerance = TOLERANCE[kind] + (1e-2 if dtype == torch.bfloat16 else 0.0)  # the bf16 output rounding
+    assert _relative_error(got, _reference(x, weight, bias, activation, residual)) < tolerance
+
+
+@pytest.mark.parametrize("kind", ["int8", pytest.param("int8-tensor", marks=needs_onednn_int8)])
+def test_smoothquant_moves_an_outlier_channel_into_the_weight(kind):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 64, generator=generator)
+    x[:, 5] *= 60.0  # one outlier input channel, as LayerNorm outputs of speech and text models have
+    weight = torch.randn(32, 64, generator=generator) * 0.125
+    want = F.linear(x, weight)
+    plain = _relative_error(FixedLinear(weight, None, kind)(x), want)
+    scales = smooth_scales(x.abs().amax(dim=0), weight, alpha=0.5)
+    smoothed = _relative_error(FixedLinear(weight, None, kind, scales)(x), want)
+    # the caller folding the division into the producer gives the same numbers without the per-call multiply
+    folded = _relative_error(FixedLinear(weight, None, kind, scales, input_smoothed=True)(x / scales), want)
+    assert smoothed < plain / 2, (smoothed, plain)
+    assert folded == pytest.approx(smoothed, rel=0.05)
+
+
+def test_bad_kind_and_activation_name_the_choices():
+    with pytest.raises(ValueError) as info:
+        FixedLinear(torch.ones(2, 2), None, "int4")
+    assert str(info.value) == "kind must be one of float32, bfloat16, int8, int8-tensor, got 'int4'"
+    with pytest.raises(ValueError) as info:
+        FixedLinear(torch.ones(2, 2), None, "float32")(torch.ones(1, 2), activation="relu")
+    assert str(info.value) == "activation must be one of (None, 'gelu', 'gelu_tanh'), got 'relu'"
+
+
+def test_int8_tensor_without_onednn_says_what_to_use(monkeypatch):
+    monkeypatch.setattr(fixed_linear, "onednn_int8_available", lambda: False)
+    with pytest.raises(RuntimeError) as info:
+        FixedLinear(torch.ones(2, 2), None, "int8-tensor")
+    assert str(info.value) == ("int8-tensor needs oneDNN's quantized linear, which this torch build or CPU lacks; "
+                               "use kind='int8'")
+
+
+def test_whisper_int8_mixed_falls_back_to_per_token_int8_without_onednn(monkeypatch, caplog):
+    monkeypatch.setattr(whisper_fast, "onednn_int8_available", lambda: False)
+    with caplog.at_level(logging.WARNING, logger=whisper_fast.__name__):
+        kinds = whisper_fast._kinds("int8-mixed")
+    assert kinds == {"qkv": "int8", "out": "int8", "up": "int8", "down": "bfloat16"}
+    assert "falls back to per-token int8" in caplog.text
+
+
+@needs_onednn_int8
+def test_whisper_int8_mixed_uses_per_tensor_int8_after_layer_norms():
+    assert whisper_fast._kinds("int8-mixed") == {"qkv": "int8-tensor", "out": "bfloat16", "up": "int8-tensor",
+                                                 "down": "bfloat16"}
