@@ -12,7 +12,9 @@ rounds (medians reported), the encoder forward of:
   :mod:`arrowengine.runtime.whisper_fast`).
 
 Fidelity is the cosine to the fp32 baseline: of the mean-pooled embedding (what ``encode`` returns) and per
-encoder frame over the frames that hold audio (mean and min).
+encoder frame over the frames that hold audio (mean, 1st percentile and min; the min is one low-norm frame
+where the residual stream nearly cancels, e.g. frame 1066 of base at norm 6.9 vs a median of 34, so small
+absolute errors swing its cosine: transformers' own bf16 autocast scores 0.93 there).
 
     python scripts/bench_whisper.py [--out docs/benchmarks/whisper.json] [--threads N] [--clock wall|cpu]
 """
@@ -114,7 +116,7 @@ def bench_model(model_dir: str, features: torch.Tensor, frames: int, rounds: int
         rows.append({"strategy": name, "latency_ms": statistics.median(ms), "per_round_ms": ms,
                      "latency_vs_transformers_fp32": statistics.median(ms) / base,
                      "cosine_pooled": pooled, "cosine_frame_mean": float(per_frame.mean()),
-                     "cosine_frame_min": float(per_frame.min())})
+                     "cosine_frame_p1": float(per_frame.quantile(0.01)), "cosine_frame_min": float(per_frame.min())})
     return {"model": model_dir, "rows": rows}
 
 
@@ -142,7 +144,8 @@ def main() -> None:
         for row in model["rows"]:
             print(f"{model['model']:28s} {row['strategy']:30s} {row['latency_ms']:8.1f} ms "
                   f"{row['latency_vs_transformers_fp32']:.2f}x  cos pooled {row['cosine_pooled']:.5f} "
-                  f"frame min {row['cosine_frame_min']:.4f}")
+                  f"frame mean {row['cosine_frame_mean']:.5f} p1 {row['cosine_frame_p1']:.4f} "
+                  f"min {row['cosine_frame_min']:.4f}")
 
 
 if __name__ == "__main__":

@@ -5,12 +5,12 @@ from __future__ import annotations
 import fnmatch
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from arrowengine.bench.measure import Spread, time_call
+from arrowengine.bench.measure import Spread, time_call, time_interleaved
 from arrowengine.bench.results import Fidelity, Result, ResultSet
 
 __all__ = ["BenchContext", "BenchOptions"]
@@ -64,6 +64,11 @@ class BenchContext:
         """Time ``fn`` with the run's warm-up, repeats and per-measurement time cap."""
         return time_call(fn, warmup=self.options.warmup, repeats=repeats or self.options.repeats,
                          max_seconds=self.options.max_seconds)
+
+    def time_interleaved(self, fns: Mapping[str, Callable[[], Any]]) -> dict[str, tuple[Spread, Any]]:
+        """Time strategies round-robin with the run's warm-up and repeats (cap: per-measurement time x count)."""
+        cap = self.options.max_seconds * max(1, len(fns))
+        return time_interleaved(fns, warmup=self.options.warmup, repeats=self.options.repeats, max_seconds=cap)
 
     def record(self, suite: str, group: str, strategy: str, role: str, metric: str, unit: str, value: float,
                *, higher_is_better: bool, spread: dict[str, float] | None = None,

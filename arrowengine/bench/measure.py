@@ -10,12 +10,12 @@ import gc
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MemorySnapshot", "Spread", "mapping_resident_bytes", "memory_snapshot", "time_call"]
+__all__ = ["MemorySnapshot", "Spread", "mapping_resident_bytes", "memory_snapshot", "time_call", "time_interleaved"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,36 @@ def time_call(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5, max_s
         if gc_was_enabled:
             gc.enable()
     return Spread.of(samples), result
+
+
+def time_interleaved(fns: Mapping[str, Callable[[], Any]], *, warmup: int = 1, repeats: int = 5,
+                     max_seconds: float | None = None) -> dict[str, tuple[Spread, Any]]:
+    """Time several functions round-robin (one call of each per round); returns name -> (spread, last result).
+
+    For ratios between strategies on a shared, noisy machine: a slow spell hits every strategy in the rounds it
+    spans, instead of whichever one was being timed. ``max_seconds`` caps the whole run of rounds (after 2).
+    """
+    results: dict[str, Any] = {}
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            results[name] = fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        for round_index in range(max(1, repeats)):
+            for name, fn in fns.items():
+                start = time.perf_counter()
+                results[name] = fn()
+                samples[name].append(time.perf_counter() - start)
+            spent = sum(sum(times) for times in samples.values())
+            if max_seconds is not None and round_index >= 1 and spent > max_seconds:
+                break
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return {name: (Spread.of(samples[name]), results.get(name)) for name in fns}
 
 
 @dataclass(frozen=True)

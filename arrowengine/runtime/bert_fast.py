@@ -104,7 +104,7 @@ class FastBert:
         self.eps = float(cfg.layer_norm_eps)
         if cfg.hidden_act not in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
             raise ModelConfigError(f"FastBert supports GELU activations, not {cfg.hidden_act!r}; use backend='eager'")
-        self.gelu_approx = "none" if cfg.hidden_act == "gelu" else "tanh"
+        self.activation = "gelu" if cfg.hidden_act == "gelu" else "gelu_tanh"  # FixedLinear's fused epilogue
         emb = bert.embeddings
         self.word = emb.word_embeddings.weight
         self.position = emb.position_embeddings.weight
@@ -132,7 +132,7 @@ class FastBert:
     def _smooth_scales(self, bert: nn.Module, calibration: Sequence, kinds: dict[str, str]
                        ) -> dict[tuple[int, str], torch.Tensor]:
         """SmoothQuant scales of each int8 projection, from its input's per-channel max on real text."""
-        wanted = [kind for kind in ("qkv", "out", "up", "down") if kinds[kind] == "int8"]
+        wanted = [kind for kind in ("qkv", "out", "up", "down") if kinds[kind].startswith("int8")]
         if not wanted or self.config.smooth_alpha <= 0:
             return {}
         if not calibration:
@@ -171,7 +171,7 @@ class FastBert:
             qkv = layer.qkv(x).view(batch, width, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4)
             ctx = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=mask)
             ctx = ctx.transpose(1, 2).reshape(batch * width, self.hidden)
-            x = F.layer_norm(layer.out(ctx).add_(x), (self.hidden,), *layer.norm1, self.eps)
-            h = F.gelu(layer.up(x), approximate=self.gelu_approx)
-            x = F.layer_norm(layer.down(h).add_(x), (self.hidden,), *layer.norm2, self.eps)
+            x = F.layer_norm(layer.out(ctx, residual=x), (self.hidden,), *layer.norm1, self.eps)
+            h = layer.up(x, activation=self.activation)
+            x = F.layer_norm(layer.down(h, residual=x), (self.hidden,), *layer.norm2, self.eps)
         return SimpleNamespace(last_hidden_state=x.view(batch, width, self.hidden))

@@ -1,23 +1,24 @@
 """A lean Whisper encoder forward over a loaded ``WhisperEncoder``'s weights, with per-projection precision.
 
 :class:`FastWhisperEncoder` replaces the ``transformers`` encoder forward for embeddings and transcription:
-Q/K/V fused into one matmul, ``scaled_dot_product_attention``, the residual stream in bf16, and each projection
-kind (``qkv``, attention ``out``, FFN ``up``, FFN ``down``) in the precision its activations tolerate
-(:class:`arrowengine.runtime.fixed_linear.FixedLinear`). Precisions (``precision=``):
+Q/K/V fused into one matmul (the 1/sqrt(head_dim) folded into the query rows), blocked attention, the residual
+stream in bf16, and each projection kind (``qkv``, attention ``out``, FFN ``up``, FFN ``down``) in the precision
+its activations tolerate (:class:`arrowengine.runtime.fixed_linear.FixedLinear`, whose bf16 matmuls carry the
+bias, GELU and residual add in oneDNN's epilogue). Precisions (``precision=``):
 
 * ``float32``: exact up to summation order.
 * ``bfloat16``: every matmul and the convolutions in bf16; LayerNorm statistics in fp32 inside ``layer_norm``.
-* ``int8-mixed``: Q/K/V, attention output and FFN up as dynamic per-token int8 x per-channel int8 through
-  ``torch._int_mm`` (VNNI), SmoothQuant-ed on calibration speech; the FFN down-projection in bf16 (its GELU
-  outputs carry outlier channels, as in BERT).
+* ``int8-mixed``: Q/K/V and FFN up (the two projections that read a LayerNorm) as per-tensor uint8 activations x
+  per-channel int8 weights through oneDNN's quantized linear, SmoothQuant-ed on calibration speech with the
+  smoothing folded into the LayerNorm's affine (no extra pass); attention ``out`` and FFN ``down`` in bf16 (the
+  GELU outputs carry outlier channels: per-tensor int8 there drops the pooled cosine to 0.35, measured). Without
+  oneDNN's quantized linear it falls back to per-token int8 through ``torch._int_mm``.
 
-Measured on this machine class (AMD EPYC, AVX-512 VNNI/BF16, no AMX, 2 threads), tiny.en on 30 s of LibriVox
-speech, latency vs transformers' fp32 encoder in the same process (``scripts/bench_whisper.py``, medians of 7
-interleaved rounds; runs vary by +-15% on this shared machine): ``bfloat16`` 0.54-0.59x (SDPA with bf16 autocast
-0.68-0.71x), pooled cosine 0.99994, worst frame 0.996; ``int8-mixed`` 0.63-0.73x, pooled 0.9999. The int8 path
-is faster per matmul (``_int_mm`` at ~875 GOPS vs bf16 ~360 GFLOP/s at 1500x384x1152) but its fp32
-quantize/dequantize temporaries are fresh multi-MB allocations, and page faults on them (22k per forward, measured
-with ``getrusage``) eat the gain here. Attention is half the bf16 forward: 4 x 14.5 ms of ~150 ms.
+Measured on this machine class (AMD EPYC, AVX-512 VNNI/BF16, no AMX, 2 threads), 30 s of LibriVox speech, the
+encoder forward vs transformers' fp32 encoder in the same process (``scripts/bench_whisper.py --rounds 9``,
+medians of interleaved rounds; runs vary by +-10% on this shared machine): tiny.en ``bfloat16`` 0.50x,
+``int8-mixed`` 0.46x; base 0.46x and 0.42x; pooled cosine >= 0.99990, frame cosine mean >= 0.9992. Attention is
+half the bf16 forward (its two matmuls run near the bf16 GEMM peak; the softmax is most of the rest).
 """
 
 from __future__ import annotations
