@@ -30,6 +30,7 @@ from arrowengine.converters.model_dir import MODEL_CARD, read_model_card, write_
 from arrowengine.converters.source import ConvertedModel
 from arrowengine.errors import EngineError
 from arrowengine.runtime.loading import load_config_dict, load_model
+from arrowengine.runtime.text_encoder import pool_hidden
 from quant.errors import CalibrationError
 
 __all__ = ["AccuracyError", "AccuracyReport", "QuantizeOptions", "evaluate_accuracy", "quantize_model"]
@@ -156,9 +157,7 @@ def _embed(model: nn.Module, tokenizer: Any, texts: list[str]) -> torch.Tensor:
         for start in range(0, len(texts), 32):
             batch = tokenizer(texts[start : start + 32], padding=True, truncation=True, max_length=256,
                               return_tensors="pt")
-            hidden = model(**batch).last_hidden_state.float()
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            out.append(nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1))
+            out.append(pool_hidden(model(**batch).last_hidden_state, batch["attention_mask"]))
     return torch.cat(out)
 
 

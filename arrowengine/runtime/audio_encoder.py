@@ -85,7 +85,8 @@ class AudioEncoder:
         self.generation = _read_json(self.model_dir / "generation_config.json")
         self.model = load_model(self.model_dir, device=device)
         # load_model resolves "auto" and falls back to CPU when a device cannot run: follow where it landed
-        self.device = str(next(self.model.parameters()).device)
+        self.device_choice = self.model.arrowengine_device
+        self.device = str(self.device_choice.torch_device)
         self.dim = int(config["d_model"])
         self._tokenizer = None
         self.precision = precision

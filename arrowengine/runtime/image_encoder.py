@@ -119,7 +119,8 @@ class ImageEncoder:
         self.preprocess = ImagePreprocessor(json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None)
         self.model = load_model(self.model_dir, device=device)
         # load_model resolves "auto" and falls back to CPU when a device cannot run: follow where it landed
-        self.device = str(next(self.model.parameters()).device)
+        self.device_choice = self.model.arrowengine_device
+        self.device = str(self.device_choice.torch_device)
         hidden = int(config["hidden_size"])
         self.hidden_size = hidden
         self.dim = 2 * hidden if pooling == "cls_mean" else hidden

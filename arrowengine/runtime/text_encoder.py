@@ -16,7 +16,7 @@ from arrowengine.runtime.backends import BackendChoice, prepare_backend
 from arrowengine.runtime.devices import select_dtype
 from arrowengine.runtime.loading import load_config_dict, load_model
 
-__all__ = ["TextEncoder"]
+__all__ = ["TextEncoder", "pool_hidden"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,24 @@ def _pooling_from_dir(model_dir: Path) -> tuple[str, bool]:
         entries = json.loads(modules.read_text(encoding="utf-8"))
         normalize = any(str(e.get("type", "")).endswith("Normalize") for e in entries)
     return mode, normalize
+
+
+def pool_hidden(hidden: torch.Tensor, mask: torch.Tensor, mode: str = "mean", normalize: bool = True
+                ) -> torch.Tensor:
+    """Sentence vectors ``[B, H]`` float32 from token states ``[B, S, H]`` and the attention mask ``[B, S]``.
+
+    ``mode`` is ``mean`` (over the unmasked tokens), ``cls`` (the first token) or ``max``; ``normalize``
+    L2-normalises each vector. Pools in float32 whatever the compute dtype.
+    """
+    hidden = hidden.float()
+    if mode == "cls":
+        pooled = hidden[:, 0]
+    elif mode == "max":
+        pooled = hidden.masked_fill(mask.unsqueeze(-1) == 0, float("-inf")).amax(dim=1)
+    else:
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, p=2, dim=1) if normalize else pooled
 
 
 def _default_calibration_texts(count: int = 256) -> list[str]:
@@ -182,18 +200,7 @@ class TextEncoder:
     def _forward(self, batch: list) -> torch.Tensor:
         ids, mask, types = (t.to(self.device) for t in self._tensors(batch))
         hidden = self.backend.forward(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
-        hidden = hidden.float()  # pool in float32 whatever the compute dtype
-        if self.pooling == "cls":
-            pooled = hidden[:, 0]
-        elif self.pooling == "max":
-            pooled = hidden.masked_fill(mask.unsqueeze(-1) == 0, float("-inf")).amax(dim=1)
-        else:
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-        pooled = pooled.float()
-        if self.normalize:
-            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-        return pooled
+        return pool_hidden(hidden, mask, self.pooling, self.normalize)
 
     def __repr__(self) -> str:
         return (f"TextEncoder({str(self.model_dir)!r}, dim={self.dimension}, pooling={self.pooling!r}, "
