@@ -20,6 +20,7 @@ _ISA_FLAGS = {
     "fma": "FMA",
     "avx512f": "AVX-512F",
     "avx512bw": "AVX-512BW",
+    "avx512vl": "AVX-512VL",
     "avx512_vnni": "AVX512-VNNI",
     "avx512_bf16": "AVX512-BF16",
     "avx512_fp16": "AVX512-FP16",
