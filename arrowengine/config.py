@@ -48,13 +48,15 @@ DEVICES = ("auto", "cpu", "cuda", "rocm", "mps", "xpu", "vulkan", "arm")
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """How models run: device, dtype, CPU threads and backend."""
+    """How models run: device, dtype, CPU threads, backend, batch size and the native kernels."""
 
     device: str = field(default="auto", metadata={"choices": DEVICES})
     dtype: str = field(default="float32", metadata={"choices": ("float32", "float16", "bfloat16")})
     threads: int = field(default=0, metadata={"range": (0, 1024)})  # 0: torch's default
     backend: str = field(default="eager", metadata={"choices": ("eager", "compile", "onnxruntime", "ipex")})
     batch_size: int = field(default=32, metadata={"range": (1, 4096)})
+    native_kernels: bool = True  # build and use the C kernels of arrowengine.runtime.native where they run
+    cache_dir: str = ""  # compiled kernels; empty: ~/.cache/arrowengine
 
 
 @dataclass(frozen=True)

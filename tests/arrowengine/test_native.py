@@ -23,7 +23,7 @@ needs_kernel = pytest.mark.skipif(softmax_kernel() is None,
 @pytest.fixture
 def fresh_build(tmp_path, monkeypatch):
     """A cold kernel cache in tmp_path and a cleared in-process memo, restored afterwards."""
-    monkeypatch.setenv("ARROWENGINE_CACHE", str(tmp_path))
+    monkeypatch.setenv("ARROWENGINE_RUNTIME_CACHE_DIR", str(tmp_path))
     softmax_kernel.cache_clear()
     yield tmp_path
     softmax_kernel.cache_clear()
@@ -79,10 +79,10 @@ def test_builds_into_the_cache_once(fresh_build):
 
 
 def test_disabled_by_environment(fresh_build, monkeypatch, caplog):
-    monkeypatch.setenv("ARROWENGINE_NATIVE", "0")
+    monkeypatch.setenv("ARROWENGINE_RUNTIME_NATIVE_KERNELS", "false")
     with caplog.at_level(logging.INFO, logger=native.__name__):
         assert softmax_kernel() is None
-    assert "ARROWENGINE_NATIVE=0" in caplog.text
+    assert "native kernels disabled (runtime.native_kernels is false): torch.softmax is used" in caplog.text
     x = torch.randn(3, 20).bfloat16()
     assert torch.equal(softmax_bf16_(x), torch.softmax(x, dim=-1))
 

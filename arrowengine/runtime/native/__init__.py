@@ -3,11 +3,12 @@
 Eager PyTorch has no faster softmax than ``torch.softmax``, and in the lean Whisper encoder's blocked attention
 that softmax is a third of the attention time. :func:`softmax_bf16_` runs ``softmax_bf16.c`` instead: plain C
 with AVX-512 intrinsics and OpenMP (no torch headers, so it builds in under a second), compiled once per
-source/flags/compiler into ``~/.cache/arrowengine/native`` (``ARROWENGINE_CACHE`` moves it) and shared by later
+source/flags/compiler into ``~/.cache/arrowengine/native`` and shared by later
 processes. OpenMP resolves to the ``libgomp`` torch already loaded, so both use one thread runtime.
 
-Nothing here is required: without AVX-512F/BW/VL, without a compiler, with ``ARROWENGINE_NATIVE=0``, or when
-the build fails, :func:`softmax_kernel` returns ``None`` (the reason logged once) and callers use torch.
+Nothing here is required: without AVX-512F/BW/VL, without a compiler, with ``runtime.native_kernels: false``
+(``ARROWENGINE_RUNTIME_NATIVE_KERNELS=0``), or when the build fails, :func:`softmax_kernel` returns ``None``
+(the reason logged once) and callers use torch. ``runtime.cache_dir`` moves the build cache.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from arrowengine.config import load_config
 from arrowengine.hardware import cpu_info
 
 __all__ = ["native_cache_dir", "softmax_bf16_", "softmax_kernel"]
@@ -39,8 +41,8 @@ _BUILD_TIMEOUT_S = 120
 
 
 def native_cache_dir() -> Path:
-    """Where compiled kernels are kept: ``$ARROWENGINE_CACHE/native`` or ``~/.cache/arrowengine/native``."""
-    root = os.environ.get("ARROWENGINE_CACHE") or Path.home() / ".cache" / "arrowengine"
+    """Where compiled kernels are kept: ``<runtime.cache_dir>/native``, by default ``~/.cache/arrowengine/native``."""
+    root = load_config().runtime.cache_dir or Path.home() / ".cache" / "arrowengine"
     return Path(root) / "native"
 
 
@@ -73,8 +75,8 @@ def _build(source: Path, flags: tuple[str, ...]) -> Path:
 @functools.cache
 def softmax_kernel() -> Callable[[int, int, int, int], int] | None:
     """``kernel(data_ptr, rows, cols, threads) -> 0`` (in-place bf16 row softmax), or None where it cannot run."""
-    if os.environ.get("ARROWENGINE_NATIVE", "1") == "0":
-        logger.info("native kernels disabled (ARROWENGINE_NATIVE=0): torch.softmax is used")
+    if not load_config().runtime.native_kernels:
+        logger.info("native kernels disabled (runtime.native_kernels is false): torch.softmax is used")
         return None
     missing = [isa for isa in _REQUIRED_ISA if isa not in cpu_info().isa]
     if missing:
