@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arrowengine.errors import ModelConfigError
-from arrowengine.runtime.fixed_linear import FixedLinear, fused_weight, input_channel_amax, smooth_scales
+from arrowengine.runtime.fixed_linear import FixedLinear, calibrated_smooth_scales, fused_weight
 
 __all__ = ["PRECISIONS", "FastBert", "FastBertConfig"]
 
@@ -114,11 +114,14 @@ class FastBert:
         # the residual stream, LayerNorm, GELU and attention run in bf16 unless every projection is float32:
         # measured faster than an fp32 stream with casts around each bf16/int8 matmul (see the module docstring)
         self.stream_dtype = torch.float32 if set(kinds.values()) == {"float32"} else torch.bfloat16
-        smooth = self._smooth_scales(bert, calibration, kinds)
+        # each projection kind's weights fused once: the SmoothQuant calibration and the FixedLinears share them
+        fused = {(index, kind): fused_weight(modules) for index, layer in enumerate(bert.encoder.layer)
+                 for kind, modules in _projections(layer).items()}
+        smooth = self._smooth_scales(bert, calibration, kinds, fused)
         self.layers = []
         for index, layer in enumerate(bert.encoder.layer):
-            linears = {kind: FixedLinear(*fused_weight(modules), kinds[kind], smooth.get((index, kind)))
-                       for kind, modules in _projections(layer).items()}
+            linears = {kind: FixedLinear(*fused[(index, kind)], kinds[kind], smooth.get((index, kind)))
+                       for kind in _projections(layer)}
             self.layers.append(SimpleNamespace(
                 **linears,
                 norm1=self._norm(layer.attention.output.LayerNorm),
@@ -129,7 +132,8 @@ class FastBert:
     def _norm(self, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         return norm.weight.to(self.stream_dtype), norm.bias.to(self.stream_dtype)
 
-    def _smooth_scales(self, bert: nn.Module, calibration: Sequence, kinds: dict[str, str]
+    def _smooth_scales(self, bert: nn.Module, calibration: Sequence, kinds: dict[str, str],
+                       fused: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor | None]]
                        ) -> dict[tuple[int, str], torch.Tensor]:
         """SmoothQuant scales of each int8 projection, from its input's per-channel max on real text."""
         wanted = [kind for kind in ("qkv", "out", "up", "down") if kinds[kind].startswith("int8")]
@@ -144,15 +148,9 @@ class FastBert:
             for ids, mask, types in calibration:
                 bert(input_ids=ids, attention_mask=mask, token_type_ids=types)
 
-        amax = input_channel_amax({(index, kind): _projections(layer)[kind][0] for index, layer in enumerate(layers)
-                                   for kind in wanted}, run)
-        alpha = self.config.smooth_alpha
-        scales = {}
-        for index, layer in enumerate(bert.encoder.layer):
-            for kind in wanted:
-                weight = fused_weight(_projections(layer)[kind])[0]
-                scales[(index, kind)] = smooth_scales(amax[(index, kind)], weight, alpha)
-        return scales
+        keys = [(index, kind) for index in range(len(layers)) for kind in wanted]
+        return calibrated_smooth_scales({key: _projections(layers[key[0]])[key[1]] for key in keys},
+                                        {key: fused[key][0] for key in keys}, run, self.config.smooth_alpha)
 
     def __call__(self, *, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  token_type_ids: torch.Tensor | None = None) -> SimpleNamespace:

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LINEAR_ACTIVATIONS", "LINEAR_KINDS", "FixedLinear", "float_weight", "fused_weight", "input_channel_amax",
-           "onednn_int8_available", "smooth_scales"]
+__all__ = ["LINEAR_ACTIVATIONS", "LINEAR_KINDS", "FixedLinear", "calibrated_smooth_scales", "float_weight",
+           "fused_weight", "input_channel_amax", "onednn_int8_available", "smooth_scales"]
 
 LINEAR_KINDS = ("float32", "bfloat16", "int8", "int8-tensor")
 LINEAR_ACTIVATIONS = (None, "gelu", "gelu_tanh")
@@ -91,6 +91,15 @@ def input_channel_amax(modules: Mapping[Hashable, nn.Module], run: Callable[[], 
     return amax
 
 
+def calibrated_smooth_scales(projections: Mapping[Hashable, Sequence[nn.Module]],
+                             weights: Mapping[Hashable, torch.Tensor], run: Callable[[], None], alpha: float
+                             ) -> dict[Hashable, torch.Tensor]:
+    """SmoothQuant scales per key: the per-channel max ``|x|`` the key's first projection sees while ``run()``
+    feeds calibration data through the model, against that key's fused float32 weight ``[out, in]``."""
+    amax = input_channel_amax({key: modules[0] for key, modules in projections.items()}, run)
+    return {key: smooth_scales(amax[key], weights[key], alpha) for key in projections}
+
+
 def _int8_codes(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-output-channel int8 codes ``[in, out]`` (the layout ``_int_mm`` reads fastest) and scales."""
     scale = (weight.abs().amax(dim=1) / 127.0).clamp_min(1e-12)
@@ -107,6 +116,11 @@ def smooth_scales(activation_amax: torch.Tensor, weight: torch.Tensor, alpha: fl
 
 def _gelu_approximate(activation: str) -> str:
     return "tanh" if activation == "gelu_tanh" else "none"
+
+
+def _onednn_post_op(activation: str | None) -> tuple[str, list, str]:
+    """(post-op name, its arguments, its algorithm) of an activation in oneDNN's fused linear ops."""
+    return ("none", [], "") if activation is None else ("gelu", [], _gelu_approximate(activation))
 
 
 class FixedLinear:
@@ -161,8 +175,7 @@ class FixedLinear:
             mkldnn = torch.ops.mkldnn
             if residual is not None and activation is None:
                 return mkldnn._linear_pointwise.binary(x, residual.to(x.dtype), self.packed, self.bias_bf16, "add")
-            y = mkldnn._linear_pointwise(x, self.packed, self.bias_bf16, "none" if activation is None else "gelu",
-                                         [], "" if activation is None else _gelu_approximate(activation))
+            y = mkldnn._linear_pointwise(x, self.packed, self.bias_bf16, *_onednn_post_op(activation))
             return y if residual is None else y.add_(residual)
         if self.kind == "int8-tensor":
             y = self._tensor_int8(x, activation)
@@ -182,9 +195,8 @@ class FixedLinear:
         # one pass to uint8: x / scale + zp + 0.5 in float32 (a 1-d offset makes bf16 x promote), truncated
         codes = torch.add(torch.tensor([zero_point + 0.5]), x, alpha=1.0 / scale).to(torch.uint8)
         out_dtype = torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32
-        return torch.ops.onednn.qlinear_pointwise(
-            codes, scale, zero_point, self.packed, self.scale, self.zero_points, self.bias, 1.0, 0, out_dtype,
-            "none" if activation is None else "gelu", [], "" if activation is None else _gelu_approximate(activation))
+        return torch.ops.onednn.qlinear_pointwise(codes, scale, zero_point, self.packed, self.scale, self.zero_points,
+                                                  self.bias, 1.0, 0, out_dtype, *_onednn_post_op(activation))
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "float32":

@@ -36,10 +36,9 @@ from torch import nn
 from arrowengine.errors import ModelConfigError
 from arrowengine.runtime.fixed_linear import (
     FixedLinear,
+    calibrated_smooth_scales,
     fused_weight,
-    input_channel_amax,
     onednn_int8_available,
-    smooth_scales,
 )
 from arrowengine.runtime.native import softmax_bf16_
 
@@ -118,15 +117,18 @@ class FastWhisperEncoder:
         self.conv1 = (encoder.conv1.weight.to(conv_dtype), encoder.conv1.bias.to(conv_dtype))
         self.conv2 = (encoder.conv2.weight.to(conv_dtype), encoder.conv2.bias.to(conv_dtype))
         self.positions = encoder.embed_positions.weight.to(self.stream_dtype)
-        smooth = self._smooth_scales(encoder, calibration, kinds)
+        # each projection kind's weights fused once: the SmoothQuant calibration and the FixedLinears share them
+        fused = {(index, kind): fused_weight(modules) for index, layer in enumerate(encoder.layers)
+                 for kind, modules in _projections(layer).items()}
+        smooth = self._smooth_scales(encoder, calibration, kinds, fused)
         self.layers = []
         for index, layer in enumerate(encoder.layers):
             linears, norms = {}, {}
-            for kind, modules in _projections(layer).items():
+            for kind in _KINDS:
                 scale = smooth.get((index, kind))
                 # a per-tensor int8 input is smoothed inside its LayerNorm (no multiply per call)
                 folded = kinds[kind] == "int8-tensor" and scale is not None and kind in _NORM_OF_KIND
-                weight, bias = fused_weight(modules)
+                weight, bias = fused[(index, kind)]
                 if kind == "qkv":  # attention's 1/sqrt(head_dim) folded into the query rows: one pass less
                     weight, bias = _scale_query_rows(weight, bias, self.hidden, self.hidden // self.heads)
                 linears[kind] = FixedLinear(weight, bias, kinds[kind], scale, input_smoothed=folded)
@@ -143,7 +145,8 @@ class FastWhisperEncoder:
             weight, bias = weight / smooth, bias / smooth
         return weight.to(self.stream_dtype), bias.to(self.stream_dtype), float(norm.eps)
 
-    def _smooth_scales(self, encoder: nn.Module, calibration: Sequence[torch.Tensor], kinds: dict[str, str]
+    def _smooth_scales(self, encoder: nn.Module, calibration: Sequence[torch.Tensor], kinds: dict[str, str],
+                       fused: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor | None]]
                        ) -> dict[tuple[int, str], torch.Tensor]:
         """SmoothQuant scales of each int8 projection, from its input's per-channel max on real speech."""
         wanted = [kind for kind in _KINDS if kinds[kind].startswith("int8")]
@@ -156,11 +159,9 @@ class FastWhisperEncoder:
             for features in calibration:
                 encoder(features.float())
 
-        amax = input_channel_amax({(index, kind): _projections(layer)[kind][0]
-                                   for index, layer in enumerate(encoder.layers) for kind in wanted}, run)
-        return {(index, kind): smooth_scales(amax[(index, kind)], fused_weight(_projections(layer)[kind])[0],
-                                             self.config.smooth_alpha)
-                for index, layer in enumerate(encoder.layers) for kind in wanted}
+        keys = [(index, kind) for index in range(len(encoder.layers)) for kind in wanted]
+        return calibrated_smooth_scales({key: _projections(encoder.layers[key[0]])[key[1]] for key in keys},
+                                        {key: fused[key][0] for key in keys}, run, self.config.smooth_alpha)
 
     def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Softmax attention of ``[B, heads, T, head_dim]`` inputs (q pre-scaled), as ``[B, T, heads * head_dim]``.

@@ -40,10 +40,14 @@ _REQUIRED_ISA = ("AVX-512F", "AVX-512BW", "AVX-512VL", "FMA")
 _BUILD_TIMEOUT_S = 120
 
 
-def native_cache_dir() -> Path:
-    """Where compiled kernels are kept: ``<runtime.cache_dir>/native``, by default ``~/.cache/arrowengine/native``."""
-    root = load_config().runtime.cache_dir or Path.home() / ".cache" / "arrowengine"
-    return Path(root) / "native"
+def native_cache_dir(cache_dir: str | None = None) -> Path:
+    """Where compiled kernels are kept: ``<runtime.cache_dir>/native``, by default ``~/.cache/arrowengine/native``.
+
+    ``cache_dir`` is that setting when the caller already read the configuration.
+    """
+    if cache_dir is None:
+        cache_dir = load_config().runtime.cache_dir
+    return Path(cache_dir or Path.home() / ".cache" / "arrowengine") / "native"
 
 
 def _compiler() -> str:
@@ -53,11 +57,11 @@ def _compiler() -> str:
     return compiler
 
 
-def _build(source: Path, flags: tuple[str, ...]) -> Path:
-    """Compile ``source`` into a shared library in the cache (atomically: concurrent builders do not clash)."""
+def _build(source: Path, flags: tuple[str, ...], cache: Path) -> Path:
+    """Compile ``source`` into a shared library in ``cache`` (atomically: concurrent builders do not clash)."""
     compiler = _compiler()
     key = hashlib.sha256(source.read_bytes() + " ".join((compiler, *flags, platform.machine())).encode())
-    target = native_cache_dir() / f"{source.stem}-{key.hexdigest()[:16]}.so"
+    target = cache / f"{source.stem}-{key.hexdigest()[:16]}.so"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +79,8 @@ def _build(source: Path, flags: tuple[str, ...]) -> Path:
 @functools.cache
 def softmax_kernel() -> Callable[[int, int, int, int], int] | None:
     """``kernel(data_ptr, rows, cols, threads) -> 0`` (in-place bf16 row softmax), or None where it cannot run."""
-    if not load_config().runtime.native_kernels:
+    runtime = load_config().runtime
+    if not runtime.native_kernels:
         logger.info("native kernels disabled (runtime.native_kernels is false): torch.softmax is used")
         return None
     missing = [isa for isa in _REQUIRED_ISA if isa not in cpu_info().isa]
@@ -83,7 +88,7 @@ def softmax_kernel() -> Callable[[int, int, int, int], int] | None:
         logger.info("native softmax needs %s, which this CPU lacks: torch.softmax is used", ", ".join(missing))
         return None
     try:
-        library = ctypes.CDLL(str(_build(_SOFTMAX_SOURCE, _FLAGS)))
+        library = ctypes.CDLL(str(_build(_SOFTMAX_SOURCE, _FLAGS, native_cache_dir(runtime.cache_dir))))
     except (OSError, subprocess.SubprocessError) as exc:
         logger.warning("native softmax unavailable, torch.softmax is used instead: %s", exc)
         return None
