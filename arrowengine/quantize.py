@@ -10,8 +10,6 @@ stored in the destination and in its ``model_card.json``.
 from __future__ import annotations
 
 import datetime as _dt
-import functools
-import importlib.util
 import json
 import logging
 import math
@@ -103,15 +101,15 @@ class AccuracyReport:
         return "\n".join(lines) + "\n"
 
 
-@functools.lru_cache(maxsize=1)
 def _chat_texts() -> tuple[str, ...]:
-    """Real chat messages, parsed once per process (the dataset is 40 MB of JSON)."""
-    spec = importlib.util.find_spec("chitchat_dataset")
-    if spec is None or spec.origin is None:
-        raise EngineError("chitchat-dataset is not installed (pip install chitchat-dataset==0.9.0); pass --calib")
-    data = json.loads((Path(spec.origin).parent / "dataset.json").read_text(encoding="utf-8"))
-    return tuple(m["text"].strip() for conv in data.values() for turn in conv["messages"] for m in turn
-                 if m["text"].strip())
+    """Real chat messages (the data set is parsed once per process by :mod:`arrowengine.datasets`)."""
+    from arrowengine.datasets import chitchat_messages
+    from arrowengine.errors import OptionalDependencyError
+
+    try:
+        return tuple(chitchat_messages())
+    except OptionalDependencyError as exc:
+        raise OptionalDependencyError(f"{exc}; or pass --calib FILE") from exc
 
 
 def _calibration_and_eval(options: QuantizeOptions, *, causal: bool = False) -> tuple[list[str], list[str]]:

@@ -70,7 +70,7 @@ def chat_prompts(tokenizer, n: int) -> list[list[int]]:
 
 def heldout_text(n_messages: int) -> str:
     """Real chat messages not used as prompts (the tail of the chitchat set)."""
-    from tests.conftest import chitchat_messages
+    from arrowengine.datasets import chitchat_messages
 
     messages = chitchat_messages(400 + n_messages)
     return "\n".join(messages[400:])
@@ -138,7 +138,7 @@ def main() -> None:
             started = time.perf_counter()
             ours[name] = LLM.from_model(model, tokenizer, **options)
             prep[name] = time.perf_counter() - started
-    from tests.conftest import chitchat_messages
+    from arrowengine.datasets import chitchat_messages
 
     ids = tokenizer(" ".join(chitchat_messages(40)))["input_ids"][:args.prompt_tokens]
     runs = {"transformers fp32": hf_generate(model, ids), "transformers bf16": hf_generate(hf_bf16, ids)}

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import statistics
 import sys
@@ -36,10 +35,9 @@ from arrowengine.runtime.text_encoder import TextEncoder
 
 
 def _messages(n: int) -> list[str]:
-    spec = importlib.util.find_spec("chitchat_dataset")
-    data = json.loads((Path(spec.origin).parent / "dataset.json").read_text(encoding="utf-8"))
-    out = [m["text"].strip() for conv in data.values() for turn in conv["messages"] for m in turn if m["text"].strip()]
-    return out[:n]
+    from arrowengine.datasets import chitchat_messages
+
+    return chitchat_messages(n)
 
 
 def _int8_file(model_dir: Path, work: Path) -> Path:

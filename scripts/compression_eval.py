@@ -54,10 +54,10 @@ def _package_dir(name: str) -> Path:
 
 def load_conversations() -> list[list[str]]:
     """Every conversation as its list of non-empty messages, in dataset order."""
-    data = json.loads((_package_dir("chitchat_dataset") / "dataset.json").read_text(encoding="utf-8"))
-    out = []
-    for conv in data.values():
-        out.append([m["text"] for turn in conv["messages"] for m in turn if m["text"]])
+    from arrowengine.datasets import chitchat_turns
+
+    # unstripped, as the figures in docs/benchmarks/compression.json were measured
+    out = [[t for turn in conv for t in turn.texts if t] for conv in chitchat_turns()]
     return [c for c in out if c]
 
 

@@ -21,7 +21,6 @@ vs exact brute force over the same rows. ``--maintain`` also runs ``maintain()``
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -51,9 +50,9 @@ class CachedEncoder:
 
 
 def load_turns() -> list[list[str]]:
-    path = Path(importlib.util.find_spec("chitchat_dataset").origin).parent / "dataset.json"
-    data = json.loads(path.read_text(encoding="utf-8"))
-    convs = [[" ".join(m["text"].strip() for m in turn).strip() for turn in conv["messages"]] for conv in data.values()]
+    from arrowengine.datasets import chitchat_turns
+
+    convs = [[" ".join(m.strip() for m in turn.texts).strip() for turn in conv] for conv in chitchat_turns()]
     return [[t for t in conv if t] for conv in convs]  # a few real turns are empty
 
 

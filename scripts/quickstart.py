@@ -13,8 +13,6 @@ Prints what happened and how long each step took.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
 import os
 import sys
 import tempfile
@@ -85,13 +83,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _conversations(limit: int) -> list[tuple[str, list[str]]]:
-    spec = importlib.util.find_spec("chitchat_dataset")
-    data = json.loads((Path(spec.origin).parent / "dataset.json").read_text(encoding="utf-8"))
-    out = []
-    for cid, conv in list(data.items())[:limit]:
-        msgs = [m["text"].strip() for turn in conv["messages"] for m in turn if m["text"].strip()]
-        out.append((cid, msgs))
-    return out
+    from arrowengine.datasets import chitchat_conversations
+
+    return [(f"conversation-{i}", list(msgs)) for i, msgs in enumerate(chitchat_conversations()[:limit])]
 
 
 def memory_job(encoder: TextEncoder, args: argparse.Namespace) -> None:

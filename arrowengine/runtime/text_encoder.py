@@ -63,15 +63,14 @@ def pool_hidden(hidden: torch.Tensor, mask: torch.Tensor, mode: str = "mean", no
 
 def _default_calibration_texts(count: int = 256) -> list[str]:
     """The last ``count`` messages of the chitchat-dataset package (benchmarks and tests use the first ones)."""
-    import importlib.util
+    from arrowengine.datasets import chitchat_messages
+    from arrowengine.errors import OptionalDependencyError
 
-    spec = importlib.util.find_spec("chitchat_dataset")
-    if spec is None or spec.origin is None:
+    try:
+        return chitchat_messages()[-count:]
+    except OptionalDependencyError as exc:
         raise ModelConfigError("the int8 precisions need calibration text: pass calibration_texts=[...] (a few "
-                               "hundred real sentences) or pip install chitchat-dataset")
-    data = json.loads((Path(spec.origin).parent / "dataset.json").read_text(encoding="utf-8"))
-    texts = [m["text"].strip() for conv in data.values() for turn in conv["messages"] for m in turn]
-    return [t for t in texts if t][-count:]
+                               "hundred real sentences) or pip install 'arrowengine[data]'") from exc
 
 
 class TextEncoder:

@@ -7,9 +7,9 @@ import importlib.util
 import numpy as np
 import pytest
 
+from arrowengine.datasets import chitchat_messages
 from arrowengine.runtime.backends import BackendFallbackWarning, configure_threads, prepare_backend
 from arrowengine.runtime.text_encoder import TextEncoder
-from tests.conftest import chitchat_messages
 
 
 @pytest.fixture(scope="module")

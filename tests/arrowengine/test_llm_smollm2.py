@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from arrowengine.datasets import chitchat_messages
 from arrowengine.runtime.llm import LLM
 from tests.arrowengine.llm_support import smollm2
-from tests.conftest import chitchat_messages
 
 INSTRUCTIONS = ["Write one sentence about Alice and Bob planning a trip.", "What is the capital of France?",
                 "List three fruits.", "Explain gravity to a child in one sentence."]

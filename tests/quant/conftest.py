@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import pathlib
 
@@ -33,20 +32,9 @@ def minilm():
 @pytest.fixture(scope="session")
 def chitchat_sentences() -> list[str]:
     """Distinct real chat messages of at least three words, in dataset order."""
-    root = _package_dir("chitchat_dataset")
-    if root is None:
-        pytest.skip("chitchat-dataset is not installed (pip install chitchat-dataset==0.9.0)")
-    data = json.loads((root / "dataset.json").read_text())
-    seen: set[str] = set()
-    out: list[str] = []
-    for conversation in data.values():
-        for turn in conversation["messages"]:
-            for message in turn:
-                text = message["text"].strip()
-                if len(text.split()) >= 3 and text not in seen:
-                    seen.add(text)
-                    out.append(text)
-    return out
+    from arrowengine.datasets import chitchat_messages
+
+    return [text for text in dict.fromkeys(chitchat_messages()) if len(text.split()) >= 3]
 
 
 def embed(model: torch.nn.Module, tokenizer, sentences: list[str], batch_size: int = 64) -> torch.Tensor:
