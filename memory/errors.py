@@ -10,15 +10,18 @@ from arrowengine.errors import EngineError
 
 __all__ = [
     "CommitConflictError",
+    "EmbedderOutputError",
     "EmbedderUnavailableError",
     "EmbeddingDimensionError",
     "EmptyContentError",
     "InvalidEmbeddingError",
     "InvalidMetadataError",
+    "InvalidSearchError",
     "MemoryNotFoundError",
     "MemoryStoreError",
     "StoreCorruptError",
     "StorePathError",
+    "StorePathIsFileError",
     "UnknownModalityError",
     "UnknownPolicyError",
 ]
@@ -43,8 +46,19 @@ class EmbeddingDimensionError(InvalidEmbeddingError):
     """An embedding's dimension differs from the dimension of the store's table."""
 
 
+class EmbedderOutputError(InvalidEmbeddingError):
+    """An embedder returned a different number of rows than the texts it was given."""
+
+
 class EmptyContentError(MemoryStoreError, ValueError):
-    """A memory was added with empty or whitespace-only content."""
+    """Empty or whitespace-only content: a memory to add, a search query, or a memory to compress.
+
+    The one class for the store and the compression SDK (``memory.compression`` re-exports it).
+    """
+
+
+class InvalidSearchError(MemoryStoreError, ValueError, TypeError):
+    """A search argument of the wrong type or out of range (``k`` not a positive int, for one)."""
 
 
 class InvalidMetadataError(MemoryStoreError, ValueError):
@@ -61,6 +75,10 @@ class UnknownPolicyError(MemoryStoreError, ValueError):
 
 class StorePathError(MemoryStoreError, PermissionError):
     """The store directory cannot be created or written."""
+
+
+class StorePathIsFileError(StorePathError, NotADirectoryError):
+    """The store path names an existing file, not a directory."""
 
 
 class EmbedderUnavailableError(MemoryStoreError, FileNotFoundError):

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import lancedb
 
-from memory.errors import CommitConflictError, StoreCorruptError, StorePathError
+from memory.errors import CommitConflictError, StoreCorruptError, StorePathError, StorePathIsFileError
 
 __all__ = ["commit_with_retry", "connect", "open_table"]
 
@@ -31,6 +31,11 @@ _MAX_RECOVERED_VERSIONS = 8
 
 def connect(path: Path, read_consistency_s: float) -> Any:
     """Create ``path`` if needed, check it is writable, and open a LanceDB connection on it."""
+    if path.exists() and not path.is_dir():
+        raise StorePathIsFileError(
+            f"memory store path {str(path)!r} is an existing file, not a directory; give a directory "
+            "(a new path, or the directory of an existing store)"
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

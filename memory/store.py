@@ -24,9 +24,11 @@ import zstandard
 from memory.config import MODALITIES, TIERS, MemoryConfig, load_memory_config
 from memory.embedder import Embedder, default_embedder, normalise_rows
 from memory.errors import (
+    EmbedderOutputError,
     EmbeddingDimensionError,
     EmptyContentError,
     InvalidMetadataError,
+    InvalidSearchError,
     MemoryNotFoundError,
     UnknownModalityError,
 )
@@ -43,6 +45,14 @@ __all__ = ["MemoryStore"]
 
 logger = logging.getLogger(__name__)
 _ITEM_KEYS = {"content", "modality", "session", "metadata", "links", "importance", "embedding"}
+
+
+def _check_k(k: object) -> None:
+    """``k`` must be a positive int (numpy ints too); bools are ints to Python but never a meant count."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise InvalidSearchError(f"search k={k!r} is a {type(k).__name__}; give a positive int, e.g. k=10")
+    if k <= 0:
+        raise InvalidSearchError(f"search k={k} must be at least 1; give a positive int, e.g. k=10")
 
 
 class MemoryStore(FacadeMixin, MaintenanceMixin):
@@ -107,7 +117,16 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
     def _embed(self, texts: list[str]) -> np.ndarray:
         if self._embedder is None:
             self._embedder = default_embedder(self.config.models_dir, self.config.text_model)
-        return np.asarray(self._embedder.encode(texts), dtype=np.float32)
+        out = np.asarray(self._embedder.encode(texts), dtype=np.float32)
+        rows = out.shape[0] if out.ndim == 2 else -1
+        if rows != len(texts):
+            # checked before anything is written: a misaligned batch would store texts under others' vectors
+            got = f"{rows} rows" if rows >= 0 else f"an array of shape {out.shape}"
+            raise EmbedderOutputError(
+                f"text embedder {type(self._embedder).__name__} returned {got} for {len(texts)} texts; "
+                "encode(texts) must return one row per text, shape [len(texts), dim]"
+            )
+        return out
 
     def _ensure_table(self, dim: int) -> Any:
         if self._table is None:
@@ -358,6 +377,7 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
 
         ``mode="vector"`` skips full-text search; ``links=False`` skips the link re-ranking.
         """
+        _check_k(k)
         for name, values, allowed in (("modality", modalities, MODALITIES), ("tier", tiers, TIERS)):
             bad = [v for v in values or () if v not in allowed]
             if bad:

@@ -9,9 +9,11 @@ from memory.compression.compressor import Compressor
 from memory.compression.config import CompressionConfig
 from memory.compression.entities import entity_retention, extract_entities
 from memory.compression.errors import (
+    CoderStateError,
     CompressionError,
     CorruptPayloadError,
     EmptyContentError,
+    InvalidCoderSettingError,
     InvalidContentError,
     MissingCoderError,
     ModelMismatchError,
@@ -31,6 +33,7 @@ __all__ = [
     "TEXT_MODEL_VERSION",
     "ArithmeticDecoder",
     "ArithmeticEncoder",
+    "CoderStateError",
     "CompressedMemory",
     "CompressionConfig",
     "CompressionError",
@@ -39,6 +42,7 @@ __all__ = [
     "CorruptPayloadError",
     "EmptyContentError",
     "HFCausalLM",
+    "InvalidCoderSettingError",
     "InvalidContentError",
     "LMArithmeticCoder",
     "MissingCoderError",

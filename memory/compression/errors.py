@@ -1,4 +1,4 @@
-"""Errors of the memory-compression SDK, each rooted in :class:`arrowengine.errors.EngineError`.
+"""Errors of the memory-compression SDK, rooted in :class:`memory.errors.MemoryStoreError` (an ``EngineError``).
 
 Every class also derives from the builtin a caller would naturally catch, so ``except ValueError`` keeps
 working for code that does not know about arrowengine.
@@ -6,12 +6,14 @@ working for code that does not know about arrowengine.
 
 from __future__ import annotations
 
-from arrowengine.errors import EngineError
+from memory.errors import EmptyContentError, MemoryStoreError
 
 __all__ = [
+    "CoderStateError",
     "CompressionError",
     "CorruptPayloadError",
     "EmptyContentError",
+    "InvalidCoderSettingError",
     "InvalidContentError",
     "MissingCoderError",
     "ModelMismatchError",
@@ -19,12 +21,16 @@ __all__ = [
 ]
 
 
-class CompressionError(EngineError, ValueError):
-    """Root of the compression SDK's errors."""
+class CompressionError(MemoryStoreError, ValueError):
+    """Root of the compression SDK's errors (``EmptyContentError`` is the store's own class, shared)."""
 
 
-class EmptyContentError(CompressionError):
-    """A memory to compress is empty (no text, or an empty list of memories)."""
+class CoderStateError(CompressionError, RuntimeError):
+    """A coder or language model used out of order (a step before the message was begun)."""
+
+
+class InvalidCoderSettingError(CompressionError):
+    """A coder or language-model setting that cannot work (a tokenizer without an end token, a bad bit width)."""
 
 
 class InvalidContentError(CompressionError, TypeError):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from memory.compression.arithmetic import MAX_TOTAL, ArithmeticDecoder, ArithmeticEncoder, find_symbol
-from memory.compression.errors import CorruptPayloadError
+from memory.compression.errors import CorruptPayloadError, InvalidCoderSettingError
 from memory.compression.lm_model import TokenStepper
 
 __all__ = [
@@ -47,7 +47,7 @@ def frequencies_from_logits(logits: np.ndarray, total_bits: int = 24) -> np.ndar
     vocab = x.shape[0]
     budget = (1 << total_bits) - vocab
     if budget <= 0 or (1 << total_bits) > MAX_TOTAL:
-        raise ValueError(f"total_bits={total_bits} cannot hold a vocabulary of {vocab}; use 17..30")
+        raise InvalidCoderSettingError(f"total_bits={total_bits} cannot hold a vocabulary of {vocab}; use 17..30")
     p = np.exp(x - x.max())
     p /= p.sum()
     freq = np.floor(p * budget).astype(np.int64) + 1

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import xxhash
 
+from memory.compression.errors import CoderStateError, EmptyContentError, InvalidCoderSettingError
+
 __all__ = ["HFCausalLM", "TokenStepper", "load_causal_lm"]
 
 logger = logging.getLogger(__name__)
@@ -72,7 +74,10 @@ class HFCausalLM:
         self, model: torch.nn.Module, tokenizer: Any, *, threads: int = 1, max_context_tokens: int = 384
     ) -> None:
         if tokenizer.eos_token_id is None:
-            raise ValueError("tokenizer has no eos_token_id; the LM coder needs one to end each message")
+            raise InvalidCoderSettingError(
+                "tokenizer has no eos_token_id; the LM coder needs one to end each message: use a causal LM whose "
+                "tokenizer defines an end-of-sequence token"
+            )
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.threads = threads
@@ -145,14 +150,14 @@ class HFCausalLM:
     def begin(self, prefix_ids: Sequence[int]) -> np.ndarray:
         """Drop the cache, run ``prefix_ids`` in one forward (batch 1) and return the next token's logits."""
         if not prefix_ids:
-            raise ValueError("prefix_ids is empty; the LM needs at least one token to condition on")
+            raise EmptyContentError("prefix_ids is empty; the LM needs at least one token to condition on")
         self._cache = None
         return self._forward(prefix_ids)
 
     def next_token_logits(self, token_id: int) -> np.ndarray:
         """One step through the KV cache: feed ``token_id``, return the next token's float32 logits."""
         if self._cache is None:
-            raise RuntimeError("next_token_logits() called before begin(); start each message with begin()")
+            raise CoderStateError("next_token_logits() called before begin(); start each message with begin()")
         return self._forward([token_id])
 
 

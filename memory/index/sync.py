@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from memory.config import RetrievalConfig
+from memory.errors import InvalidEmbeddingError
 from memory.index.graph import LinkGraph
 from memory.index.rows import PAYLOAD_COLUMNS, RowStore
 from memory.index.text import TextIndex
@@ -40,7 +41,10 @@ def _embeddings(table: pa.Table, dim: int) -> np.ndarray:
     if col is None:
         return np.zeros((0, dim), dtype=np.float32)
     if col.null_count:
-        raise ValueError(f"{col.null_count} memories have no embedding; every row of the table needs one")
+        raise InvalidEmbeddingError(
+            f"{col.null_count} memories have no embedding; every row of the table needs one: "
+            "delete those rows or re-add them with an embedding"
+        )
     return col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
 
 
