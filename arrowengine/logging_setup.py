@@ -6,8 +6,21 @@ import json
 import logging
 import sys
 import time
+import warnings
 
-__all__ = ["JsonFormatter", "configure_logging"]
+__all__ = ["THIRD_PARTY_WARNINGS", "JsonFormatter", "configure_logging", "level_from_verbosity",
+           "silence_third_party_warnings"]
+
+# Warnings raised inside other packages about their own upcoming changes: a user of the CLI cannot act on them
+# (only their maintainers, or ours, can), so the CLI hides them. Keyed by the module that issues them; our own
+# code's warnings are never filtered.
+THIRD_PARTY_WARNINGS: tuple[tuple[type[Warning], str], ...] = tuple(
+    (category, module)
+    for module in (r"transformers(\..*)?", r"torch(\..*)?", r"huggingface_hub(\..*)?", r"accelerate(\..*)?",
+                   r"sentence_transformers(\..*)?", r"onnxruntime(\..*)?", r"ctranslate2(\..*)?",
+                   r"lancedb(\..*)?", r"pyarrow(\..*)?", r"tqdm(\..*)?", r"gguf(\..*)?")
+    for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning)
+)
 
 
 class JsonFormatter(logging.Formatter):
@@ -25,8 +38,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure_logging(level: str = "INFO", *, json_output: bool = False) -> None:
-    """Send log records to stderr, as text or JSON lines; replaces handlers set by an earlier call."""
+def level_from_verbosity(verbose: int, default: str = "WARNING") -> str:
+    """The log level for ``-v`` counted ``verbose`` times: 0 -> ``default``, 1 -> INFO, 2 or more -> DEBUG."""
+    if verbose <= 0:
+        return default.upper()
+    return "INFO" if verbose == 1 else "DEBUG"
+
+
+def configure_logging(level: str = "WARNING", *, json_output: bool = False) -> None:
+    """Send log records to stderr, as text or JSON lines; replaces handlers set by an earlier call.
+
+    While a tqdm progress bar is on screen, run the work inside ``tqdm.contrib.logging.logging_redirect_tqdm()``
+    so these lines are printed above the bar instead of through it (the CLI does this for every command).
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_output else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
@@ -35,3 +59,9 @@ def configure_logging(level: str = "INFO", *, json_output: bool = False) -> None
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+
+
+def silence_third_party_warnings() -> None:
+    """Ignore the FutureWarning / DeprecationWarning classes of :data:`THIRD_PARTY_WARNINGS`, by issuing module."""
+    for category, module in THIRD_PARTY_WARNINGS:
+        warnings.filterwarnings("ignore", category=category, module=module)

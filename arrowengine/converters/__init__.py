@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from arrowengine.converters.destination import check_destination
 from arrowengine.converters.model_dir import MODEL_CARD, WEIGHTS_FILE, read_model_card, write_model_dir
 from arrowengine.converters.source import ConvertedModel
 from arrowengine.errors import ConversionError, WeightFileNotFoundError
@@ -45,11 +46,20 @@ def detect_source(src: str | os.PathLike[str]) -> str:
 
 
 def convert(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, progress: bool = False,
-            **options: Any) -> Path:
-    """Convert the model at ``src`` (kind detected) into the model directory ``dst``; returns ``dst``."""
+            force: bool = False, **options: Any) -> Path:
+    """Convert the model at ``src`` (kind detected) into the model directory ``dst``; returns ``dst``.
+
+    ``dst`` is checked before any work: an existing destination is refused unless ``force`` (then it is
+    replaced only once the new model is complete), and it may never be ``src`` or contain or lie inside it.
+
+    Raises:
+        DestinationExistsError: ``dst`` exists and ``force`` is false (or it is a file).
+        DestinationIsSourceError: ``dst`` and ``src`` overlap, even with ``force``.
+    """
+    check_destination(dst, sources=(src,), force=force)
     reader = importlib.import_module(detect_source(src))
     logger.info("converting %s with %s", src, reader.__name__)
     model = reader.read(Path(src), **options)
     if not isinstance(model, ConvertedModel):
         raise ConversionError(f"reader {reader.__name__} returned {type(model).__name__}, not ConvertedModel")
-    return write_model_dir(model, dst, progress=progress)
+    return write_model_dir(model, dst, progress=progress, force=force)

@@ -17,8 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 from arrowengine import __version__
+from arrowengine.converters.destination import check_destination, replace_directory
 from arrowengine.converters.source import ConvertedModel
-from arrowengine.errors import ConversionError
 from arrowengine.format.writer import write_weights
 
 __all__ = ["MODEL_CARD", "WEIGHTS_FILE", "read_model_card", "write_model_dir"]
@@ -42,17 +42,17 @@ def read_model_card(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def write_model_dir(model: ConvertedModel, dst: str | os.PathLike[str], *, progress: bool = False,
-                    overwrite: bool = True, quant_recipe: dict[str, Any] | None = None,
+                    force: bool = False, quant_recipe: dict[str, Any] | None = None,
                     quant_types: dict[str, str] | None = None) -> Path:
     """Write ``model`` into the directory ``dst`` and return it.
 
-    Everything is first written to a sibling temporary directory and renamed into place at the end, so a
-    failed conversion leaves no half-written model behind. A state dict holding ``quant.QuantizedTensor`` values
-    is written as schema V2 with ``quant_recipe`` in its metadata and model card.
+    An existing ``dst`` is refused (:class:`DestinationExistsError`, nothing touched) unless ``force``.
+    Everything is first written to a sibling temporary directory and swapped into place at the end, so a
+    failed conversion leaves no half-written model behind and an existing one is replaced only by a complete
+    one. A state dict holding ``quant.QuantizedTensor`` values is written as schema V2 with ``quant_recipe`` in
+    its metadata and model card.
     """
-    dst = Path(dst)
-    if dst.exists() and not overwrite:
-        raise ConversionError(f"{dst} already exists; pass overwrite=True or choose another destination")
+    dst = check_destination(dst, force=force)
     dst.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
@@ -92,9 +92,7 @@ def write_model_dir(model: ConvertedModel, dst: str | os.PathLike[str], *, progr
         if quant_recipe is not None:
             card["quant_recipe"] = quant_recipe
         (staging / MODEL_CARD).write_text(json.dumps(card, indent=2, default=str), encoding="utf-8")
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(staging, dst)
+        replace_directory(staging, dst, force=force)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

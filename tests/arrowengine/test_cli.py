@@ -48,5 +48,6 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err == (f"error: weight file {tmp_path / 'missing.parquet'} does not exist; convert a model first "
                    f"(arrowengine convert SRC models/NAME) or check the path\n")
-    assert main(["convert", str(tmp_path), str(tmp_path / "out")]) == 2
+    (tmp_path / "empty").mkdir()
+    assert main(["convert", str(tmp_path / "empty"), str(tmp_path / "out")]) == 2
     assert "is not a model source this build can convert" in capsys.readouterr().err
