@@ -10,12 +10,14 @@ from typing import Any
 
 import torch
 
+from arrowengine.hardware import cpu_info
 from arrowengine.runtime.llm.chat import render_chat
 from arrowengine.runtime.llm.decode import DecodeStep
 from arrowengine.runtime.llm.errors import ContextOverflowError, InvalidPromptError, UnsupportedModelError
 from arrowengine.runtime.llm.generate import GenerationRun, RowOutput
 from arrowengine.runtime.llm.llama import LlamaForward
 from arrowengine.runtime.llm.perplexity import perplexity_of_ids
+from arrowengine.runtime.llm.precision import resolve_precision
 from arrowengine.runtime.llm.sampling import SamplingParams
 
 __all__ = ["LLM"]
@@ -28,10 +30,15 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 class LLM:
     """Generate, stream, chat and score text with a Llama-architecture model.
 
-    ``LLM("models/smollm2-135m-instruct", dtype="bfloat16")`` maps the weights zero-copy through
-    ``arrowengine.load_model`` and loads the tokenizer from the same directory; ``LLM.from_model(model,
-    tokenizer)`` wraps an already built ``LlamaForCausalLM``. fp32 shares the model's tensors; bf16 / fp16
-    make one copy (with Q/K/V and gate/up fused).
+    ``LLM("models/smollm2-135m-instruct")`` maps the weights zero-copy through ``arrowengine.load_model`` and
+    loads the tokenizer from the same directory; ``LLM.from_model(model, tokenizer)`` wraps an already built
+    ``LlamaForCausalLM``. fp32 shares the model's tensors; bf16 / fp16 make one copy (with Q/K/V and gate/up
+    fused).
+
+    ``precision`` (:mod:`arrowengine.runtime.llm.precision`): ``LLM(dir)`` defaults to ``"auto"``, the fastest
+    mode that holds the float reference's perplexity within +1% on this CPU (logged at INFO);
+    ``precision="fp32"`` is the float reference, token-identical to ``transformers.generate``.
+    ``LLM.from_model`` defaults to fp32. ``dtype`` / ``weight_quant`` remain as the long form.
 
     Speed options (``docs/benchmarks/llm.json`` has the measured figures): ``weight_quant="int8"`` or ``"int4"``
     packs the matrices (lm_head included unless ``quantize_lm_head=False``) for weight-only integer matmuls with
@@ -41,8 +48,8 @@ class LLM:
     agreement for speed (``scripts/bench_llm.py`` measures agreement and perplexity).
     """
 
-    def __init__(self, model_dir: str | os.PathLike[str], *, dtype: str | None = None, device: str = "cpu",
-                 fuse_projections: bool | None = None, max_context: int | None = None,
+    def __init__(self, model_dir: str | os.PathLike[str], *, precision: str | None = None, dtype: str | None = None,
+                 device: str = "cpu", fuse_projections: bool | None = None, max_context: int | None = None,
                  weight_quant: str | None = None, group_size: int = 32, quantize_lm_head: bool = True,
                  threads: int | None = None) -> None:
         from transformers import AutoTokenizer
@@ -53,28 +60,35 @@ class LLM:
         started = time.perf_counter()
         model = load_model(model_dir, device=device)
         tokenizer = AutoTokenizer.from_pretrained(os.fspath(model_dir))
-        self._setup(model, tokenizer, dtype=dtype, fuse_projections=fuse_projections, max_context=max_context,
-                    weight_quant=weight_quant, group_size=group_size, quantize_lm_head=quantize_lm_head,
+        mode = resolve_precision(precision, dtype, weight_quant, default="auto", isa=cpu_info().isa)
+        self._setup(model, tokenizer, dtype=mode.dtype, fuse_projections=fuse_projections, max_context=max_context,
+                    weight_quant=mode.weight_quant, group_size=group_size, quantize_lm_head=quantize_lm_head,
                     threads=threads)
         logger.info("LLM: loaded %s in %.2f s (%s, %s)", model_dir, time.perf_counter() - started,
                     self.forward.dtype, device)
 
     @classmethod
-    def from_model(cls, model: Any, tokenizer: Any, *, dtype: str | None = None,
+    def from_model(cls, model: Any, tokenizer: Any, *, precision: str | None = None, dtype: str | None = None,
                    fuse_projections: bool | None = None, max_context: int | None = None,
                    weight_quant: str | None = None, group_size: int = 32, quantize_lm_head: bool = True,
                    threads: int | None = None) -> LLM:
-        """Wrap a built ``LlamaForCausalLM`` and its tokenizer (fp32: the weights stay where they are)."""
+        """Wrap a built ``LlamaForCausalLM`` and its tokenizer.
+
+        The default is fp32 (the module's weights stay where they are); ``precision="auto"`` picks as
+        ``LLM(dir)`` does.
+        """
         self = cls.__new__(cls)
-        self._setup(model, tokenizer, dtype=dtype, fuse_projections=fuse_projections, max_context=max_context,
-                    weight_quant=weight_quant, group_size=group_size, quantize_lm_head=quantize_lm_head,
+        mode = resolve_precision(precision, dtype, weight_quant, default="fp32", isa=cpu_info().isa)
+        if mode.weight_quant == "gguf":
+            raise UnsupportedModelError("precision='gguf' needs a model directory with GGUF blocks: use LLM(dir)")
+        self._setup(model, tokenizer, dtype=mode.dtype, fuse_projections=fuse_projections, max_context=max_context,
+                    weight_quant=mode.weight_quant, group_size=group_size, quantize_lm_head=quantize_lm_head,
                     threads=threads)
         return self
 
-    def _setup(self, model: Any, tokenizer: Any, *, dtype: str | None, fuse_projections: bool | None,
+    def _setup(self, model: Any, tokenizer: Any, *, dtype: str, fuse_projections: bool | None,
                max_context: int | None, weight_quant: str | None, group_size: int, quantize_lm_head: bool,
                threads: int | None) -> None:
-        dtype = dtype or ("bfloat16" if weight_quant else "float32")
         if dtype not in _DTYPES:
             raise UnsupportedModelError(f"LLM dtype={dtype!r} is not supported; use one of {sorted(_DTYPES)}")
         if threads is not None:
