@@ -230,4 +230,4 @@ def fetch_model(name: str, models_dir: str | Path, *, force: bool = False, progr
     options: dict[str, Any] = {"license": package.license}
     if package.options is not None:
         options.update(package.options())
-    return convert(source, dst, progress=progress, **options)
+    return convert(source, dst, progress=progress, force=force, **options)
