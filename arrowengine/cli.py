@@ -164,6 +164,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from arrowengine.serve import ServeConfig, load_api_keys, serve
+
+    config = load_config(args.config)
+    serve(ServeConfig(host=args.host, port=args.port, models_dir=Path(args.models or config.models.dir),
+                      api_keys=load_api_keys(args.api_key_file), max_batch=args.max_batch,
+                      max_loaded_models=args.max_loaded))
+    return 0
+
+
 def _add_quant_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", type=int, default=8, choices=[2, 4, 8])
     p.add_argument("--group-size", type=int, default=0, choices=[0, 32, 64, 128])
@@ -245,6 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of scripts/bench_baseline_advanced.py")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("serve", help="serve the models over the Ollama and OpenAI APIs (docs/serve.md)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=11434)
+    p.add_argument("--models", default=None, help="models directory (default: the config's models.dir)")
+    p.add_argument("--api-key-file", default=None, help="API keys, one per line (else $ARROWENGINE_API_KEYS)")
+    p.add_argument("--max-batch", type=int, default=8, help="sequences decoded together per model")
+    p.add_argument("--max-loaded", type=int, default=3, help="models kept in memory (LRU)")
+    p.set_defaults(func=_cmd_serve)
     return parser
 
 

@@ -1,0 +1,135 @@
+"""A KV cache with one row per running sequence, and the batched decode step over rows of different lengths.
+
+``LLM``'s own loop runs a fixed batch whose rows share cache slots (left padding); continuous batching
+needs rows that join and leave between steps, each at its own length. Here every sequence owns one row
+of a ``[layers, rows, max_len + 1, 2 * kv_heads, head_dim]`` cache (the last slot is scratch): a prompt is
+prefilled into its row in chunks through ``LlamaForward.forward`` (a view of the row is a ``KVCache`` of
+batch 1), and one decode step feeds one token to each decoding row, writing its K/V at that row's own
+length and masking the slots past it. Rows in the step's range that are not decoding (free, or still
+prefilling) write to the scratch slot, so their cache is never touched.
+
+A lone decoding row goes through the LLM's own single-token step with no mask, which is what
+``LLM.generate`` / ``LLM.chat`` run for one prompt: greedy output through the server equals ``LLM.chat``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from arrowengine.runtime.llm.kv_cache import KVCache
+from arrowengine.runtime.llm.weights import Projection
+
+__all__ = ["BatchedDecoder"]
+
+logger = logging.getLogger(__name__)
+
+
+def _concat(parts: tuple[Projection, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
+    if len(parts) == 1:
+        return parts[0]
+    return lambda x: torch.cat([p(x) for p in parts], dim=-1)
+
+
+class BatchedDecoder:
+    """Per-row KV cache plus ``prefill(row, ids)`` and ``step(rows, tokens)`` over an ``LLM``.
+
+    ``rows`` sequences of up to ``max_len`` tokens each. Cache pages are allocated lazily by the OS
+    (``torch.empty``), so memory grows with the tokens actually held, not with ``rows * max_len``.
+    """
+
+    def __init__(self, llm: Any, rows: int, max_len: int) -> None:
+        fwd = llm.forward
+        self.forward = fwd
+        self.rows = rows
+        self.max_len = max_len
+        self.cache = fwd.new_cache(rows, max_len + 1)
+        self.row_caches = [KVCache(self.cache.kv[:, r:r + 1]) for r in range(rows)]
+        self.lengths = [0] * rows
+        # the LLM's own one-token step when it has one (exact parity with LLM.chat); else its general forward
+        self._single: Callable[..., torch.Tensor] = getattr(llm, "_decode_step", None) or fwd.forward
+        s = fwd.spec
+        half = s.head_dim // 2
+        self._cos = fwd.cos
+        # rotate_half(x) * sin == roll(x, half) * sin_signed (the sign moves, no rounding), as in DecodeStep
+        self._sin_signed = torch.cat([-fwd.sin[:, :half], fwd.sin[:, half:]], dim=-1)
+        self._layers = [(lw.attn_norm, _concat(lw.qkv), lw.o, lw.mlp_norm, _concat(lw.gate_up), lw.down)
+                        for lw in fwd.layers]
+
+    def reset(self, row: int) -> None:
+        """Forget the tokens of ``row`` (a new sequence takes it)."""
+        self.lengths[row] = 0
+
+    @torch.inference_mode()
+    def prefill(self, row: int, ids: Sequence[int]) -> torch.Tensor:
+        """Append ``ids`` to ``row`` (one chunk of its prompt); returns fp32 next-token logits ``[1, vocab]``."""
+        start = self.lengths[row]
+        if start + len(ids) > self.max_len:
+            raise ValueError(f"row {row} holds {start} tokens; {len(ids)} more overflow its {self.max_len} slots")
+        device = self.forward.device
+        tokens = torch.tensor([list(ids)], dtype=torch.long, device=device)
+        positions = torch.arange(start, start + len(ids), device=device)[None]
+        logits = self.forward.forward(tokens, positions, self.row_caches[row], start, None)[:, -1]
+        self.lengths[row] = start + len(ids)
+        return logits
+
+    @torch.inference_mode()
+    def step(self, rows: Sequence[int], tokens: Sequence[int]) -> torch.Tensor:
+        """Feed ``tokens[i]`` to ``rows[i]`` at each row's own position; returns fp32 logits ``[len(rows), vocab]``."""
+        device = self.forward.device
+        if len(rows) == 1:
+            row = rows[0]
+            slot = self.lengths[row]
+            feed = torch.tensor([[tokens[0]]], dtype=torch.long, device=device)
+            pos = torch.tensor([[slot]], dtype=torch.long, device=device)
+            logits = self._single(feed, pos, self.row_caches[row], slot, None)[:, -1]
+            self.lengths[row] = slot + 1
+            return logits
+        span = max(rows) + 1  # rows 0..span-1 run (a view of the cache); the ones not in `rows` idle
+        feed = torch.full((span,), int(tokens[0]), dtype=torch.long)
+        write = torch.full((span,), self.max_len, dtype=torch.long)  # idle rows write to the scratch slot
+        pos = torch.zeros(span, dtype=torch.long)
+        for row, tok in zip(rows, tokens, strict=True):
+            feed[row], write[row], pos[row] = int(tok), self.lengths[row], self.lengths[row]
+        end = int(write[list(rows)].max()) + 1
+        # a decoding row sees its own slots 0..length; an idle row sees slot 0 only (its output is dropped)
+        limit = torch.where(write == self.max_len, 0, write)
+        mask = (torch.arange(end)[None, :] <= limit[:, None])[:, None, None, :]
+        logits = self._batched(feed.to(device), pos.to(device), write.to(device), mask.to(device), end)
+        for row in rows:
+            self.lengths[row] += 1
+        return logits[list(rows)]
+
+    def _batched(self, tokens: torch.Tensor, pos: torch.Tensor, write: torch.Tensor, mask: torch.Tensor,
+                 end: int) -> torch.Tensor:
+        fwd = self.forward
+        s = fwd.spec
+        bsz = tokens.shape[0]
+        kv_heads, head_dim, eps = s.num_kv_heads, s.head_dim, s.rms_norm_eps
+        q_size, qk_heads, n_rep, half = s.num_heads * head_dim, s.num_heads + kv_heads, s.num_heads // kv_heads, \
+            head_dim // 2
+        norm_shape = fwd.norm.shape
+        cos = self._cos[pos].unsqueeze(1)
+        sin = self._sin_signed[pos].unsqueeze(1)
+        batch_index = torch.arange(bsz, device=tokens.device)
+        h = fwd.embed_tokens(tokens)
+        for (attn_norm, qkv_proj, o_proj, mlp_norm, gate_up_proj, down_proj), kv in zip(
+                self._layers, self.cache.layers, strict=True):
+            qkv = qkv_proj(F.rms_norm(h, norm_shape, attn_norm, eps))
+            qk = qkv[:, :q_size + kv_heads * head_dim].view(bsz, qk_heads, head_dim)
+            rolled = torch.roll(qk, half, -1).mul_(sin)
+            qk.mul_(cos).add_(rolled)
+            kv[batch_index, write] = qkv[:, q_size:].reshape(bsz, 2 * kv_heads, head_dim)
+            slots = kv[:bsz, :end]
+            keys, values = slots[:, :, :kv_heads].transpose(1, 2), slots[:, :, kv_heads:].transpose(1, 2)
+            q = qkv[:, :q_size].view(bsz, kv_heads, n_rep, head_dim)
+            attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            h = h + o_proj(attn.reshape(bsz, q_size))
+            gate, up = gate_up_proj(F.rms_norm(h, norm_shape, mlp_norm, eps)).chunk(2, dim=-1)
+            h = h + down_proj(F.silu(gate).mul_(up))
+        h = F.rms_norm(h, norm_shape, fwd.norm, eps)
+        return fwd.lm_head(h).float()
