@@ -22,6 +22,7 @@ __all__ = [
     "EngineError",
     "MissingColumnError",
     "ModelConfigError",
+    "ModelTypeError",
     "NotParquetError",
     "OptionalDependencyError",
     "SchemaError",
@@ -94,6 +95,11 @@ class ChecksumMismatchError(CorruptFileError):
 
 class ModelConfigError(EngineError, FileNotFoundError):
     """A model directory lacks ``config.json`` (or it is unreadable), so no architecture can be built."""
+
+
+class ModelTypeError(EngineError, ValueError):
+    """A model directory holds another kind of model than the component needs (a Whisper model given to
+    ``TextEncoder``); the message names the model type found and the component to use instead."""
 
 
 class ConversionError(EngineError, ValueError):
