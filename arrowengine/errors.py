@@ -20,6 +20,7 @@ __all__ = [
     "DestinationIsSourceError",
     "DeviceUnavailableError",
     "EngineError",
+    "InputTypeError",
     "MissingColumnError",
     "ModelConfigError",
     "ModelTypeError",
@@ -95,6 +96,10 @@ class ChecksumMismatchError(CorruptFileError):
 
 class ModelConfigError(EngineError, FileNotFoundError):
     """A model directory lacks ``config.json`` (or it is unreadable), so no architecture can be built."""
+
+
+class InputTypeError(EngineError, TypeError):
+    """An input of the wrong type for an encoder or engine call (a number where text is expected)."""
 
 
 class ModelTypeError(EngineError, ValueError):
