@@ -50,6 +50,9 @@ class BatchedDecoder:
         self.cache = fwd.new_cache(rows, max_len + 1)
         self.row_caches = [KVCache(self.cache.kv[:, r:r + 1]) for r in range(rows)]
         self.lengths = [0] * rows
+        # slots below clean[r] of row r hold finite values: a masked slot still enters attention as 0 * value,
+        # and the uninitialised memory of torch.empty may hold NaN bit patterns (0 * NaN = NaN)
+        self._clean = [0] * rows
         # the LLM's own one-token step when it has one (exact parity with LLM.chat); else its general forward
         self._single: Callable[..., torch.Tensor] = getattr(llm, "_decode_step", None) or fwd.forward
         s = fwd.spec
@@ -75,6 +78,7 @@ class BatchedDecoder:
         positions = torch.arange(start, start + len(ids), device=device)[None]
         logits = self.forward.forward(tokens, positions, self.row_caches[row], start, None)[:, -1]
         self.lengths[row] = start + len(ids)
+        self._clean[row] = max(self._clean[row], self.lengths[row])
         return logits
 
     @torch.inference_mode()
@@ -88,6 +92,7 @@ class BatchedDecoder:
             pos = torch.tensor([[slot]], dtype=torch.long, device=device)
             logits = self._single(feed, pos, self.row_caches[row], slot, None)[:, -1]
             self.lengths[row] = slot + 1
+            self._clean[row] = max(self._clean[row], slot + 1)
             return logits
         span = max(rows) + 1  # rows 0..span-1 run (a view of the cache); the ones not in `rows` idle
         feed = torch.full((span,), int(tokens[0]), dtype=torch.long)
@@ -96,6 +101,10 @@ class BatchedDecoder:
         for row, tok in zip(rows, tokens, strict=True):
             feed[row], write[row], pos[row] = int(tok), self.lengths[row], self.lengths[row]
         end = int(write[list(rows)].max()) + 1
+        for row in range(span):
+            if self._clean[row] < end:
+                self.cache.kv[:, row, self._clean[row]:end].zero_()
+                self._clean[row] = end
         # a decoding row sees its own slots 0..length; an idle row sees slot 0 only (its output is dropped)
         limit = torch.where(write == self.max_len, 0, write)
         mask = (torch.arange(end)[None, :] <= limit[:, None])[:, None, None, :]

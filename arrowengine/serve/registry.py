@@ -1,7 +1,7 @@
 """The servable models (every Llama LLM and BERT embedder under the models dir) and an LRU cache of loaded ones.
 
-A model is addressed by its directory name, or ``name:tag`` where the tag picks a precision (``latest`` is
-the server's ``llm_options``; ``f32``, ``bf16``, ``int8``, ``int4`` override them). At most
+A model is addressed by its directory name, or ``name:tag`` where the tag picks an LLM precision (``latest``
+is the server's ``llm_options``; ``fp32``, ``bf16``, ``int8``, ``int4``, ``gguf`` replace their precision). At most
 ``max_loaded_models`` are loaded (R-seed 000 AC1.3.1); loading another evicts the least recently used idle
 one. A loaded model stays for its ``keep_alive`` after its last request (Ollama semantics: 0 unloads when the
 request ends, a negative value keeps it until evicted). Unloading stops its scheduler and drops every
@@ -30,13 +30,8 @@ __all__ = ["LoadedModel", "ModelEntry", "ModelRegistry"]
 
 logger = logging.getLogger(__name__)
 
-_TAGS: dict[str, dict[str, Any]] = {
-    "latest": {},
-    "f32": {"dtype": "float32", "weight_quant": None},
-    "bf16": {"dtype": "bfloat16", "weight_quant": None},
-    "int8": {"weight_quant": "int8"},
-    "int4": {"weight_quant": "int4"},
-}
+# a tag other than "latest" is an LLM precision (arrowengine.runtime.llm.precision), replacing the server's own
+_TAGS = ("latest", "fp32", "bf16", "int8", "int4", "gguf")
 _KINDS = {"llama": "llm", "bert": "embed"}
 
 
@@ -223,7 +218,11 @@ class ModelRegistry:
         if entry.kind == "llm":
             from arrowengine.runtime.llm import LLM
 
-            options = {"max_context": self.config.context_tokens, **self.config.llm_options, **_TAGS[tag]}
+            options = {"max_context": self.config.context_tokens, **self.config.llm_options}
+            if tag != "latest":
+                for name in ("precision", "dtype", "weight_quant"):
+                    options.pop(name, None)
+                options["precision"] = tag
             loaded.llm = LLM(entry.path, **options)
             loaded.context = loaded.llm.max_context
             loaded.scheduler = Scheduler(loaded.llm, name=entry.name, max_batch=self.config.max_batch,
