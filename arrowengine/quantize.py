@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from arrowengine.converters.destination import check_destination, replace_directory
 from arrowengine.converters.model_dir import MODEL_CARD, read_model_card, write_model_dir
 from arrowengine.converters.source import ConvertedModel
 from arrowengine.errors import EngineError
@@ -285,14 +286,19 @@ def _causal_mixed(model: nn.Module, tokenizer: Any, qweights: dict[str, Any], te
 
 
 def quantize_model(src: str | os.PathLike[str], dst: str | os.PathLike[str],
-                   options: QuantizeOptions | None = None) -> AccuracyReport:
+                   options: QuantizeOptions | None = None, *, force: bool = False) -> AccuracyReport:
     """Quantize the float model ``src`` into ``dst`` (schema V2) if it passes the accuracy check.
+
+    ``dst`` is checked before any work: an existing one is refused unless ``force`` (then replaced only by a
+    complete, accepted model), and it may never be ``src`` or overlap it.
 
     Raises:
         AccuracyError: the quantized model misses the threshold; ``dst`` is left untouched.
+        DestinationExistsError: ``dst`` exists and ``force`` is false.
+        DestinationIsSourceError: ``dst`` and ``src`` overlap, even with ``force``.
     """
     options = options or QuantizeOptions()
-    src, dst = Path(src), Path(dst)
+    src, dst = Path(src), check_destination(dst, sources=(src,), force=force)
     start = time.perf_counter()
     calib, held_out = _calibration_and_eval(options, causal=_is_causal(load_config_dict(src)))
     model = load_model(src)
@@ -325,10 +331,7 @@ def quantize_model(src: str | os.PathLike[str], dst: str | os.PathLike[str],
         (staged / "accuracy_report.md").write_text(report.to_markdown())
         card = read_model_card(staged) | {"accuracy": asdict(report)}
         (staged / MODEL_CARD).write_text(json.dumps(card, indent=2, default=str))
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(staged, dst)
+        replace_directory(staged, dst, force=force)
         logger.info("quantized %s -> %s: %s %.6f (%s)", src, dst, report.metric, report.value, report.threshold)
         return report
     finally:

@@ -116,10 +116,10 @@ def read_small_columns(path: Path, parquet: pq.ParquetFile, version: int) -> dic
     columns = list(small_columns(version))
     try:
         table = parquet.read(columns=columns, use_threads=False)
-    except (pa.ArrowInvalid, OSError) as exc:
+        return {name: table.column(name).to_pylist() for name in columns}
+    except (pa.ArrowException, OSError, ValueError) as exc:  # ValueError: a name that is not UTF-8
         raise CorruptFileError(f"{path}: the tensor index columns cannot be decoded ({exc}); the file is "
                                f"damaged: re-convert the model") from None
-    return {name: table.column(name).to_pylist() for name in columns}
 
 
 def _quant_info(path: Path, small: dict[str, list], row: int, name: str, shape: tuple[int, ...]) -> QuantInfo:

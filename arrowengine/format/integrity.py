@@ -1,4 +1,5 @@
-"""Checksums of stored tensors, verified on demand (never at open: that would touch every page)."""
+"""Checksums of stored tensors, verified on demand: ``arrowengine verify``, or ``WeightFile.open(path, verify=True)``
+(off by default, since hashing touches every page and so defeats lazy zero-copy opening)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from arrowengine.errors import ChecksumMismatchError
 from arrowengine.format.index import index_from_footer, read_small_columns
 from arrowengine.format.reader import WeightFile
 
-__all__ = ["VerifyReport", "verify_weights"]
+__all__ = ["VerifyReport", "check_checksums", "verify_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,14 @@ def verify_weights(path: str | os.PathLike[str], *, strict: bool = False) -> Ver
         logger.error(message)
         if strict:
             raise ChecksumMismatchError(message)
+    return check_checksums(weights, strict=strict, report=report)
+
+
+def check_checksums(weights: WeightFile, *, strict: bool = False, report: VerifyReport | None = None
+                    ) -> VerifyReport:
+    """Hash every tensor chunk of the open ``weights`` against its stored checksum (``WeightFile.open(verify=True)``
+    calls this); mismatches are logged and collected, or raised as :class:`ChecksumMismatchError` when ``strict``."""
+    report = report if report is not None else VerifyReport(str(weights.path))
     for name in list(weights.keys()):
         if name in weights.aliases:
             continue
@@ -64,7 +73,9 @@ def verify_weights(path: str | os.PathLike[str], *, strict: bool = False) -> Ver
                 label = f"{name}[{chunk}]"
                 report.mismatches.append(label)
                 message = (f"{weights.path}: tensor {label} (row group {info.row_group}) hashes to {actual:#018x}, "
-                           f"stored checksum is {expected:#018x}; the file is damaged: restore or re-convert it")
+                           f"stored checksum is {expected:#018x}; the file is damaged: run 'arrowengine verify "
+                           f"{weights.path}' to list every damaged tensor, then restore the file or re-convert "
+                           f"the model")
                 logger.error(message)
                 if strict:
                     raise ChecksumMismatchError(message)

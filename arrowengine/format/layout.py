@@ -14,11 +14,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from arrowengine.errors import CorruptFileError
-from arrowengine.format.thrift import ThriftDecodeError, parse_page_header
+from arrowengine.format.thrift import RowGroupInfo, ThriftDecodeError, parse_page_header
 
 __all__ = ["RowGroupLayout", "plan_row_group"]
 
 _DATA_PAGE = 0
+_UNCOMPRESSED = 0
 _PLAIN = 0
 _MAX_HEADER_BYTES = 1 << 20  # page headers are a few dozen bytes; statistics could make them larger
 
@@ -31,20 +32,20 @@ class RowGroupLayout:
     value_offsets: tuple[int, ...]  # file offset of each value's first byte (its leading pad included)
 
 
-def plan_row_group(path: Path, meta: pq.FileMetaData, index: int, mapping: mmap.mmap, lengths: list[int],
-                   file_size: int, column_name: str = "data") -> RowGroupLayout | str:
+def plan_row_group(path: Path, meta: pq.FileMetaData, index: int, group: RowGroupInfo, mapping: mmap.mmap,
+                   lengths: list[int], file_size: int, column_name: str = "data") -> RowGroupLayout | str:
     """The layout of one blob column in row group ``index``, or why it cannot be mapped (then: pyarrow decodes).
 
-    ``lengths`` are the expected value lengths (pad + bytes of each row). Damage that a fallback could not
-    survive either (a header that does not parse, sizes that disagree) raises ``CorruptFileError``.
+    ``group`` is the row group as decoded from the footer by :func:`parse_row_groups`; ``lengths`` are the
+    expected value lengths (pad + bytes of each row). Damage that a fallback could not survive either (a header
+    that does not parse, sizes that disagree) raises ``CorruptFileError``.
     """
-    group = meta.row_group(index)
     column_index = meta.schema.names.index(column_name)
-    column = group.column(column_index)
+    column = group.columns[column_index]
     where = f"{path}: row group {index}, column {column_name!r}"
-    if column.compression != "UNCOMPRESSED":
-        return f"compressed with {column.compression}"
-    if column.has_dictionary_page or column.dictionary_page_offset:
+    if column.codec != _UNCOMPRESSED:
+        return f"compressed with {column.codec_name}"
+    if column.dictionary_page_offset:
         return "dictionary-encoded"
     if meta.schema.column(column_index).max_definition_level != 0:
         return "nullable column (definition levels in the page)"

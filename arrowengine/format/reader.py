@@ -14,6 +14,7 @@ import json
 import logging
 import mmap
 import os
+import struct
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -24,7 +25,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from arrowengine.errors import CorruptFileError, NotParquetError, SchemaError, WeightFileNotFoundError
+from arrowengine.errors import (
+    CorruptFileError,
+    EngineError,
+    NotParquetError,
+    SchemaError,
+    TensorNotFoundError,
+    WeightFileNotFoundError,
+)
 from arrowengine.format.index import (
     TensorInfo,
     build_infos,
@@ -41,6 +49,7 @@ from arrowengine.format.schema import (
     META_QUANT_RECIPE,
     PAD_COLUMN,
 )
+from arrowengine.format.thrift import RowGroupInfo, ThriftDecodeError, parse_row_groups
 from arrowengine.format.writer import META_ALIASES
 
 __all__ = ["TensorInfo", "WeightFile", "ZeroCopyFallbackWarning", "resolve_weights_path"]
@@ -48,6 +57,10 @@ __all__ = ["TensorInfo", "WeightFile", "ZeroCopyFallbackWarning", "resolve_weigh
 logger = logging.getLogger(__name__)
 
 _MAGIC = b"PAR1"
+# What the parsers underneath (pyarrow's Thrift footer, JSON, int conversions, slicing) raise on damaged bytes;
+# at the edge of this module each becomes a CorruptFileError naming the file, so callers see one error family.
+_MALFORMED: tuple[type[BaseException], ...] = (ValueError, TypeError, KeyError, IndexError, OverflowError,
+                                               MemoryError, struct.error, pa.ArrowException)
 _NBYTES_COLUMN = {"data": "nbytes", "scales": "scales_nbytes", "zero_points": "zero_points_nbytes"}
 
 
@@ -86,22 +99,48 @@ def _check_magic(path: Path) -> None:
         )
 
 
+def _row_groups(path: Path, parquet: pq.ParquetFile, mapping: mmap.mmap) -> tuple[RowGroupInfo, ...]:
+    """The row groups decoded from the footer by our own Thrift reader (see :mod:`arrowengine.format.thrift`)."""
+    size = len(mapping)
+    footer_length = struct.unpack_from("<I", mapping, size - 8)[0]
+    if footer_length > size - 12:
+        raise CorruptFileError(f"{path}: the footer length {footer_length} exceeds the file ({size} bytes); the "
+                               f"file is damaged: restore it or re-convert the model")
+    window = memoryview(mapping)[size - 8 - footer_length : size - 8]
+    try:
+        groups = parse_row_groups(window)
+    except ThriftDecodeError as exc:
+        raise CorruptFileError(f"{path}: the Parquet footer does not parse ({exc}); the file is damaged: restore it "
+                               f"or re-convert the model") from None
+    finally:
+        window.release()
+    leaves = len(parquet.metadata.schema)
+    if len(groups) != parquet.metadata.num_row_groups or any(len(g.columns) != leaves for g in groups):
+        raise CorruptFileError(f"{path}: the footer's row groups disagree with its schema ({len(groups)} row groups, "
+                               f"{leaves} columns each expected); the file is damaged: restore it or re-convert the "
+                               f"model")
+    return groups
+
+
 def _plan_offsets(path: Path, parquet: pq.ParquetFile, mapping: mmap.mmap, small: dict[str, list], version: int
                   ) -> tuple[dict[str, list[int | None]], list[int], dict[int, str]]:
     """Payload offset of every blob of every row (None when unmapped), row -> row group, fallback reasons."""
-    size = path.stat().st_size
+    size = len(mapping)
     offsets: dict[str, list[int | None]] = {column: [] for column in BLOB_COLUMNS[version]}
     group_of_row: list[int] = []
     reasons: dict[int, str] = {}
     base = 0
-    for group in range(parquet.metadata.num_row_groups):
-        count = parquet.metadata.row_group(group).num_rows
+    for group, info in enumerate(_row_groups(path, parquet, mapping)):
+        count = info.num_rows
+        if count < 0 or base + count > len(small["name"]):
+            raise CorruptFileError(f"{path}: row group {group} claims {count} rows, but the file holds "
+                                   f"{len(small['name'])} in all; the file is damaged: re-convert the model")
         rows = range(base, base + count)
         group_of_row.extend([group] * count)
         for column in BLOB_COLUMNS[version]:
             pads = [int(small[PAD_COLUMN[column]][r]) for r in rows]
             lengths = [pad + int(small[_NBYTES_COLUMN[column]][r]) for pad, r in zip(pads, rows, strict=True)]
-            layout = plan_row_group(path, parquet.metadata, group, mapping, lengths, size, column)
+            layout = plan_row_group(path, parquet.metadata, group, info, mapping, lengths, size, column)
             if isinstance(layout, str):
                 reasons.setdefault(group, f"column {column!r} {layout}" if column != "data" else layout)
                 offsets[column].extend([None] * count)
@@ -112,6 +151,40 @@ def _plan_offsets(path: Path, parquet: pq.ParquetFile, mapping: mmap.mmap, small
         for column, values in offsets.items():
             offsets[column] = [None if g in reasons else v for v, g in zip(values, group_of_row, strict=True)]
     return offsets, group_of_row, reasons
+
+
+def _damaged(path: Path, what: str, exc: BaseException) -> CorruptFileError:
+    """The error for bytes that a parser underneath rejected (kept as ``__cause__`` for debugging)."""
+    return CorruptFileError(f"{path}: {what} is damaged ({type(exc).__name__}: {exc}); restore the file or "
+                            f"re-convert the model (arrowengine verify {path} checks every tensor)")
+
+
+def _decode_metadata(path: Path, raw: dict[bytes, bytes] | None) -> dict[str, str]:
+    """The footer's key-value metadata as text (pyarrow's own ``ARROW:schema`` entry left out)."""
+    metadata = {}
+    for key, value in (raw or {}).items():
+        if key == b"ARROW:schema":
+            continue
+        try:
+            metadata[key.decode("utf-8")] = value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CorruptFileError(f"{path}: the footer metadata entry {key[:40]!r} is not UTF-8 text ({exc}); the "
+                                   f"file is damaged: restore it or re-convert the model") from None
+    return metadata
+
+
+def _json_metadata(path: Path, metadata: Mapping[str, str], key: str) -> dict[str, Any]:
+    """The JSON object stored under ``key`` in the footer metadata (``{}`` when absent)."""
+    text = metadata.get(key) or "{}"
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise CorruptFileError(f"{path}: the footer metadata {key} is not valid JSON ({exc}); the file is "
+                               f"damaged: restore it or re-convert the model") from None
+    if not isinstance(value, dict):
+        raise CorruptFileError(f"{path}: the footer metadata {key} holds a {type(value).__name__}, not a JSON "
+                               f"object; the file is damaged: restore it or re-convert the model")
+    return value
 
 
 class WeightFile(Mapping[str, torch.Tensor]):
@@ -140,17 +213,47 @@ class WeightFile(Mapping[str, torch.Tensor]):
         self._fallback_cache: dict[int, pa.Table] = {}
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> WeightFile:
-        """Open ``path`` (a weight file or a model directory holding ``weights.parquet``)."""
+    def open(cls, path: str | os.PathLike[str], *, verify: bool = False) -> WeightFile:
+        """Open ``path`` (a weight file or a model directory holding ``weights.parquet``).
+
+        With ``verify=True`` every tensor is hashed against its stored checksum first (this reads every page,
+        so opening is no longer lazy) and a mismatch raises :class:`ChecksumMismatchError` naming the tensor.
+        Any damage found while parsing raises an :class:`EngineError` subclass, never a bare parser error.
+        """
         path = resolve_weights_path(path)
         _check_magic(path)
+        try:
+            weights = cls._parse(path)
+        except EngineError:
+            raise
+        except _MALFORMED as exc:
+            raise _damaged(path, "the footer or the tensor index", exc) from exc
+        if weights._fallback_reasons:
+            reasons = weights._fallback_reasons
+            detail = "; ".join(f"row group {i}: {r}" for i, r in sorted(reasons.items())[:3])
+            message = (f"{path}: {len(reasons)} of {weights.num_row_groups} row groups cannot be mapped "
+                       f"zero-copy and are decoded by pyarrow on access (a copy) [{detail}]. Rewrite the file with "
+                       f"arrowengine.write_weights to map it.")
+            warnings.warn(message, ZeroCopyFallbackWarning, stacklevel=2)
+            logger.warning(message)
+        if verify:
+            from arrowengine.format.integrity import check_checksums  # integrity imports this module
+
+            check_checksums(weights, strict=True)
+        logger.info("opened %s: schema V%d, %d tensors (%d quantized), %d row groups, zero_copy=%s, verified=%s",
+                    path, weights.schema_version, len(weights._infos),
+                    sum(i.is_quantized for i in weights._infos.values()), weights.num_row_groups, weights.zero_copy,
+                    verify)
+        return weights
+
+    @classmethod
+    def _parse(cls, path: Path) -> WeightFile:
         try:
             parquet = pq.ParquetFile(str(path), memory_map=False)
         except (pa.ArrowInvalid, OSError) as exc:
             raise CorruptFileError(f"{path}: the Parquet footer cannot be read ({exc}); the file is damaged: "
                                    f"re-convert the model or restore it from its source") from None
-        metadata = {k.decode(): v.decode() for k, v in (parquet.metadata.metadata or {}).items()
-                    if k != b"ARROW:schema"}
+        metadata = _decode_metadata(path, parquet.metadata.metadata)
         version = check_schema(path, parquet, metadata)
         num_rows = parquet.metadata.num_rows
         small = index_from_footer(metadata, num_rows, version) or read_small_columns(path, parquet, version)
@@ -158,26 +261,19 @@ class WeightFile(Mapping[str, torch.Tensor]):
             mapping = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)  # private: writes never reach the file
         offsets, group_of_row, reasons = _plan_offsets(path, parquet, mapping, small, version)
         infos = build_infos(path, small, version, group_of_row, offsets)
-        aliases = json.loads(metadata.get(META_ALIASES, "{}"))
+        aliases = _json_metadata(path, metadata, META_ALIASES)
         for alias, target in aliases.items():
-            if target not in infos:
+            if not isinstance(target, str) or target not in infos:
                 raise SchemaError(f"{path}: alias {alias!r} points at missing tensor {target!r}; re-convert")
-        if reasons:
-            detail = "; ".join(f"row group {i}: {r}" for i, r in sorted(reasons.items())[:3])
-            message = (f"{path}: {len(reasons)} of {parquet.metadata.num_row_groups} row groups cannot be mapped "
-                       f"zero-copy and are decoded by pyarrow on access (a copy) [{detail}]. Rewrite the file with "
-                       f"arrowengine.write_weights to map it.")
-            warnings.warn(message, ZeroCopyFallbackWarning, stacklevel=2)
-            logger.warning(message)
         unaligned = [i.name for i in infos.values() if any(o is not None and o % ALIGNMENT for o in i.file_offsets)]
         if unaligned:
             logger.warning("%s: %d tensors are not %d-byte aligned (first: %s)", path, len(unaligned), ALIGNMENT,
                            unaligned[0])
-        weights = cls(path, parquet, version, metadata, infos, aliases, mapping, small, group_of_row, reasons)
-        logger.info("opened %s: schema V%d, %d tensors (%d quantized), %d row groups, zero_copy=%s", path, version,
-                    len(infos), sum(i.is_quantized for i in infos.values()), weights.num_row_groups,
-                    weights.zero_copy)
-        return weights
+        # the footer's own metadata is parsed once here, so damage there fails at open and not at first use
+        _json_metadata(path, metadata, META_CONFIG)
+        if version >= 2:
+            _json_metadata(path, metadata, META_QUANT_RECIPE)
+        return cls(path, parquet, version, metadata, infos, aliases, mapping, small, group_of_row, reasons)
 
     # -- metadata ---------------------------------------------------------------------------------------
     @property
@@ -198,12 +294,12 @@ class WeightFile(Mapping[str, torch.Tensor]):
     @property
     def config(self) -> dict[str, Any]:
         """The model config stored in the file metadata (may be empty)."""
-        return json.loads(self.metadata.get(META_CONFIG, "{}") or "{}")
+        return _json_metadata(self.path, self.metadata, META_CONFIG)
 
     @property
     def quant_recipe(self) -> dict[str, Any]:
         """The quantization recipe of a V2 file (``{}`` for V1)."""
-        return json.loads(self.metadata.get(META_QUANT_RECIPE, "{}") or "{}")
+        return _json_metadata(self.path, self.metadata, META_QUANT_RECIPE)
 
     @property
     def aliases(self) -> dict[str, str]:
@@ -226,12 +322,13 @@ class WeightFile(Mapping[str, torch.Tensor]):
         return self._parquet.metadata.num_row_groups
 
     def info(self, name: str) -> TensorInfo:
-        """Where tensor ``name`` is stored; ``KeyError`` naming the file if absent."""
+        """Where tensor ``name`` is stored; :class:`TensorNotFoundError` (a ``KeyError``) naming the file if absent."""
         name = self._aliases.get(name, name)
         try:
             return self._infos[name]
         except KeyError:
-            raise KeyError(f"{self.path} has no tensor {name!r}") from None
+            raise TensorNotFoundError(f"{self.path} has no tensor {name!r}; list the names with "
+                                      f"WeightFile.open(path).keys()") from None
 
     def is_quantized(self, name: str) -> bool:
         """True when ``name`` is stored quantized (V2, ``quant_type != none``)."""
@@ -308,15 +405,22 @@ class WeightFile(Mapping[str, torch.Tensor]):
         if offset is not None:
             return memoryview(self._mm)[offset : offset + nbytes]
         group = self._group_of_row[row]
-        table = self._fallback_cache.get(group)
-        if table is None:
-            columns = [c for b in BLOB_COLUMNS[self.schema_version] for c in (PAD_COLUMN[b], b)]
-            table = self._parquet.read_row_group(group, columns=columns)
-            self._fallback_cache[group] = table
-        local = row - self._first_row[group]
-        pad = table.column(PAD_COLUMN[column])[local].as_py()
-        value = table.column(column)[local].as_buffer()
-        return memoryview(value)[pad : pad + nbytes]
+        try:
+            table = self._fallback_cache.get(group)
+            if table is None:
+                columns = [c for b in BLOB_COLUMNS[self.schema_version] for c in (PAD_COLUMN[b], b)]
+                table = self._parquet.read_row_group(group, columns=columns)
+                self._fallback_cache[group] = table
+            local = row - self._first_row[group]
+            pad = table.column(PAD_COLUMN[column])[local].as_py()
+            value = memoryview(table.column(column)[local].as_buffer())[pad : pad + nbytes]
+        except (*_MALFORMED, OSError) as exc:
+            raise _damaged(self.path, f"row group {group} (tensor {info.name!r})", exc) from exc
+        if pad < 0 or len(value) != nbytes:
+            raise CorruptFileError(f"{self.path}: tensor {info.name!r} (row group {group}) holds {len(value)} of its "
+                                   f"{nbytes} bytes after a pad of {pad}; the file is damaged: restore it or "
+                                   f"re-convert the model")
+        return value
 
     def _assemble(self, info: TensorInfo) -> torch.Tensor:
         # Chunked tensors (> 512 MiB) cost one copy.

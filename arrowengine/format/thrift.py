@@ -1,15 +1,20 @@
-"""Just enough of Thrift's compact protocol to read a Parquet ``PageHeader``.
+"""Just enough of Thrift's compact protocol to read a Parquet ``PageHeader`` and the footer's row groups.
 
 The zero-copy reader parses the one page header of each ``data`` column chunk to prove the chunk is a single
 uncompressed PLAIN data page, and to learn where its payload starts. pyarrow does not expose page headers, and
 a full Thrift dependency for a few dozen lines of decoding is not worth it.
+
+The row groups' column-chunk locations are decoded here too rather than through pyarrow's ``row_group(i)``
+accessor: on some damaged footers (a level histogram of the wrong size) that accessor throws a C++ exception
+that pyarrow does not translate, and the process aborts. Decoding them ourselves turns that into an error.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["PageHeader", "ThriftDecodeError", "parse_page_header"]
+__all__ = ["ColumnChunkInfo", "PageHeader", "RowGroupInfo", "ThriftDecodeError", "parse_page_header",
+           "parse_row_groups"]
 
 # Compact-protocol type ids.
 _STOP, _TRUE, _FALSE, _BYTE, _I16, _I32, _I64, _DOUBLE, _BINARY, _LIST, _SET, _MAP, _STRUCT = range(13)
@@ -50,6 +55,33 @@ class PageHeader:
         return ENCODING_NAMES.get(self.encoding, f"UNKNOWN({self.encoding})")
 
 
+# parquet.thrift CompressionCodec
+CODEC_NAMES = {0: "UNCOMPRESSED", 1: "SNAPPY", 2: "GZIP", 3: "LZO", 4: "BROTLI", 5: "LZ4", 6: "ZSTD", 7: "LZ4_RAW"}
+
+
+@dataclass(frozen=True)
+class ColumnChunkInfo:
+    """Where one column chunk lies (``ColumnMetaData`` fields the zero-copy reader needs)."""
+
+    codec: int
+    total_compressed_size: int
+    data_page_offset: int
+    dictionary_page_offset: int | None
+
+    @property
+    def codec_name(self) -> str:
+        """``UNCOMPRESSED``, ``ZSTD`` ... (``UNKNOWN(n)`` for anything else)."""
+        return CODEC_NAMES.get(self.codec, f"UNKNOWN({self.codec})")
+
+
+@dataclass(frozen=True)
+class RowGroupInfo:
+    """A row group's row count and column chunks, in schema leaf order."""
+
+    num_rows: int
+    columns: tuple[ColumnChunkInfo, ...]
+
+
 class _Decoder:
     def __init__(self, buf: memoryview) -> None:
         self.buf = buf
@@ -63,11 +95,16 @@ class _Decoder:
         return value
 
     def varint(self) -> int:
+        buf, pos, end = self.buf, self.pos, len(self.buf)  # locals: this loop is the decoder's hot spot
         result = shift = 0
         while True:
-            b = self.byte()
+            if pos >= end:
+                raise ThriftDecodeError("page header runs past the end of the file")
+            b = buf[pos]
+            pos += 1
             result |= (b & 0x7F) << shift
-            if not b & 0x80:
+            if b < 0x80:
+                self.pos = pos
                 return result
             shift += 7
             if shift > 63:
@@ -99,9 +136,8 @@ class _Decoder:
             head = self.byte()
             size = head >> 4 if head >> 4 != 15 else self.varint()
             elem = head & 0x0F
-            for _ in range(size):
-                self.value(elem if elem not in (_TRUE, _FALSE) else _BYTE, depth + 1)
-            return None
+            # every element takes at least one byte, so a damaged size runs into the end of the buffer, not memory
+            return [self.value(elem if elem not in (_TRUE, _FALSE) else _BYTE, depth + 1) for _ in range(size)]
         if ftype == _MAP:
             size = self.varint()
             if size:
@@ -150,3 +186,40 @@ def parse_page_header(buf: memoryview) -> PageHeader:
         num_values = data_header.get(1)
         encoding = data_header.get(2)
     return PageHeader(page_type, uncompressed, compressed, num_values, encoding, decoder.pos)  # type: ignore[arg-type]
+
+
+def _int_field(fields: dict[int, object], field_id: int, what: str) -> int:
+    value = fields.get(field_id)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ThriftDecodeError(f"{what} lacks required integer field {field_id}")
+    return value
+
+
+def parse_row_groups(footer: memoryview) -> tuple[RowGroupInfo, ...]:
+    """The row groups of a Parquet ``FileMetaData`` (the footer bytes between the data and the footer length).
+
+    Raises:
+        ThriftDecodeError: the bytes are not a footer (truncated, unknown types, missing or mistyped fields).
+    """
+    fields = _Decoder(memoryview(bytes(footer))).struct()  # one copy of the footer: bytes index faster than a mapping
+    row_groups = fields.get(4)
+    if not isinstance(row_groups, list):
+        raise ThriftDecodeError("file metadata lacks its row group list (field 4)")
+    result = []
+    for index, group in enumerate(row_groups):
+        if not isinstance(group, dict) or not isinstance(group.get(1), list):
+            raise ThriftDecodeError(f"row group {index} lacks its column chunk list")
+        columns = []
+        for chunk in group[1]:
+            meta = chunk.get(3) if isinstance(chunk, dict) else None
+            if not isinstance(meta, dict):
+                raise ThriftDecodeError(f"a column chunk of row group {index} lacks its metadata")
+            dictionary = meta.get(11)
+            columns.append(ColumnChunkInfo(
+                codec=_int_field(meta, 4, "column metadata"),
+                total_compressed_size=_int_field(meta, 7, "column metadata"),
+                data_page_offset=_int_field(meta, 9, "column metadata"),
+                dictionary_page_offset=dictionary if isinstance(dictionary, int) else None,
+            ))
+        result.append(RowGroupInfo(_int_field(group, 3, f"row group {index}"), tuple(columns)))
+    return tuple(result)

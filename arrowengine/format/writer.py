@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import torch
 
 from arrowengine import __version__
-from arrowengine.errors import EngineError, SchemaError
+from arrowengine.errors import EngineError, SchemaError, WeightPathIsDirectoryError
 from arrowengine.format.rows import Row, group_rows, is_quantized, layer_group, rows_for
 from arrowengine.format.schema import (
     ALIGNMENT,
@@ -222,6 +222,9 @@ def write_weights(
     """
     start = time.perf_counter()
     path = Path(path)
+    if path.is_dir():
+        raise WeightPathIsDirectoryError(f"cannot write weights to {path}: it is a directory; pass a file path such "
+                                         f"as {path / 'weights.parquet'}")
     if not isinstance(state_dict, Mapping) or not state_dict:
         raise SchemaError(f"cannot write {path}: the state dict is empty or not a mapping of name -> tensor")
     if max_chunk_bytes <= 0 or max_chunk_bytes % ALIGNMENT:
