@@ -113,7 +113,10 @@ def read_config_file(path: str | os.PathLike[str] | None = None,
 
 
 def _coerce(value: Any, kind: Any) -> Any:
-    """``value`` converted to the field type ``kind``; ``ValueError`` when it cannot be."""
+    """``value`` converted to the field type ``kind``; ``ValueError`` when it cannot be.
+
+    The ``ValueError`` never reaches a user: :func:`load_section` turns it into a logged error or a ``ConfigError``.
+    """
     origin = typing.get_origin(kind)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(kind) if a is not type(None)]

@@ -61,16 +61,18 @@ class QuantizeOptions:
     clip: str = "auto"  # group range: minmax | mse | auto (mse for INT2, where clipping pays, else minmax)
 
     def __post_init__(self) -> None:
+        from quant.errors import GroupSizeError, QuantOptionError, UnsupportedBitsError
+
         if self.bits not in (2, 4, 8):
-            raise ValueError(f"bits must be 2, 4 or 8, got {self.bits}")
+            raise UnsupportedBitsError(f"bits must be 2, 4 or 8, got {self.bits}")
         if self.group_size not in (0, 32, 64, 128):
-            raise ValueError(f"group_size must be 0 (per channel), 32, 64 or 128, got {self.group_size}")
+            raise GroupSizeError(f"group_size must be 0 (per channel), 32, 64 or 128, got {self.group_size}")
         if self.method not in ("rtn", "gptq"):
-            raise ValueError(f"method must be 'rtn' or 'gptq', got {self.method!r}")
+            raise QuantOptionError(f"method must be 'rtn' or 'gptq', got {self.method!r}")
         if self.clip not in ("auto", "minmax", "mse"):
-            raise ValueError(f"clip must be 'auto', 'minmax' or 'mse', got {self.clip!r}")
+            raise QuantOptionError(f"clip must be 'auto', 'minmax' or 'mse', got {self.clip!r}")
         if self.calib_seq_len < 16:
-            raise ValueError(f"calib_seq_len must be >= 16 tokens, got {self.calib_seq_len}")
+            raise QuantOptionError(f"calib_seq_len must be >= 16 tokens, got {self.calib_seq_len}")
 
     @property
     def group_clip(self) -> str:

@@ -28,7 +28,6 @@ __all__ = ["MODALITIES", "TIERS", "MemoryConfig", "RetrievalConfig", "TieringCon
 logger = logging.getLogger(__name__)
 MODALITIES = ("text", "audio", "image")
 TIERS = ("short", "long", "archived")
-_REPO_ROOT = Path(__file__).resolve().parents[1]
 _BIG = 10**9
 
 
@@ -119,7 +118,7 @@ class MemoryConfig:
 
     path: Path = field(default_factory=default_store_path)
     table: str = "memories"
-    models_dir: Path = _REPO_ROOT / "models"
+    models_dir: Path | None = None  # None: the engine's store, arrowengine.config.resolve_models_dir()
     text_model: str = "all-MiniLM-L6-v2"
     near_duplicate_threshold: float | None = _rng(0.92, -1.0, 1.0)  # cosine linking new to existing; None: off
     session_link_weight: float = 0.8
@@ -131,7 +130,7 @@ class MemoryConfig:
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
-        self.models_dir = Path(self.models_dir)
+        self.models_dir = None if self.models_dir is None else Path(self.models_dir)
         _validate(self)
 
 

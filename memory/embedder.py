@@ -25,9 +25,14 @@ class Embedder(Protocol):
         ...
 
 
-def default_embedder(models_dir: Path, name: str) -> Embedder:
-    """arrowengine's ``TextEncoder`` on ``models_dir/name`` (imported lazily: only text memories need it)."""
-    model_dir = Path(models_dir) / name
+def default_embedder(models_dir: Path | None, name: str) -> Embedder:
+    """arrowengine's ``TextEncoder`` on ``models_dir/name`` (imported lazily: only text memories need it).
+
+    ``models_dir=None`` is the engine's model store, by the one rule of :func:`arrowengine.config.resolve_models_dir`.
+    """
+    from arrowengine.config import resolve_models_dir
+
+    model_dir = Path(models_dir if models_dir is not None else resolve_models_dir()) / name
     if not (model_dir / "config.json").is_file():
         raise EmbedderUnavailableError(
             f"text embedder model {str(model_dir)!r} is missing; run `python scripts/fetch_models.py` "

@@ -16,6 +16,7 @@ __all__ = [
     "PackingError",
     "QuantError",
     "QuantModeError",
+    "QuantOptionError",
     "QuantShapeError",
     "UnsupportedBitsError",
 ]
@@ -47,6 +48,10 @@ class QuantShapeError(QuantError, ValueError):
 
 class QuantModeError(QuantError, ValueError):
     """An unknown ``QuantLinear`` execution mode, or a mode that cannot run on this input."""
+
+
+class QuantOptionError(QuantError, ValueError):
+    """A quantization option outside its allowed values (method, clip rule, search, damping, block or sequence size)."""
 
 
 class CalibrationError(QuantError, ValueError):

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from quant.errors import CalibrationError, QuantShapeError
+from quant.errors import CalibrationError, QuantOptionError, QuantShapeError
 from quant.packing import pack
 from quant.rtn import QuantizedTensor, _check_bits_group, compute_qparams, quantize, quantize_codes
 
@@ -55,11 +55,11 @@ class GPTQConfig:
     def __post_init__(self) -> None:
         _check_bits_group(self.bits, self.group_size, "GPTQConfig")
         if self.clip not in ("minmax", "mse"):
-            raise ValueError(f"GPTQConfig: clip={self.clip!r} is not supported; use 'minmax' or 'mse'")
+            raise QuantOptionError(f"GPTQConfig: clip={self.clip!r} is not supported; use 'minmax' or 'mse'")
         if not 0.0 < self.percdamp <= 1.0:
-            raise ValueError(f"GPTQConfig: percdamp={self.percdamp} must lie in (0, 1]; the usual value is 0.01")
+            raise QuantOptionError(f"GPTQConfig: percdamp={self.percdamp} must lie in (0, 1]; the usual value is 0.01")
         if self.block_size < 1:
-            raise ValueError(f"GPTQConfig: block_size={self.block_size} must be >= 1; the usual value is 128")
+            raise QuantOptionError(f"GPTQConfig: block_size={self.block_size} must be >= 1; the usual value is 128")
 
 
 class GPTQ:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from quant.errors import CalibrationError, QuantShapeError
+from quant.errors import CalibrationError, QuantOptionError, QuantShapeError
 from quant.rtn import QuantizedTensor, dequantize
 
 __all__ = ["MixedRecipe", "embedding_cosine_evaluator", "layer_sensitivity", "mixed_precision"]
@@ -118,7 +118,7 @@ def mixed_precision(
     and a warning is logged.
     """
     if search not in ("greedy", "bisect"):
-        raise ValueError(f"mixed_precision: search={search!r} is not supported; use 'greedy' or 'bisect'")
+        raise QuantOptionError(f"mixed_precision: search={search!r} is not supported; use 'greedy' or 'bisect'")
     sens = dict(sensitivity) if sensitivity is not None else layer_sensitivity(model, qweights, evaluate)
     deq = _dequantized(model, qweights)
     fp16 = {p: _linear(model, p).weight.data.to(torch.float16).to(_linear(model, p).weight.dtype) for p in qweights}

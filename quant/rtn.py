@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from quant.errors import GroupSizeError, NonFiniteWeightError, QuantShapeError, UnsupportedBitsError
+from quant.errors import GroupSizeError, NonFiniteWeightError, QuantOptionError, QuantShapeError, UnsupportedBitsError
 from quant.packing import SUPPORTED_BITS, pack, packed_size, unpack
 
 __all__ = [
@@ -189,7 +189,7 @@ def compute_qparams(
     if clip == "minmax":
         return scale, zero
     if clip != "mse":
-        raise ValueError(f"clip={clip!r} is not supported; use 'minmax' or 'mse'")
+        raise QuantOptionError(f"clip={clip!r} is not supported; use 'minmax' or 'mse'")
     best_err = torch.full_like(scale, math.inf)
     best_scale, best_zero = scale, zero
     for i in range(_MSE_GRID):

@@ -22,6 +22,7 @@ from arrowengine.bench.context import BenchContext
 from arrowengine.bench.datasets import held_out_text
 from arrowengine.bench.results import Fidelity
 from arrowengine.bench.variants import float_model_dir
+from arrowengine.errors import UsageError
 
 __all__ = ["LLM_STRATEGIES", "LLMStrategy", "memory_bandwidth", "run_llm"]
 
@@ -70,7 +71,8 @@ def weights_read_per_token(model: Any) -> int:
 def _prompts(tokenizer: Any) -> dict[int, list[int]]:
     ids = tokenizer(held_out_text(conversations=40, offset=6000))["input_ids"]
     if len(ids) < max(PROMPT_LENGTHS):
-        raise ValueError(f"held-out text has {len(ids)} tokens, fewer than {max(PROMPT_LENGTHS)}")
+        raise UsageError(f"held-out text has {len(ids)} tokens, fewer than the {max(PROMPT_LENGTHS)} of the longest "
+                         f"prompt; the chat data set is incomplete: reinstall it (pip install 'arrowengine[data]')")
     return {n: list(ids[:n]) for n in PROMPT_LENGTHS}
 
 

@@ -19,10 +19,15 @@ from typing import Any
 
 from arrowengine.bench.context import BenchContext
 from arrowengine.bench.variants import float_model_dir, int8_model_dir
+from arrowengine.errors import EngineError
 
 __all__ = ["int8_weight_bytes", "run_loading"]
 
 logger = logging.getLogger(__name__)
+
+
+class ProbeError(EngineError, RuntimeError):
+    """A load probe (a measuring subprocess) failed; the message holds its exit code and last output lines."""
 
 
 def _probe(spec: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
@@ -32,7 +37,8 @@ def _probe(spec: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if out.returncode != 0 or not lines:
         tail = (out.stderr or out.stdout).strip().splitlines()[-3:]
-        raise RuntimeError(f"probe {spec['loader']} failed (exit {out.returncode}): {' | '.join(tail)}")
+        raise ProbeError(f"probe {spec['loader']} failed (exit {out.returncode}): {' | '.join(tail)}; run "
+                         f"python -m arrowengine.bench.probe '{json.dumps(spec)}' to see the whole output")
     return json.loads(lines[-1])
 
 

@@ -32,7 +32,7 @@ class Spread:
     @classmethod
     def of(cls, samples: list[float]) -> Spread:
         """The spread of ``samples`` (seconds); needs at least one sample."""
-        if not samples:
+        if not samples:  # internal invariant: every caller measures at least once
             raise ValueError("Spread.of needs at least one sample")
         ordered = sorted(samples)
         if len(ordered) >= 2:

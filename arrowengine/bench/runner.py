@@ -9,6 +9,7 @@ from arrowengine.bench.context import BenchContext, BenchOptions
 from arrowengine.bench.datasets import BenchInputError
 from arrowengine.bench.targets import evaluate_targets
 from arrowengine.converters.packages import PackageNotFetchedError
+from arrowengine.errors import UsageError
 
 __all__ = ["SUITES", "run_benchmark"]
 
@@ -43,7 +44,7 @@ def run_benchmark(options: BenchOptions) -> dict:
 
     unknown = set(options.suites) - set(SUITES)
     if unknown:
-        raise ValueError(f"unknown suite(s) {sorted(unknown)}; choose from {', '.join(SUITES)}")
+        raise UsageError(f"unknown suite(s) {sorted(unknown)}; choose from {', '.join(SUITES)}")
     ctx = BenchContext(options)
     for suite, model, step in _suites(ctx):
         logger.info("suite %s %s", suite, model)
