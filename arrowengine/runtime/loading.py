@@ -11,8 +11,6 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ from arrowengine.format.reader import WeightFile
 from arrowengine.runtime.devices import select_device
 from arrowengine.runtime.placement import VramMonitor, move_to_device
 
-__all__ = ["load_config_dict", "load_model", "load_state_dict", "parameters_on_meta"]
+__all__ = ["load_config_dict", "load_model", "load_state_dict"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,24 +46,6 @@ def load_config_dict(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ModelConfigError(f"{path} is not valid JSON ({exc}); re-convert the model") from None
-
-
-@contextmanager
-def parameters_on_meta() -> Iterator[None]:
-    """Inside this block every registered ``nn.Parameter`` is moved to the meta device as it is created."""
-    original = nn.Module.register_parameter
-
-    def register(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        original(module, name, param)
-        if param is not None and param.device.type != "meta":
-            kwargs = dict(param.__dict__)
-            module._parameters[name] = type(param)(param.to("meta"), requires_grad=param.requires_grad, **kwargs)
-
-    nn.Module.register_parameter = register  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = original  # type: ignore[method-assign]
 
 
 def _architecture(config: Any, architecture: str | None) -> type[nn.Module]:
@@ -102,14 +82,21 @@ def _match_prefix(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str,
 
 
 def _install_quantized(model: nn.Module, quantized: dict[str, Any], mode: str) -> None:
-    """Swap each Linear whose weight is stored quantized for a ``QuantLinear`` over the mapped blobs."""
-    from quant import QuantLinear, replace_linears
+    """Swap each Linear (Embedding) whose weight is stored quantized for a ``QuantLinear`` (``QuantEmbedding``)
+    over the mapped blobs."""
+    from quant import QuantEmbedding, QuantLinear, replace_linears
 
     targets = {}
     for name, qt in quantized.items():
         if not name.endswith(".weight"):
-            raise SchemaError(f"quantized tensor {name!r} is not a Linear weight; only Linear layers can be quantized")
+            raise SchemaError(f"quantized tensor {name!r} is not a Linear or Embedding weight; only those layers "
+                              "can be quantized")
         targets[name.removesuffix(".weight")] = qt
+    modules = dict(model.named_modules())
+    for path in [p for p in targets if isinstance(modules.get(p), nn.Embedding)]:
+        parent, _, child = path.rpartition(".")
+        setattr(modules[parent] if parent else model, child,
+                QuantEmbedding(targets.pop(path), padding_idx=modules[path].padding_idx, name=path))
     replace_linears(model, targets, mode=mode)
     count = sum(isinstance(m, QuantLinear) for m in model.modules())
     logger.info("built %d QuantLinear layers in mode %s", count, mode)
@@ -131,6 +118,12 @@ def _upcast_fp16_linears(model: nn.Module) -> None:
         logger.info("cast %d FP16 Linears of a mixed-precision file to float32 (copies of those layers)", cast)
 
 
+def _dequantize_gguf_blocks(state: dict[str, Any]) -> dict[str, Any]:
+    """GGUF block tensors (schema V3) as the float32 tensors they encode (exact); ``LLM`` runs the blocks."""
+    return {name: value.dequantize() if type(value).__name__ == "GGUFBlocks" else value
+            for name, value in state.items()}
+
+
 def load_model(
     model_dir: str | os.PathLike[str],
     device: str = "cpu",
@@ -138,6 +131,7 @@ def load_model(
     *,
     architecture: str | None = None,
     quant_mode: str = "dequant-on-the-fly",
+    verify: bool | None = None,
 ) -> nn.Module:
     """Build the model of ``model_dir`` (its ``config.json`` architecture) with zero-copy mapped weights.
 
@@ -150,6 +144,9 @@ def load_model(
         quant_mode: for a quantized (schema V2) model, how its ``QuantLinear`` layers run:
             ``dequant-on-the-fly`` (zero-copy, least memory), ``int8-kernel`` (one int8 copy, fastest int8
             matmul available) or ``dequant-on-load`` (one float copy, fastest float path).
+        verify: hash every tensor against its stored checksum before building (reads the whole file, so it is
+            off by default); ``None`` takes ``runtime.verify_checksums`` (``ARROWENGINE_RUNTIME_VERIFY_CHECKSUMS``)
+            from the configuration. A damaged tensor raises :class:`ChecksumMismatchError` naming it.
 
     Returns:
         The module in eval mode with ``requires_grad`` off; ``model.arrowengine_weights`` is its ``WeightFile``
@@ -160,12 +157,20 @@ def load_model(
     start = time.perf_counter()
     model_dir = Path(model_dir)
     load_config_dict(model_dir)  # clear errors for a missing dir / config before transformers sees it
-    weights = WeightFile.open(model_dir)
+    if verify is None:
+        from arrowengine.config import load_config
+
+        verify = load_config().runtime.verify_checksums
+    weights = WeightFile.open(model_dir, verify=verify)
     config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
     cls = _architecture(config, architecture)
-    with parameters_on_meta():
+    from accelerate import init_empty_weights
+
+    # parameters on the meta device (no float copy is allocated, the mapped tensors are assigned below);
+    # buffers stay real because non-persistent ones (position ids, rotary frequencies) are not in the file
+    with init_empty_weights(include_buffers=False):
         model = cls(config)
-    state = _match_prefix(model, weights.state_dict())
+    state = _dequantize_gguf_blocks(_match_prefix(model, weights.state_dict()))
     quantized = {name: value for name, value in state.items() if not isinstance(value, torch.Tensor)}
     plain = {name: value for name, value in state.items() if isinstance(value, torch.Tensor)}
     result = model.load_state_dict(plain, strict=False, assign=True)
