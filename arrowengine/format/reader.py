@@ -44,6 +44,7 @@ from arrowengine.format.layout import plan_row_group
 from arrowengine.format.schema import (
     ALIGNMENT,
     BLOB_COLUMNS,
+    GGUF_QUANT_TYPES,
     META_CONFIG,
     META_MODEL_TYPE,
     META_QUANT_RECIPE,
@@ -362,7 +363,10 @@ class WeightFile(Mapping[str, torch.Tensor]):
         return self._assemble(info)
 
     def quantized(self, name: str) -> Any:
-        """The ``quant.QuantizedTensor`` of a V2 tensor: packed codes, scales and zero points all mapped."""
+        """The ``quant.QuantizedTensor`` of a V2 tensor: packed codes, scales and zero points all mapped.
+
+        A V3 GGUF block row gives a ``quant.gguf.GGUFBlocks`` over the mapped blocks instead.
+        """
         from quant import QuantizedTensor
 
         info = self.info(name)
@@ -370,6 +374,8 @@ class WeightFile(Mapping[str, torch.Tensor]):
             raise SchemaError(f"{self.path}: tensor {name!r} is not quantized (schema V{self.schema_version})")
         q = info.quant
         assert q is not None and info.blob_offsets is not None
+        if q.quant_type in GGUF_QUANT_TYPES:
+            return _gguf_blocks(q.quant_type, info.shape, self[name])
         scales = self._view(info.blob_offsets["scales"], q.scales_nbytes, q.scales_dtype,
                             (q.scales_nbytes // q.scales_dtype.itemsize,), info, "scales")
         zeros = self._view(info.blob_offsets["zero_points"], q.zero_points_nbytes, torch.uint8,
@@ -440,3 +446,10 @@ class WeightFile(Mapping[str, torch.Tensor]):
     def __repr__(self) -> str:
         return (f"WeightFile({str(self.path)!r}, schema_version={self.schema_version}, tensors={len(self._infos)}, "
                 f"zero_copy={self.zero_copy})")
+
+
+def _gguf_blocks(quant_type: str, shape: tuple[int, ...], data: torch.Tensor) -> Any:
+    """The ``GGUFBlocks`` of a V3 row (its blocks stay in the mapping)."""
+    from quant.gguf import GGUFBlocks
+
+    return GGUFBlocks(quant_type, (int(shape[0]), int(shape[1])), data)

@@ -11,9 +11,16 @@ import torch
 import xxhash
 
 from arrowengine.errors import SchemaError
-from arrowengine.format.schema import ALIGNMENT, MAX_ROW_GROUP_BYTES, MAX_ROW_GROUP_ROWS, QUANT_TYPES, dtype_name
+from arrowengine.format.schema import (
+    ALIGNMENT,
+    GGUF_QUANT_TYPES,
+    MAX_ROW_GROUP_BYTES,
+    MAX_ROW_GROUP_ROWS,
+    QUANT_TYPES,
+    dtype_name,
+)
 
-__all__ = ["Row", "group_rows", "is_quantized", "layer_group", "rows_for"]
+__all__ = ["Row", "group_rows", "is_gguf_blocks", "is_quantized", "layer_group", "rows_for"]
 
 _LAYER_PATTERN = re.compile(r"^(.*?\.\d+)\.")
 _EMPTY = np.empty(0, dtype=np.uint8)
@@ -76,6 +83,8 @@ def _plain_quant(shape: list[int]) -> dict[str, Any]:
 def rows_for(name: str, value: Any, max_chunk_bytes: int, *, quant_type: str | None = None,
              float_dtype: str = "float32") -> list[Row]:
     """Rows for one state-dict entry: a tensor (split into chunks over ``max_chunk_bytes``) or a quantized tensor."""
+    if is_gguf_blocks(value):
+        return [_gguf_row(name, value, float_dtype, max_chunk_bytes)]
     if is_quantized(value):
         return [_quantized_row(name, value, quant_type or f"int{value.bits}", float_dtype, max_chunk_bytes)]
     payload = tensor_bytes(name, value)
@@ -106,6 +115,23 @@ def _quantized_row(name: str, qt: Any, quant_type: str, float_dtype: str, max_ch
     }
     return Row(name, float_dtype, [int(s) for s in qt.shape], 0,
                {"scales": scales, "zero_points": zeros, "data": data}, _checksum(data, scales, zeros), quant)
+
+
+def is_gguf_blocks(value: object) -> bool:
+    """True for a ``quant.gguf.GGUFBlocks`` (GGUF blocks kept as they are; a schema V3 row)."""
+    return getattr(value, "quant_type", None) in GGUF_QUANT_TYPES and hasattr(value, "data")
+
+
+def _gguf_row(name: str, blocks: Any, float_dtype: str, max_chunk_bytes: int) -> Row:
+    data = tensor_bytes(name, blocks.data)
+    if data.size > max_chunk_bytes:
+        raise SchemaError(f"GGUF tensor {name!r} holds {data.size} bytes of blocks, more than one chunk "
+                          f"({max_chunk_bytes}); raise max_chunk_bytes")
+    quant = {"quant_type": blocks.quant_type, "bits": int(blocks.bits), "group_size": 32, "axis": 1,
+             "symmetric": blocks.quant_type != "gguf_q4_1", "scales_dtype": "float16",
+             "packed_shape": [int(s) for s in blocks.data.shape]}
+    return Row(name, float_dtype, [int(s) for s in blocks.shape], 0, {"scales": _EMPTY, "zero_points": _EMPTY,
+               "data": data}, _checksum(data, _EMPTY, _EMPTY), quant)
 
 
 def group_rows(rows: list[Row]) -> list[list[Row]]:

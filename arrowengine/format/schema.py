@@ -1,6 +1,7 @@
 """The on-disk weight schema: column names, Arrow types, metadata keys and the layout constants.
 
-Schema V1 stores float (or any plain) tensors; V2 adds quantization columns. Both are ordinary Parquet files
+Schema V1 stores float (or any plain) tensors; V2 adds quantization columns; V3 has V2's columns and may hold
+GGUF block rows (``GGUF_QUANT_TYPES``). Both are ordinary Parquet files
 that pyarrow, DuckDB or Spark can read; the constraints below only make zero-copy mapping possible.
 """
 
@@ -15,6 +16,7 @@ __all__ = [
     "ALIGNMENT",
     "BLOB_COLUMNS",
     "CHECKSUM_ALGORITHM",
+    "GGUF_QUANT_TYPES",
     "MAX_CHUNK_BYTES",
     "MAX_ROW_GROUP_BYTES",
     "MAX_ROW_GROUP_ROWS",
@@ -26,6 +28,7 @@ __all__ = [
     "META_SCHEMA_VERSION",
     "PAD_COLUMN",
     "QUANT_TYPES",
+    "SCHEMA_VERSION_GGUF",
     "SMALL_COLUMNS",
     "SMALL_COLUMNS_V2",
     "SUPPORTED_SCHEMA_VERSIONS",
@@ -48,7 +51,7 @@ META_CONFIG = "arrowengine.config"
 META_CREATED_BY = "arrowengine.created_by"
 META_CHECKSUM = "arrowengine.checksum"
 CHECKSUM_ALGORITHM = "xxh64"
-SUPPORTED_SCHEMA_VERSIONS = (1, 2)
+SUPPORTED_SCHEMA_VERSIONS = (1, 2, 3)
 META_QUANT_RECIPE = "arrowengine.quant_recipe"  # V2: JSON of method, bits, group size, calibration, FP16 layers
 
 # Columns the reader loads at open time: everything but the tensor bytes.
@@ -56,9 +59,15 @@ SMALL_COLUMNS = ("name", "dtype", "shape", "chunk", "data_offset", "nbytes", "ch
 SMALL_COLUMNS_V2 = (*SMALL_COLUMNS, "quant_type", "bits", "group_size", "axis", "symmetric", "scales_dtype",
                     "scales_offset", "scales_nbytes", "zero_points_offset", "zero_points_nbytes", "packed_shape")
 # Binary columns in file order (data last); each value is [leading pad][payload], the pad in its *_offset column.
-BLOB_COLUMNS = {1: ("data",), 2: ("scales", "zero_points", "data")}
+BLOB_COLUMNS = {1: ("data",), 2: ("scales", "zero_points", "data"), 3: ("scales", "zero_points", "data")}
 PAD_COLUMN = {"data": "data_offset", "scales": "scales_offset", "zero_points": "zero_points_offset"}
 QUANT_TYPES = ("none", "int8", "int4", "int2", "gptq_int8", "gptq_int4", "gptq_int2")
+# V3: V2's columns, plus rows that keep a GGUF tensor's blocks byte for byte (quant.gguf documents the layouts):
+# ``data`` holds the blocks ``[rows, k / 32 * block_bytes]`` (each block's float16 scale, and Q4_1's float16 min,
+# inside it with their exact bits), ``scales`` and ``zero_points`` are empty, ``scales_dtype`` is float16,
+# ``group_size`` 32. A file holding such a row is written as version 3, so V2-only readers refuse it by version.
+GGUF_QUANT_TYPES = ("gguf_q8_0", "gguf_q4_0", "gguf_q4_1")
+SCHEMA_VERSION_GGUF = 3
 
 
 def small_columns(version: int) -> tuple[str, ...]:

@@ -25,7 +25,7 @@ import torch
 
 from arrowengine import __version__
 from arrowengine.errors import EngineError, SchemaError, WeightPathIsDirectoryError
-from arrowengine.format.rows import Row, group_rows, is_quantized, layer_group, rows_for
+from arrowengine.format.rows import Row, group_rows, is_gguf_blocks, is_quantized, layer_group, rows_for
 from arrowengine.format.schema import (
     ALIGNMENT,
     BLOB_COLUMNS,
@@ -38,6 +38,7 @@ from arrowengine.format.schema import (
     META_QUANT_RECIPE,
     META_SCHEMA_VERSION,
     PAD_COLUMN,
+    SCHEMA_VERSION_GGUF,
     schema_for,
     small_columns,
 )
@@ -110,7 +111,7 @@ def _table(rows: list[Row], pads: dict[str, list[int]], schema: pa.Schema, versi
         "nbytes": [r.blobs["data"].size for r in rows],
         "checksum": [r.checksum for r in rows],
     }
-    if version == 2:
+    if version >= 2:
         for key in ("quant_type", "bits", "group_size", "axis", "symmetric", "scales_dtype", "packed_shape"):
             columns[key] = [r.quant[key] for r in rows]
         columns["scales_nbytes"] = [_blob(r, "scales").size for r in rows]
@@ -191,13 +192,20 @@ def _metadata(
     }
     if aliases:
         result[META_ALIASES] = json.dumps(aliases, sort_keys=True)
-    if version == 2:
+    if version >= 2:
         result[META_QUANT_RECIPE] = json.dumps(dict(quant_recipe or {}), sort_keys=True, default=str)
     for key, value in (metadata or {}).items():
         if not isinstance(key, str):
             raise SchemaError(f"metadata key {key!r} is not a string")
         result[key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
     return result
+
+
+def _schema_version(state_dict: Mapping[str, Any]) -> int:
+    """3 when any value is GGUF blocks, 2 when any is otherwise quantized, else 1."""
+    if any(is_gguf_blocks(v) for v in state_dict.values()):
+        return SCHEMA_VERSION_GGUF
+    return 2 if any(is_quantized(v) for v in state_dict.values()) else 1
 
 
 def write_weights(
@@ -229,7 +237,7 @@ def write_weights(
         raise SchemaError(f"cannot write {path}: the state dict is empty or not a mapping of name -> tensor")
     if max_chunk_bytes <= 0 or max_chunk_bytes % ALIGNMENT:
         raise SchemaError(f"max_chunk_bytes must be a positive multiple of {ALIGNMENT}, got {max_chunk_bytes}")
-    version = 2 if any(is_quantized(v) for v in state_dict.values()) else 1
+    version = _schema_version(state_dict)
     float_dtype = str((quant_recipe or {}).get("dtype", "float32"))  # what quantized tensors dequantize to
     rows: list[Row] = []
     aliases: dict[str, str] = {}

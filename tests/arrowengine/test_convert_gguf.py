@@ -30,7 +30,7 @@ def gguf_path() -> Path:
 
 @pytest.fixture(scope="module")
 def converted(gguf_path):
-    return gguf_reader.read(gguf_path)
+    return gguf_reader.read(gguf_path, dequantize=True)
 
 
 def _llama_permute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -136,3 +136,45 @@ def test_logits_and_tokenizer_match_transformers_gguf_loader(gguf_path, converte
     ids = ref_tok(texts[0], return_tensors="pt").input_ids
     with torch.no_grad():
         torch.testing.assert_close(ours.eval()(ids).logits, ref.eval()(ids).logits, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_blocks_are_kept_and_dequantize_bit_identically_to_gguf(gguf_path, tmp_path):
+    """Every tensor of the file: blocks written to schema V3, mapped back, dequantized (native kernel and torch)
+    equal ``gguf.quants.dequantize`` bit for bit (Q/K with llama.cpp's row permutation undone)."""
+    import gguf
+    from gguf.quants import dequantize
+
+    from arrowengine.format import WeightFile, write_weights
+    from arrowengine.runtime.native.gguf import block_kernels
+    from quant.gguf import GGUFBlocks
+
+    model = gguf_reader.read(gguf_path, tokenizer=False)
+    assert model.card_extra["blocks_kept"] == ["gguf_q4_1", "gguf_q8_0"]
+    write_weights(tmp_path / "weights.parquet", model.state_dict)
+    weights = WeightFile.open(tmp_path / "weights.parquet")
+    assert weights.schema_version == 3
+    kernels = block_kernels()
+    config = model.config
+    checked = set()
+    for t in gguf.GGUFReader(gguf_path).tensors:
+        name = gguf_reader.gguf_to_hf_name(t.name)
+        ref = np.ascontiguousarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
+        if ".attn_q." in t.name:
+            ref = gguf_reader.unpermute_rotary(ref, config["num_attention_heads"])
+        elif ".attn_k." in t.name:
+            ref = gguf_reader.unpermute_rotary(ref, config["num_key_value_heads"])
+        if t.tensor_type.name not in ("Q8_0", "Q4_1"):
+            assert np.array_equal(weights[name].numpy(), ref), name
+            continue
+        blocks = weights.quantized(name)
+        assert isinstance(blocks, GGUFBlocks) and blocks.shape == ref.shape
+        if kernels is not None:
+            out = torch.empty(blocks.shape)
+            assert kernels.dequantize(blocks.kind.ggml_type, blocks.data.data_ptr(), blocks.shape[0],
+                                      blocks.shape[1], blocks.data.stride(0), out.data_ptr()) == 0
+            assert np.array_equal(out.numpy().view(np.uint32), ref.view(np.uint32)), name
+        rows = torch.arange(0, blocks.shape[0], 97)  # torch path on a sample of rows (it is the slower one)
+        assert np.array_equal(blocks.dequantize(rows).numpy().view(np.uint32), ref[rows.numpy()].view(np.uint32))
+        checked.add(blocks.quant_type)
+    assert checked == {"gguf_q4_1", "gguf_q8_0"}

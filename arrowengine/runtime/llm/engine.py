@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from arrowengine.hardware import cpu_info
+from arrowengine.runtime.llm.block_model import holds_blocks, load_block_model
 from arrowengine.runtime.llm.chat import render_chat
 from arrowengine.runtime.llm.decode import DecodeStep
 from arrowengine.runtime.llm.errors import ContextOverflowError, InvalidPromptError, UnsupportedModelError
@@ -54,13 +55,21 @@ class LLM:
                  threads: int | None = None) -> None:
         from transformers import AutoTokenizer
 
+        from arrowengine.format.reader import WeightFile
         from arrowengine.runtime.loading import load_model
+        from arrowengine.runtime.native.gguf import block_kernels
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tokenizer files come from the model dir, never a hub
         started = time.perf_counter()
-        model = load_model(model_dir, device=device)
+        weights = WeightFile.open(model_dir)
+        blocks = holds_blocks(weights)
+        mode = resolve_precision(precision, dtype, weight_quant, default="auto", isa=cpu_info().isa,
+                                 has_blocks=blocks, block_kernels=blocks and block_kernels() is not None)
+        if mode.weight_quant == "gguf":
+            model = load_block_model(model_dir, weights)  # the matrices stay GGUF blocks in the mapping
+        else:
+            model = load_model(model_dir, device=device)  # GGUF blocks, if any, are dequantized exactly
         tokenizer = AutoTokenizer.from_pretrained(os.fspath(model_dir))
-        mode = resolve_precision(precision, dtype, weight_quant, default="auto", isa=cpu_info().isa)
         self._setup(model, tokenizer, dtype=mode.dtype, fuse_projections=fuse_projections, max_context=max_context,
                     weight_quant=mode.weight_quant, group_size=group_size, quantize_lm_head=quantize_lm_head,
                     threads=threads)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from arrowengine.runtime.llm.errors import UnsupportedModelError
 from arrowengine.runtime.llm.kv_cache import KVCache
-from arrowengine.runtime.llm.weights import Projection, WeightOptions, fused
+from arrowengine.runtime.llm.weights import Projection, WeightOptions, can_fuse, fused
 
 __all__ = ["LayerWeights", "LlamaForward", "LlamaSpec"]
 
@@ -139,14 +139,20 @@ class LlamaForward:
         self.dtype = dtype
         inner = model.model
         source = inner.embed_tokens.weight
-        self.device = source.device
-        copying = source.dtype != dtype or weight_quant is not None
+        blocks = not isinstance(source, torch.Tensor)  # GGUF blocks (a block model, see block_model.py)
+        self.device = torch.device("cpu") if blocks else source.device
+        copying = blocks or source.dtype != dtype or weight_quant is not None
         # fusing concatenates (a copy): free when we copy to another dtype anyway, opt-in otherwise
         self.fused = copying if fuse is None else fuse
         started = time.perf_counter()
         head = model.lm_head.weight
-        tied = head.data_ptr() == source.data_ptr()
-        if weight_quant is not None and quantize_lm_head:
+        tied = head is source or (isinstance(head, torch.Tensor) and not blocks
+                                  and head.data_ptr() == source.data_ptr())
+        if weight_quant == "gguf" or blocks or not isinstance(head, torch.Tensor):
+            # the table stays blocks (rows dequantized as gathered); a tied lm_head runs over the same blocks
+            self.embed = source if blocks else source.detach().to(dtype)
+            self.lm_head = Projection(head, None, dtype=dtype, quant=weight_quant, name="lm_head")
+        elif weight_quant is not None and quantize_lm_head:
             self.embed = source.detach()  # rows are cast as they are gathered: no second copy of the table
             self.lm_head = Projection(head, None, dtype=dtype, quant=weight_quant, group_size=group_size,
                                       name="lm_head")
@@ -160,7 +166,8 @@ class LlamaForward:
         self.cos, self.sin = cos.to(dtype), sin.to(dtype)
         if copying or self.fused:
             logger.info("LLM: weights %s -> %s, %s, %s, lm_head %s: %.1f MB per token, prepared in %.2f s",
-                        source.dtype, dtype, "fused QKV and gate/up" if self.fused else "unfused",
+                        getattr(source, "dtype", "GGUF blocks"), dtype,
+                        "fused QKV and gate/up" if self.fused else "unfused",
                         weight_quant or "no weight quantization", self.lm_head.kind,
                         self.weight_bytes_per_token / 1e6, time.perf_counter() - started)
 
@@ -176,7 +183,8 @@ class LlamaForward:
 
         qkv_mods = (attn.q_proj, attn.k_proj, attn.v_proj)
         biases = [m.bias for m in qkv_mods]
-        if self.fused and (all(b is None for b in biases) or all(b is not None for b in biases)):
+        fusable = can_fuse([m.weight for m in qkv_mods]) and can_fuse([mlp.gate_proj.weight, mlp.up_proj.weight])
+        if self.fused and fusable and (all(b is None for b in biases) or all(b is not None for b in biases)):
             bias = None if biases[0] is None else fused(biases)
             qkv = (proj(fused([m.weight for m in qkv_mods]), bias, "qkv"),)
             gate_up = (proj(fused([mlp.gate_proj.weight, mlp.up_proj.weight]), None, "gate_up"),)
@@ -192,7 +200,9 @@ class LlamaForward:
     @property
     def weight_bytes_per_token(self) -> int:
         """Bytes of weights one decode step reads: every matrix, the lm_head, the norms, one embedding row."""
-        total = self.lm_head.nbytes + self.spec.hidden_size * self.embed.element_size()
+        row = (self.embed.nbytes // self.spec.vocab_size if not isinstance(self.embed, torch.Tensor)
+               else self.spec.hidden_size * self.embed.element_size())
+        total = self.lm_head.nbytes + row
         for lw in self.layers:
             total += sum(p.nbytes for p in lw.projections())
             total += (lw.attn_norm.numel() + lw.mlp_norm.numel()) * lw.attn_norm.element_size()
@@ -206,6 +216,8 @@ class LlamaForward:
 
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Embedding rows of ``tokens`` in the activation dtype."""
+        if not isinstance(self.embed, torch.Tensor):  # GGUF blocks: dequantize the gathered rows only
+            return self.embed.dequantize(tokens.reshape(-1)).view(*tokens.shape, -1).to(self.dtype)
         h = F.embedding(tokens, self.embed)
         return h if h.dtype == self.dtype else h.to(self.dtype)
 

@@ -6,7 +6,10 @@ A ``Projection`` is ``y = x W^T (+ b)`` over one of three layouts:
 * ``int8``: symmetric int8 per output channel packed by :class:`quant.kernels.Int8Weight` (``weight_only``
   back-end), run through ``torch._weight_int8pack_mm`` with bf16 activations: half the bytes of bf16;
 * ``int4``: RTN int4 per group of ``group_size`` input elements (asymmetric, :func:`quant.rtn.quantize`), run
-  through ``torch._weight_int4pack_mm_for_cpu`` with bf16 activations: a quarter of the bytes of bf16.
+  through ``torch._weight_int4pack_mm_for_cpu`` with bf16 activations: a quarter of the bytes of bf16;
+* ``gguf``: a model file's own GGUF blocks (:class:`quant.gguf.GGUFBlocks`, read in place from the mapping) run
+  by the native block kernels (:mod:`arrowengine.runtime.native.gguf`) with fp32 activations; where those
+  cannot run, the blocks are dequantized once to fp32 (``dense``).
 
 Measured at decode shapes (one token, SmolLM2-135M, 1 thread, CPU time): fp32 45 ms, bf16 32 ms, int8 18.5 ms,
 int4 (group 32) 8.3 ms for all matrices incl. the lm_head. Both integer kernels are 6x-30x slower with fp32
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +31,7 @@ __all__ = ["WEIGHT_QUANTS", "Projection", "WeightOptions"]
 
 logger = logging.getLogger(__name__)
 
-WEIGHT_QUANTS = ("int8", "int4")
+WEIGHT_QUANTS = ("int8", "int4", "gguf")
 _INT4_GROUPS = (32, 64, 128, 256)
 
 
@@ -51,7 +55,9 @@ class WeightOptions:
         if self.weight_quant is not None and self.weight_quant not in WEIGHT_QUANTS:
             raise UnsupportedModelError(
                 f"weight_quant={self.weight_quant!r} is not supported; use None or one of {list(WEIGHT_QUANTS)}")
-        if self.weight_quant is not None and self.dtype != torch.bfloat16:
+        if self.weight_quant == "gguf" and self.dtype != torch.float32:
+            raise UnsupportedModelError("weight_quant='gguf' runs float32 activations; pass dtype='float32'")
+        if self.weight_quant not in (None, "gguf") and self.dtype != torch.bfloat16:
             raise UnsupportedModelError(
                 f"weight_quant={self.weight_quant!r} runs bfloat16 activations (its fp32-activation kernels are "
                 f"6x-30x slower); pass dtype='bfloat16' or leave dtype unset")
@@ -63,17 +69,24 @@ class WeightOptions:
 class Projection:
     """``y = x W^T + b`` for any leading shape of ``x``, over a dense, int8 or int4 weight."""
 
-    __slots__ = ("bias", "data", "group_size", "in_features", "kind", "nbytes", "out_features", "pad", "scales",
-                 "weight")
+    __slots__ = ("bias", "blocks", "data", "group_size", "in_features", "kernel", "kind", "nbytes", "out_features",
+                 "pad", "scales", "weight")
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *, dtype: torch.dtype,
                  quant: str | None = None, group_size: int = 32, name: str = "") -> None:
         self.out_features, self.in_features = weight.shape
         self.bias = None if bias is None else bias.detach().to(dtype)
+        self.blocks: Any = None
+        self.kernel: Any = None
+        if not isinstance(weight, torch.Tensor):  # GGUF blocks
+            self._take_blocks(weight, dtype, name)
+            return
         self.weight: torch.Tensor | None = None
         self.data: torch.Tensor | None = None
         self.scales: torch.Tensor | None = None
         self.group_size, self.pad = group_size, 0
+        if quant == "gguf":  # a float tensor next to blocks (an F32 / F16 GGUF tensor): plain dense
+            quant = None
         if quant == "int4" and self.in_features % group_size:
             logger.info("LLM: %s has %d inputs, not a multiple of group %d: kept int8", name, self.in_features,
                         group_size)
@@ -86,6 +99,20 @@ class Projection:
             self._pack_int8(weight.detach(), dtype)
         else:
             self._pack_int4(weight.detach(), dtype, name)
+
+    def _take_blocks(self, blocks: Any, dtype: torch.dtype, name: str) -> None:
+        from arrowengine.runtime.native.gguf import block_kernels
+
+        self.weight = self.data = self.scales = None
+        self.group_size, self.pad = 32, 0
+        self.kernel = block_kernels() if dtype == torch.float32 else None
+        if self.kernel is None:
+            self.kind = "dense"  # the kernels cannot run here (logged once): dequantize once, exactly
+            self.weight = blocks.dequantize().to(dtype)
+            self.nbytes = self.weight.numel() * self.weight.element_size()
+            return
+        self.kind, self.blocks = "gguf", blocks
+        self.nbytes = blocks.nbytes
 
     def _pack_int8(self, weight: torch.Tensor, dtype: torch.dtype) -> None:
         from quant.kernels import Int8Weight
@@ -123,22 +150,54 @@ class Projection:
         return y.view(*x.shape[:-1], self.out_features)
 
     def _packed_matmul(self, x2d: torch.Tensor) -> torch.Tensor:
+        if self.kind == "gguf":
+            return self.blocks_matmul(x2d)
         if self.kind == "int8":
             if self.pad:
                 x2d = F.pad(x2d, (0, self.pad))
             return torch._weight_int8pack_mm(x2d.contiguous(), self.data, self.scales)
         return torch._weight_int4pack_mm_for_cpu(x2d.contiguous(), self.data, self.group_size, self.scales)
 
+    def blocks_matmul(self, x2d: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``x2d [M, in] @ W^T`` over the GGUF blocks through the native kernel (fp32 in and out)."""
+        from arrowengine.runtime.native.gguf import threads
+
+        if x2d.dtype != torch.float32 or x2d.stride(-1) != 1:
+            x2d = x2d.float().contiguous()
+        rows = x2d.shape[0]
+        if out is None:
+            out = torch.empty(rows, self.out_features)
+        data = self.blocks.data
+        status = self.kernel.matmul(self.blocks.kind.ggml_type, data.data_ptr(), self.out_features,
+                                    self.in_features, data.stride(0), x2d.data_ptr(), rows, x2d.stride(0),
+                                    out.data_ptr(), out.stride(0), threads())
+        if status != 0:
+            raise MemoryError(f"the GGUF block kernel failed with status {status} (scratch allocation)")
+        return out
+
     def dense_weight(self) -> torch.Tensor:
         """The float32 weight this projection computes with (exactly dequantized for int8 / int4; for tests)."""
         if self.kind == "dense":
             return self.weight.float()
+        if self.kind == "gguf":
+            return self.blocks.dequantize()
         if self.kind == "int8":
             return self.data[:, :self.in_features].float() * self.scales.float()[:, None]
         eye = torch.eye(self.in_features)
         return torch._weight_int4pack_mm_for_cpu(eye, self.data, self.group_size, self.scales.float()).t().contiguous()
 
 
-def fused(parts: list[torch.Tensor]) -> torch.Tensor:
-    """One matrix whose output rows are ``parts`` stacked (one copy)."""
+def fused(parts: list[Any]) -> Any:
+    """One matrix whose output rows are ``parts`` stacked (one copy); GGUF blocks of one type stack as blocks."""
+    if not isinstance(parts[0], torch.Tensor):
+        from quant.gguf import GGUFBlocks
+
+        data = torch.cat([p.data for p in parts], dim=0)
+        return GGUFBlocks(parts[0].quant_type, (int(data.shape[0]), parts[0].shape[1]), data)
     return torch.cat([p.detach() for p in parts], dim=0)
+
+
+def can_fuse(parts: list[Any]) -> bool:
+    """True when ``parts`` stack into one matrix: all float tensors, or GGUF blocks of one type."""
+    kinds = {p.quant_type if not isinstance(p, torch.Tensor) else "tensor" for p in parts}
+    return len(kinds) == 1

@@ -1,0 +1,66 @@
+"""A Llama model whose matrices stay GGUF blocks: the module tree ``LlamaForward`` reads, without ``nn.Module``.
+
+``transformers``' modules cannot hold quantized blocks, and building them would allocate float weights. For a
+model directory converted from GGUF with its blocks kept (schema V3), :func:`load_block_model` returns plain
+objects with the same attribute paths (``model.model.layers[i].self_attn.q_proj.weight`` ...) whose weights
+are the mapped ``GGUFBlocks`` (matrices) or tensors (norms), so the forward takes them as it takes a module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from types import SimpleNamespace
+from typing import Any
+
+from arrowengine.runtime.llm.errors import UnsupportedModelError
+
+__all__ = ["holds_blocks", "load_block_model"]
+
+logger = logging.getLogger(__name__)
+
+_LAYER_PARTS = {
+    "self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "mlp": ("gate_proj", "up_proj", "down_proj"),
+}
+
+
+def holds_blocks(weights: Any) -> bool:
+    """True when the opened ``WeightFile`` stores any GGUF block tensor."""
+    from arrowengine.format.schema import GGUF_QUANT_TYPES
+
+    return any(weights.info(name).quant is not None and weights.info(name).quant.quant_type in GGUF_QUANT_TYPES
+               for name in weights)
+
+
+def _linear(state: dict[str, Any], prefix: str) -> SimpleNamespace:
+    if f"{prefix}.weight" not in state:
+        raise UnsupportedModelError(f"the model file lacks {prefix}.weight; re-convert the model")
+    return SimpleNamespace(weight=state[f"{prefix}.weight"], bias=state.get(f"{prefix}.bias"))
+
+
+def load_block_model(model_dir: str | os.PathLike[str], weights: Any) -> SimpleNamespace:
+    """The model tree over ``weights`` (an open ``WeightFile`` of ``model_dir``) with its config."""
+    from transformers import AutoConfig, GenerationConfig
+
+    config = AutoConfig.from_pretrained(os.fspath(model_dir), local_files_only=True)
+    state = weights.state_dict()
+    layers = []
+    for i in range(config.num_hidden_layers):
+        base = f"model.layers.{i}"
+        parts = {group: SimpleNamespace(**{p: _linear(state, f"{base}.{group}.{p}") for p in names})
+                 for group, names in _LAYER_PARTS.items()}
+        layers.append(SimpleNamespace(
+            input_layernorm=_linear(state, f"{base}.input_layernorm"),
+            post_attention_layernorm=_linear(state, f"{base}.post_attention_layernorm"), **parts))
+    embed = _linear(state, "model.embed_tokens")
+    head = _linear(state, "lm_head") if "lm_head.weight" in state else embed  # tied: the same blocks
+    inner = SimpleNamespace(embed_tokens=embed, norm=_linear(state, "model.norm"), layers=layers)
+    try:
+        generation = GenerationConfig.from_pretrained(os.fspath(model_dir), local_files_only=True)
+    except OSError:  # no generation_config.json: the config's eos is enough
+        generation = None
+    model = SimpleNamespace(config=config, model=inner, lm_head=head, generation_config=generation,
+                            arrowengine_weights=weights)
+    logger.info("LLM: %s holds GGUF blocks; matrices stay in the mapping", model_dir)
+    return model

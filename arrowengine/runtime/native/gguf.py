@@ -1,0 +1,113 @@
+"""Native kernels over GGUF blocks (``gguf_blocks.c``): ``y = x W^T`` and exact dequantization, built on first use.
+
+The C file is compiled once per source/flags/compiler by the shared machinery of
+:mod:`arrowengine.runtime.native` and called through ctypes. It needs AVX2 + FMA (F16C comes with every such
+CPU); :func:`block_kernels` returns ``None`` (the reason logged once) without them, without a compiler, when the
+build fails, or with ``runtime.native_kernels: false``, and callers fall back to torch over dequantized weights.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+import subprocess
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from arrowengine.config import load_config
+from arrowengine.hardware import cpu_info
+from arrowengine.runtime.native import _build, native_cache_dir
+
+__all__ = ["REQUIRED_ISA", "BlockKernels", "block_kernels", "missing_isa", "read_bandwidth", "threads"]
+
+logger = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).with_name("gguf_blocks.c")
+# -ffp-contract=off: the dequantization must round like gguf-py's numpy (no fused multiply-add)
+_FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC")
+REQUIRED_ISA = ("AVX2", "FMA")
+
+
+def missing_isa(isa: Collection[str]) -> list[str]:
+    """The extensions the block kernels need that ``isa`` lacks (empty when they can run)."""
+    return [name for name in REQUIRED_ISA if name not in isa]
+
+
+@dataclass(frozen=True)
+class BlockKernels:
+    """The loaded library: ``matmul``, ``dequantize``, ``read_bytes`` (ctypes functions, see ``gguf_blocks.c``)."""
+
+    matmul: ctypes._CFuncPtr
+    dequantize: ctypes._CFuncPtr
+    read_bytes: ctypes._CFuncPtr
+    path: Path
+
+
+@functools.cache
+def _load() -> BlockKernels | None:
+    runtime = load_config().runtime
+    if not runtime.native_kernels:
+        logger.info("native kernels disabled (runtime.native_kernels is false): GGUF blocks are dequantized")
+        return None
+    try:
+        path = _build(_SOURCE, _FLAGS, native_cache_dir(runtime.cache_dir))
+        library = ctypes.CDLL(str(path))
+    except (OSError, subprocess.SubprocessError) as exc:
+        logger.warning("native GGUF block kernels unavailable, the blocks are dequantized instead: %s", exc)
+        return None
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    matmul = library.ae_gguf_matmul
+    matmul.argtypes = [ctypes.c_int, ptr, i64, i64, i64, ptr, i64, i64, ptr, i64, ctypes.c_int]
+    matmul.restype = ctypes.c_int
+    dequantize = library.ae_gguf_dequantize
+    dequantize.argtypes = [ctypes.c_int, ptr, i64, i64, i64, ptr]
+    dequantize.restype = ctypes.c_int
+    read_bytes = library.ae_read_bytes
+    read_bytes.argtypes = [ptr, i64, ctypes.c_int]
+    read_bytes.restype = i64
+    return BlockKernels(matmul, dequantize, read_bytes, path)
+
+
+def block_kernels(isa: Collection[str] | None = None) -> BlockKernels | None:
+    """The native block kernels, or None where they cannot run (``isa`` simulates another CPU in tests)."""
+    missing = missing_isa(cpu_info().isa if isa is None else isa)
+    if missing:
+        _log_missing(tuple(missing))
+        return None
+    return _load()
+
+
+@functools.cache
+def _log_missing(missing: tuple[str, ...]) -> None:
+    logger.info("native GGUF block kernels need %s, which this CPU lacks: the blocks are dequantized",
+                ", ".join(missing))
+
+
+def read_bandwidth(nbytes: int = 256 * 2**20, repeats: int = 5, threads: int | None = None) -> float | None:
+    """Best memory read bandwidth in bytes/s over ``repeats`` passes of a ``nbytes`` buffer (None: no kernels).
+
+    The buffer is larger than any last-level cache here, so this is DRAM bandwidth: the ceiling of a decode step
+    that reads every weight once.
+    """
+    import time
+
+    kernels = block_kernels()
+    if kernels is None:
+        return None
+    buffer = torch.ones(nbytes // 4096 * 4096, dtype=torch.uint8)
+    count = threads or torch.get_num_threads()
+    best = 0.0
+    for _ in range(repeats):
+        started = time.perf_counter()
+        kernels.read_bytes(buffer.data_ptr(), buffer.numel(), count)
+        best = max(best, buffer.numel() / (time.perf_counter() - started))
+    return best
+
+
+def threads() -> int:
+    """Threads the kernels use: torch's intra-op setting (``LLM(threads=...)`` sets it)."""
+    return torch.get_num_threads()

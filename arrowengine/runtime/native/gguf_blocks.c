@@ -1,0 +1,253 @@
+/* Matrix products over GGUF quantized blocks (Q8_0, Q4_0, Q4_1) read in place, AVX2 + FMA + F16C, OpenMP.
+ *
+ * Built on first use by arrowengine/runtime/native/gguf.py and called through ctypes (no torch headers).
+ * A weight matrix is N rows of K/32 blocks each, exactly as llama.cpp stores them:
+ *   Q8_0: fp16 d, 32 x int8 q            value = q * d                (34 bytes)
+ *   Q4_0: fp16 d, 16 bytes of nibbles     value = (q - 8) * d          (18 bytes)
+ *   Q4_1: fp16 d, fp16 m, 16 bytes        value = q * d + m            (20 bytes)
+ * (nibble byte j holds element j in its low half and element j + 16 in its high half).
+ *
+ * y = x W^T: each row of x is first quantized to int8 per block of 32 (scale amax / 127, round to nearest,
+ * as llama.cpp's Q8_0 / Q8_1 activation blocks, with a float32 scale), then every block product is an integer
+ * dot product (vpmaddubsw + vpmaddwd) scaled once by d_w * d_x. Q4_1's min adds m * d_x * sum(q_x) per block.
+ * Tiles of 4 rows of W are split across OpenMP threads; each weight block is unpacked once per pair of x rows
+ * (register blocking: 4 x 2 independent accumulators), so a small batch reads the weights from memory once.
+ *
+ * ae_gguf_dequantize follows gguf-py's numpy arithmetic (one float32 rounding per product and sum), and the
+ * file is compiled with -ffp-contract=off so no multiply-add is fused: its output is bit-identical to
+ * gguf.quants.dequantize.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { AE_Q8_0 = 8, AE_Q4_0 = 2, AE_Q4_1 = 3 }; /* GGML type ids */
+#define QK 32
+
+static int block_bytes(int type) {
+    switch (type) {
+    case AE_Q8_0: return 34;
+    case AE_Q4_0: return 18;
+    case AE_Q4_1: return 20;
+    default: return 0;
+    }
+}
+
+static inline float half_to_float(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+int ae_gguf_dequantize(int type, const uint8_t *w, int64_t rows, int64_t k, int64_t row_stride, float *out) {
+    const int bb = block_bytes(type);
+    if (bb == 0 || k % QK) return -2;
+    const int64_t nb = k / QK;
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t *row = w + r * row_stride;
+        float *o = out + r * k;
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + b * bb;
+            const float d = half_to_float(blk);
+            float *ob = o + b * QK;
+            if (type == AE_Q8_0) {
+                const int8_t *q = (const int8_t *)(blk + 2);
+                for (int i = 0; i < QK; i++) ob[i] = (float)q[i] * d;
+            } else if (type == AE_Q4_0) {
+                const uint8_t *q = blk + 2;
+                for (int i = 0; i < QK / 2; i++) {
+                    ob[i] = d * (float)((int)(q[i] & 0x0F) - 8);
+                    ob[i + QK / 2] = d * (float)((int)(q[i] >> 4) - 8);
+                }
+            } else {
+                const float m = half_to_float(blk + 2);
+                const uint8_t *q = blk + 4;
+                for (int i = 0; i < QK / 2; i++) {
+                    const float lo = d * (float)(q[i] & 0x0F), hi = d * (float)(q[i] >> 4);
+                    ob[i] = lo + m;
+                    ob[i + QK / 2] = hi + m;
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* One row of x (k floats) -> int8 codes, per-block scale d and d * sum(codes) (for Q4_1's min). */
+static void quantize_row(const float *x, int64_t k, int8_t *q, float *d, float *dsum) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int64_t b = 0; b < k / QK; b++) {
+        const float *xb = x + b * QK;
+        __m256 v[4], amax = _mm256_setzero_ps();
+        for (int j = 0; j < 4; j++) {
+            v[j] = _mm256_loadu_ps(xb + 8 * j);
+            amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[j]));
+        }
+        __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+        m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_max_ss(m, _mm_movehdup_ps(m));
+        const float mx = _mm_cvtss_f32(m);
+        const float scale = mx / 127.0f;
+        const __m256 inv = _mm256_set1_ps(mx > 0.0f ? 127.0f / mx : 0.0f);
+        __m256i i32[4];
+        for (int j = 0; j < 4; j++)
+            i32[j] = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v[j], inv),
+                                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        __m256i sum = _mm256_add_epi32(_mm256_add_epi32(i32[0], i32[1]), _mm256_add_epi32(i32[2], i32[3]));
+        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+        s = _mm_hadd_epi32(s, s);
+        s = _mm_hadd_epi32(s, s);
+        /* pack 32 int32 -> 32 int8 in order (packs interleave 128-bit lanes: undo with a permute) */
+        __m256i p16a = _mm256_packs_epi32(i32[0], i32[1]);
+        __m256i p16b = _mm256_packs_epi32(i32[2], i32[3]);
+        __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+        p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)(q + b * QK), p8);
+        d[b] = scale;
+        dsum[b] = scale * (float)_mm_cvtsi128_si32(s);
+    }
+}
+
+/* 32 weight codes of one block as bytes: unsigned nibbles (Q4_1), signed (Q4_0 minus 8, Q8_0). */
+static inline __m256i unpack4(const uint8_t *qs) {
+    const __m128i raw = _mm_loadu_si128((const __m128i *)qs);
+    const __m256i both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
+    return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+}
+
+/* One tile: R consecutive weight rows (row stride rs) times MB rows of x, over all nb blocks. Every weight block
+ * is unpacked once per tile and used for the MB rows of x; the R x MB accumulators are independent chains, so
+ * the FMA latency hides behind each other. R and MB are compile-time constants at every call site (the loops
+ * unroll and the accumulators live in registers). out[m * ldo + r]. */
+static inline __attribute__((always_inline)) void tile(int type, const uint8_t *w, int64_t rs, int64_t nb,
+                                                        const int8_t *qx, const float *dx, const float *sx,
+                                                        int64_t kq, const int R, const int MB, float *out,
+                                                        int64_t ldo) {
+    __m256 acc[4][4];
+    float mins[4][4];
+    for (int r = 0; r < R; r++)
+        for (int m = 0; m < MB; m++) {
+            acc[r][m] = _mm256_setzero_ps();
+            mins[r][m] = 0.0f;
+        }
+    const int bb = block_bytes(type);
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i xs[4];
+        for (int m = 0; m < MB; m++) xs[m] = _mm256_loadu_si256((const __m256i *)(qx + m * kq + b * QK));
+        for (int r = 0; r < R; r++) {
+            const uint8_t *blk = w + r * rs + b * bb;
+            const float d = half_to_float(blk);
+            if (type == AE_Q4_1) {
+                const float mn = half_to_float(blk + 2);
+                const __m256i q = unpack4(blk + 4);
+                for (int m = 0; m < MB; m++) {
+                    const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q, xs[m]), _mm256_set1_epi16(1));
+                    acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * dx[m * nb + b]), acc[r][m]);
+                    mins[r][m] += mn * sx[m * nb + b];
+                }
+            } else {
+                __m256i q;
+                if (type == AE_Q4_0)
+                    q = _mm256_sub_epi8(unpack4(blk + 2), _mm256_set1_epi8(8));
+                else
+                    q = _mm256_loadu_si256((const __m256i *)(blk + 2));
+                const __m256i q_abs = _mm256_sign_epi8(q, q);
+                for (int m = 0; m < MB; m++) {
+                    const __m256i xsg = _mm256_sign_epi8(xs[m], q);
+                    const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(q_abs, xsg), _mm256_set1_epi16(1));
+                    acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * dx[m * nb + b]), acc[r][m]);
+                }
+            }
+        }
+    }
+    for (int r = 0; r < R; r++)
+        for (int m = 0; m < MB; m++) out[m * ldo + r] = hsum256(acc[r][m]) + mins[r][m];
+}
+
+/* Weight rows j0..j0+R (R <= 4) against all m rows of x, written to y (inlined per block type). */
+static inline __attribute__((always_inline)) void rows_all_x(int type, const uint8_t *w, int64_t rs, int64_t nb, int64_t j0, int R, const int8_t *qx,
+                       const float *dx, const float *sx, int64_t k, int64_t m, float *y, int64_t ldy) {
+    const uint8_t *wj = w + j0 * rs;
+    int64_t r0 = 0;
+    for (; r0 + 2 <= m; r0 += 2) {
+        const int8_t *q = qx + r0 * k;
+        const float *d = dx + r0 * nb, *s = sx + r0 * nb;
+        float *o = y + r0 * ldy + j0;
+        if (R == 4) tile(type, wj, rs, nb, q, d, s, k, 4, 2, o, ldy);
+        else if (R == 3) tile(type, wj, rs, nb, q, d, s, k, 3, 2, o, ldy);
+        else if (R == 2) tile(type, wj, rs, nb, q, d, s, k, 2, 2, o, ldy);
+        else tile(type, wj, rs, nb, q, d, s, k, 1, 2, o, ldy);
+    }
+    if (r0 < m) {
+        const int8_t *q = qx + r0 * k;
+        const float *d = dx + r0 * nb, *s = sx + r0 * nb;
+        float *o = y + r0 * ldy + j0;
+        if (R == 4) tile(type, wj, rs, nb, q, d, s, k, 4, 1, o, ldy);
+        else if (R == 3) tile(type, wj, rs, nb, q, d, s, k, 3, 1, o, ldy);
+        else if (R == 2) tile(type, wj, rs, nb, q, d, s, k, 2, 1, o, ldy);
+        else tile(type, wj, rs, nb, q, d, s, k, 1, 1, o, ldy);
+    }
+}
+
+/* y[m, n] (leading dimension ldy) = x[m, k] (leading dimension ldx) times W[n, k]^T. Returns 0, or -1 when the
+ * scratch allocation fails, -2 for an unknown type or k not a multiple of 32. */
+int ae_gguf_matmul(int type, const uint8_t *w, int64_t n, int64_t k, int64_t row_stride, const float *x,
+                   int64_t m, int64_t ldx, float *y, int64_t ldy, int threads) {
+    if (block_bytes(type) == 0 || k % QK) return -2;
+    const int64_t nb = k / QK;
+    int8_t *qx = (int8_t *)malloc((size_t)(m * k));
+    float *dx = (float *)malloc(sizeof(float) * (size_t)(m * nb) * 2);
+    if (!qx || !dx) {
+        free(qx);
+        free(dx);
+        return -1;
+    }
+    float *sx = dx + m * nb;
+    for (int64_t r = 0; r < m; r++) quantize_row(x + r * ldx, k, qx + r * k, dx + r * nb, sx + r * nb);
+    if (threads < 1) threads = 1;
+    if (n * m < 64) threads = 1; /* a thread team costs more than a handful of dot products */
+    const int64_t tiles = (n + 3) / 4;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t t = 0; t < tiles; t++) {
+        const int64_t j0 = t * 4;
+        const int R = (int)(n - j0 < 4 ? n - j0 : 4);
+        switch (type) { /* literal types: each call site is specialised for its block layout */
+        case AE_Q4_1: rows_all_x(AE_Q4_1, w, row_stride, nb, j0, R, qx, dx, sx, k, m, y, ldy); break;
+        case AE_Q4_0: rows_all_x(AE_Q4_0, w, row_stride, nb, j0, R, qx, dx, sx, k, m, y, ldy); break;
+        default: rows_all_x(AE_Q8_0, w, row_stride, nb, j0, R, qx, dx, sx, k, m, y, ldy); break;
+        }
+    }
+    free(qx);
+    free(dx);
+    return 0;
+}
+
+/* Reads n bytes (n a multiple of 128) with 256-bit loads across threads and returns their 64-bit lane sum: the
+ * memory read bandwidth the block kernels can reach, for the decode bound the benchmarks report. */
+int64_t ae_read_bytes(const uint8_t *p, int64_t n, int threads) {
+    int64_t total = 0;
+    if (threads < 1) threads = 1;
+#pragma omp parallel for schedule(static) num_threads(threads) reduction(+ : total)
+    for (int64_t i = 0; i < n; i += 4096) {
+        __m256i a = _mm256_setzero_si256(), b = _mm256_setzero_si256();
+        const int64_t end = i + 4096 < n ? i + 4096 : n;
+        for (int64_t j = i; j < end; j += 64) {
+            a = _mm256_add_epi64(a, _mm256_loadu_si256((const __m256i *)(p + j)));
+            b = _mm256_add_epi64(b, _mm256_loadu_si256((const __m256i *)(p + j + 32)));
+        }
+        a = _mm256_add_epi64(a, b);
+        total += _mm256_extract_epi64(a, 0) + _mm256_extract_epi64(a, 1) + _mm256_extract_epi64(a, 2) +
+                 _mm256_extract_epi64(a, 3);
+    }
+    return total;
+}
