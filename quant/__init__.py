@@ -1,9 +1,11 @@
 """quant: pure tensor math for quantized weights (no file I/O).
 
 RTN quantize/dequantize (INT8 per channel, INT4/INT2 per group), bit packing (the schema V2 bit order),
-GPTQ, mixed precision, ``QuantLinear`` with its execution modes, and accuracy metrics.
+GPTQ, mixed precision, ``QuantLinear`` with its execution modes, ``QuantEmbedding`` (int8 rows dequantized
+at lookup), and accuracy metrics.
 """
 
+from quant.embedding import QuantEmbedding, quantize_embedding
 from quant.errors import (
     CalibrationError,
     GroupSizeError,
@@ -34,6 +36,7 @@ __all__ = [
     "MixedRecipe",
     "NonFiniteWeightError",
     "PackingError",
+    "QuantEmbedding",
     "QuantError",
     "QuantLinear",
     "QuantModeError",
@@ -52,6 +55,7 @@ __all__ = [
     "packed_size",
     "perplexity",
     "quantize",
+    "quantize_embedding",
     "relative_error",
     "replace_linears",
     "select_backend",

@@ -45,4 +45,4 @@ def text_encoder(minilm_dir: Path):
     """arrowengine's TextEncoder on the converted MiniLM."""
     from arrowengine.runtime.text_encoder import TextEncoder
 
-    return TextEncoder(minilm_dir)
+    return TextEncoder(minilm_dir, precision="fp32")  # the exact float32 reference

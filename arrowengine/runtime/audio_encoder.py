@@ -21,7 +21,10 @@ import torch
 
 from arrowengine.errors import ConfigError, ModelConfigError
 from arrowengine.runtime.audio_features import WHISPER_SAMPLE_RATE, LogMelConfig, as_waveform, log_mel, resample
+from arrowengine.runtime.calibration import calibration_key, synthetic_speech
 from arrowengine.runtime.loading import load_config_dict, load_model
+from arrowengine.runtime.model_kinds import require_kind
+from arrowengine.runtime.precision import select_precision
 
 if TYPE_CHECKING:  # tokenizers and the lean encoder are imported lazily at run time
     from tokenizers import Tokenizer
@@ -36,16 +39,6 @@ Waveform = np.ndarray | torch.Tensor | Sequence[float]
 _DTYPES = ("float32", "bfloat16")
 
 
-CALIBRATION_CLIPS = Path("/usr/share/pocketsphinx/test/data/cards")
-
-
-def _default_calibration_audio() -> list[np.ndarray]:
-    """Real speech for SmoothQuant calibration: pocketsphinx's ``cards`` clips (16 kHz), or none."""
-    from arrowengine.runtime.audio_features import load_wav
-
-    return [load_wav(path)[0] for path in sorted(CALIBRATION_CLIPS.glob("*.wav"))]
-
-
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
@@ -53,33 +46,43 @@ def _read_json(path: Path) -> dict:
 class AudioEncoder:
     """Embed and transcribe speech with a converted Whisper model from ``models/``.
 
+    By default (``precision="auto"``) the encoder runs the lean forward
+    (:class:`arrowengine.runtime.whisper_fast.FastWhisperEncoder`) on CPU in the fastest precision that holds
+    cosine >= 0.99 to float32 on this CPU (:func:`arrowengine.runtime.precision.select_precision`: ``int8-mixed``
+    with int8 dot products, native bf16 and oneDNN's quantized linear, ``bfloat16`` with native bf16, else
+    ``float32``; the choice is logged). ``precision="fp32"`` gives float32 embeddings.
+
     Args:
         model_dir: a converted Whisper directory (``models/whisper-tiny.en``).
-        device: torch device for the forward passes.
-        dtype: ``float32`` (exact) or ``bfloat16`` (autocast; fast on CPUs with AMX/AVX512-BF16).
+        device: torch device for the forward passes; the lean encoder runs on CPU, other devices use the
+            ``transformers`` encoder.
+        dtype: ``float32`` (exact) or ``bfloat16`` (autocast; fast on CPUs with AMX/AVX512-BF16) for the decoder
+            of ``transcribe``, and for the encoder when ``precision=None``.
         batch_size: waveforms per encoder pass (each is a 30 s window).
-        precision: run the encoder through the lean forward
-            (:class:`arrowengine.runtime.whisper_fast.FastWhisperEncoder`, CPU) in this precision instead of
-            transformers' modules: ``float32``, ``bfloat16`` (bf16 matmuls, blocked attention) or ``int8-mixed``
-            (int8 VNNI matmuls for Q/K/V, attention output and FFN up, SmoothQuant-calibrated on
-            ``calibration_audio``; bf16 FFN down). The decoder of ``transcribe`` keeps ``dtype``.
-        calibration_audio: real 16 kHz speech for ``int8-mixed``'s SmoothQuant scales (default: the
-            pocketsphinx ``cards`` clips, disjoint from the LibriVox benchmark clips; without them smoothing is
-            off, which keeps the pooled cosine but not the worst frame's).
+        precision: ``auto``, ``float32`` (``fp32``), ``bfloat16`` (``bf16``: bf16 matmuls, blocked attention) or
+            ``int8-mixed`` (int8 matmuls for Q/K/V and FFN up, SmoothQuant-calibrated on ``calibration_audio``;
+            bf16 attention output and FFN down) for the lean encoder; ``None`` for transformers' encoder modules.
+        calibration_audio: 16 kHz speech for ``int8-mixed``'s SmoothQuant scales (default: deterministic
+            speech-like signals, :func:`arrowengine.runtime.calibration.synthetic_speech`; no data needed). The
+            scales are cached per model and calibration set.
+
+    Raises:
+        ModelTypeError: the directory holds a text, image or causal LM model.
+        ConfigError: an unknown precision or dtype, or a batch size below 1.
     """
 
     def __init__(self, model_dir: str | os.PathLike[str], *, device: str = "cpu", dtype: str = "float32",
-                 batch_size: int = 8, precision: str | None = None,
+                 batch_size: int = 8, precision: str | None = "auto",
                  calibration_audio: Sequence[Waveform] | None = None) -> None:
         self.model_dir = Path(model_dir)
         config = load_config_dict(self.model_dir)
-        if config.get("model_type") != "whisper":
-            raise ModelConfigError(f"{self.model_dir} holds a {config.get('model_type')!r} model, not whisper; "
-                                   "point AudioEncoder at a converted Whisper model")
+        require_kind(config, self.model_dir, "audio")
         if dtype not in _DTYPES:
             raise ConfigError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if precision not in (None, "auto"):  # validate before the model is loaded
+            select_precision("audio", precision)
         self.device, self.dtype, self.batch_size = device, dtype, batch_size
         self.features = LogMelConfig.from_dict(_read_json(self.model_dir / "preprocessor_config.json"))
         self.generation = _read_json(self.model_dir / "generation_config.json")
@@ -89,29 +92,43 @@ class AudioEncoder:
         self.device = str(self.device_choice.torch_device)
         self.dim = int(config["d_model"])
         self._tokenizer = None
-        self.precision = precision
+        self.precision = self._resolve_precision(precision)
         self._encoder = self.model.model.encoder
-        if precision is not None:
-            self._encoder = self._fast_encoder(precision, calibration_audio)
+        if self.precision is not None:
+            self._encoder = self._fast_encoder(self.precision, calibration_audio)
+
+    def _resolve_precision(self, precision: str | None) -> str | None:
+        """The lean encoder's precision, or None for transformers' encoder (``auto`` resolves here, logged)."""
+        if precision is None:
+            return None
+        on_cpu = torch.device(self.device).type == "cpu"
+        if precision == "auto":
+            if not on_cpu:
+                logger.info("AudioEncoder: precision auto on %s runs the transformers encoder (the lean encoder is "
+                            "CPU only)", self.device)
+                return None
+            return select_precision("audio", "auto", component=f"AudioEncoder({self.model_dir.name})").precision
+        if not on_cpu:
+            raise ConfigError(f"precision={precision!r} runs on CPU only; use precision=None and dtype= on "
+                              f"{self.device}")
+        return select_precision("audio", precision).precision
 
     def _fast_encoder(self, precision: str, calibration_audio: Sequence[Waveform] | None) -> FastWhisperEncoder:
-        from arrowengine.runtime.whisper_fast import WHISPER_PRECISIONS, FastWhisperConfig, FastWhisperEncoder
+        from arrowengine.runtime.whisper_fast import FastWhisperConfig, FastWhisperEncoder
 
-        if precision not in WHISPER_PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(WHISPER_PRECISIONS)}, got {precision!r}")
-        if torch.device(self.device).type != "cpu":
-            raise ConfigError(f"precision={precision!r} runs on CPU only; use dtype= on {self.device}")
         config = FastWhisperConfig(precision)
-        calibration = []
-        if precision == "int8-mixed":
-            waves = list(calibration_audio) if calibration_audio is not None else _default_calibration_audio()
-            if not waves:
-                logger.warning("no calibration speech (pocketsphinx-testdata's cards clips are absent): int8 "
-                               "projections run without SmoothQuant; pass calibration_audio= for the best frames")
-                config.smooth_alpha = 0.0
-            calibration = [log_mel([resample(as_waveform(w), WHISPER_SAMPLE_RATE, self.sampling_rate)],
-                                   self.features)[0] for w in waves]
-        return FastWhisperEncoder(self.model.model.encoder, config, calibration)
+        if precision != "int8-mixed":
+            return FastWhisperEncoder(self.model.model.encoder, config)
+        waves = [as_waveform(w) for w in calibration_audio] if calibration_audio is not None else synthetic_speech()
+        if not waves:
+            raise ConfigError("calibration_audio is empty; pass 16 kHz speech or leave it unset for the built-in "
+                              "calibration signals")
+        calibration = [log_mel([resample(w, WHISPER_SAMPLE_RATE, self.sampling_rate)], self.features)[0]
+                       for w in waves]
+        key = calibration_key(self.model.arrowengine_weights,
+                              {"encoder": "audio", "precision": precision, "alpha": config.smooth_alpha},
+                              (np.ascontiguousarray(w, dtype=np.float32).tobytes() for w in waves))
+        return FastWhisperEncoder(self.model.model.encoder, config, calibration, cache_key=key)
 
     @property
     def sampling_rate(self) -> int:

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from arrowengine.errors import ConfigError
+
 __all__ = ["BACKENDS", "BackendChoice", "BackendFallbackWarning", "configure_threads", "onnx_session",
            "prepare_backend"]
 
@@ -50,7 +52,7 @@ class BackendChoice:
 def configure_threads(threads: int) -> int:
     """Set torch's intra-op threads (0 keeps torch's default, one per core); returns the count in effect."""
     if threads < 0:
-        raise ValueError(f"threads must be >= 0, got {threads}")
+        raise ConfigError(f"threads must be >= 0, got {threads}")
     if threads:
         torch.set_num_threads(threads)
     logger.info("torch intra-op threads: %d", torch.get_num_threads())
@@ -137,7 +139,7 @@ def _export_onnx(model: nn.Module, directory: Path) -> tuple[Any, list[str]]:
 def prepare_backend(model: nn.Module, backend: str = "eager") -> BackendChoice:
     """Wrap ``model`` for ``backend`` (one of :data:`BACKENDS`), falling back to eager with a warning."""
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "eager":
         return BackendChoice(_eager(model), "eager", "eager")
     if backend == "compile":

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from arrowengine.errors import DeviceUnavailableError
+from arrowengine.errors import ConfigError, DeviceUnavailableError
 
 __all__ = [
     "DEVICE_NAMES",
@@ -149,7 +149,7 @@ def select_dtype(requested: str, device: DeviceChoice, *, probe: DeviceProbe | N
     else float32. bfloat16 on a GPU without it (compute capability < 8.0) becomes float16.
     """
     if requested not in _DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {requested!r}")
+        raise ConfigError(f"dtype must be one of {', '.join(_DTYPES)}, got {requested!r}")
     probe = probe or DeviceProbe.detect()
     dtype = _DTYPES[requested]
     if not device.is_gpu and dtype == torch.float16:

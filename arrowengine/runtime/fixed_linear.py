@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arrowengine.errors import ConfigError, DeviceUnavailableError
+
 __all__ = ["LINEAR_ACTIVATIONS", "LINEAR_KINDS", "FixedLinear", "calibrated_smooth_scales", "float_weight",
            "fused_weight", "input_channel_amax", "onednn_int8_available", "smooth_scales"]
 
@@ -136,10 +138,10 @@ class FixedLinear:
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, kind: str,
                  smooth: torch.Tensor | None = None, *, input_smoothed: bool = False) -> None:
         if kind not in LINEAR_KINDS:
-            raise ValueError(f"kind must be one of {', '.join(LINEAR_KINDS)}, got {kind!r}")
+            raise ConfigError(f"kind must be one of {', '.join(LINEAR_KINDS)}, got {kind!r}")
         if kind == "int8-tensor" and not onednn_int8_available():
-            raise RuntimeError("int8-tensor needs oneDNN's quantized linear, which this torch build or CPU lacks; "
-                               "use kind='int8'")
+            raise DeviceUnavailableError("int8-tensor needs oneDNN's quantized linear, which this torch build or CPU "
+                                         "lacks; use kind='int8'")
         self.kind = kind
         self.bias = None if bias is None else bias.float().contiguous()
         self.smooth_inv = None
@@ -170,7 +172,7 @@ class FixedLinear:
         it. In ``bfloat16`` on oneDNN both are fused into the matmul (a GELU and a residual together are not).
         """
         if activation not in LINEAR_ACTIVATIONS:
-            raise ValueError(f"activation must be one of {LINEAR_ACTIVATIONS}, got {activation!r}")
+            raise ConfigError(f"activation must be one of {LINEAR_ACTIVATIONS}, got {activation!r}")
         if self.kind == "bfloat16" and self.packed is not None and x.dtype == torch.bfloat16:
             mkldnn = torch.ops.mkldnn
             if residual is not None and activation is None:
@@ -208,7 +210,7 @@ class FixedLinear:
             xf = xf * self.smooth_inv
         xs = xf.abs().amax(dim=1, keepdim=True).clamp_min_(1e-8).div_(127.0)
         xq = torch.round(xf / xs).to(torch.int8)
-        # in-place float chain: torch.mul(int32, float) type-promotes on a slow path (2.4x slower, measured)
+        # in-place float chain: torch.mul(int32, float) type-promotes on a slow path (slower, measured)
         y = torch._int_mm(xq, self.codes).float()
         y = y.mul_(xs).mul_(self.out_scale)
         y = y.add_(self.bias) if self.bias is not None else y

@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from arrowengine.errors import ConfigError, ModelConfigError
+from arrowengine.errors import ConfigError
 from arrowengine.runtime.loading import load_config_dict, load_model
+from arrowengine.runtime.model_kinds import require_kind
+from arrowengine.runtime.precision import select_precision
 
 if TYPE_CHECKING:  # PIL is imported lazily at run time
     from PIL.Image import Image as PILImage
@@ -31,7 +33,6 @@ logger = logging.getLogger(__name__)
 
 ImageInput = Any  # PIL.Image.Image, numpy array (HxW, HxWxC; uint8 or float in [0, 1]) or a file path
 _POOLING = ("cls", "mean", "cls_mean")
-_DTYPES = ("float32", "bfloat16")
 
 
 class ImagePreprocessor:
@@ -94,21 +95,25 @@ class ImageEncoder:
     Args:
         model_dir: a converted DINOv2 directory (``models/dinov2-small``).
         device: torch device for the forward pass.
-        dtype: ``float32`` (exact) or ``bfloat16`` (autocast).
+        dtype: ``auto`` (default: ``bfloat16`` autocast on a CPU with native bf16, which holds cosine >= 0.99 to
+            float32, else ``float32``; see :func:`arrowengine.runtime.precision.select_precision`; logged),
+            ``float32`` (``fp32``, exact) or ``bfloat16`` (``bf16``, autocast).
         batch_size: images per forward pass.
         pooling: ``cls`` (default), ``mean`` or ``cls_mean``.
         normalize: L2-normalise the embeddings.
+
+    Raises:
+        ModelTypeError: the directory holds a text, speech or causal LM model.
+        ConfigError: an unknown dtype or pooling, or a batch size below 1.
     """
 
-    def __init__(self, model_dir: str | os.PathLike[str], *, device: str = "cpu", dtype: str = "float32",
+    def __init__(self, model_dir: str | os.PathLike[str], *, device: str = "cpu", dtype: str = "auto",
                  batch_size: int = 16, pooling: str = "cls", normalize: bool = True) -> None:
         self.model_dir = Path(model_dir)
         config = load_config_dict(self.model_dir)
-        if config.get("model_type") != "dinov2":
-            raise ModelConfigError(f"{self.model_dir} holds a {config.get('model_type')!r} model, not dinov2; "
-                                   "point ImageEncoder at a converted DINOv2 model")
-        if dtype not in _DTYPES:
-            raise ConfigError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+        require_kind(config, self.model_dir, "image")
+        if dtype != "auto":  # validate before the model is loaded
+            select_precision("image", dtype)
         if pooling not in _POOLING:
             raise ConfigError(f"pooling must be one of {_POOLING}, got {pooling!r}")
         if batch_size < 1:
@@ -121,6 +126,11 @@ class ImageEncoder:
         # load_model resolves "auto" and falls back to CPU when a device cannot run: follow where it landed
         self.device_choice = self.model.arrowengine_device
         self.device = str(self.device_choice.torch_device)
+        if dtype == "auto" and self.device_choice.is_gpu:
+            self.dtype = "float32"
+            logger.info("ImageEncoder: dtype auto on %s runs in float32", self.device)
+        else:
+            self.dtype = select_precision("image", dtype, component=f"ImageEncoder({self.model_dir.name})").precision
         hidden = int(config["hidden_size"])
         self.hidden_size = hidden
         self.dim = 2 * hidden if pooling == "cls_mean" else hidden

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from arrowengine.errors import ConfigError
 from arrowengine.runtime.devices import DeviceChoice, DeviceFallbackWarning
 
 __all__ = ["VramMonitor", "model_bytes", "move_to_device", "run_with_cpu_retry"]
@@ -44,7 +45,7 @@ class VramMonitor:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+            raise ConfigError(f"threshold must be in (0, 1], got {self.threshold}")
 
     def _info(self, device: str) -> tuple[int, int]:
         if self.mem_get_info is not None:

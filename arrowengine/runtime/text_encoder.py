@@ -11,10 +11,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from arrowengine.errors import ModelConfigError
+from arrowengine.errors import ConfigError, InputTypeError, ModelConfigError
 from arrowengine.runtime.backends import BackendChoice, prepare_backend
+from arrowengine.runtime.bert_fast import FastBert, FastBertConfig, unsupported_reason
+from arrowengine.runtime.calibration import calibration_key, default_calibration_texts
 from arrowengine.runtime.devices import select_dtype
 from arrowengine.runtime.loading import load_config_dict, load_model
+from arrowengine.runtime.model_kinds import require_kind
+from arrowengine.runtime.precision import select_precision
 
 __all__ = ["TextEncoder", "pool_hidden"]
 
@@ -61,53 +65,61 @@ def pool_hidden(hidden: torch.Tensor, mask: torch.Tensor, mode: str = "mean", no
     return torch.nn.functional.normalize(pooled, p=2, dim=1) if normalize else pooled
 
 
-def _default_calibration_texts(count: int = 256) -> list[str]:
-    """The last ``count`` messages of the chitchat-dataset package (benchmarks and tests use the first ones)."""
-    from arrowengine.datasets import chitchat_messages
-    from arrowengine.errors import OptionalDependencyError
-
-    try:
-        return chitchat_messages()[-count:]
-    except OptionalDependencyError as exc:
-        raise ModelConfigError("the int8 precisions need calibration text: pass calibration_texts=[...] (a few "
-                               "hundred real sentences) or pip install 'arrowengine[data]'") from exc
-
-
 class TextEncoder:
     """Embed text with a converted encoder: tokenise, run the model batched, pool, L2-normalise.
 
     Batches are formed from length-sorted inputs and padded only to the longest member (dynamic padding), so
     short chat messages do not pay for long ones. Results come back in input order as float32 ``[n, dim]``.
 
+    By default (``precision="auto"``) a BERT-style model on CPU runs the lean forward
+    (:class:`arrowengine.runtime.bert_fast.FastBert`) in the fastest precision that holds cosine >= 0.99 to
+    float32 on this CPU (:func:`arrowengine.runtime.precision.select_precision`: ``int8-mixed`` with int8 dot
+    products and native bf16, ``bfloat16`` with native bf16 only, else ``float32``; the choice is logged).
+    ``precision="fp32"`` gives float32 embeddings. Naming ``backend``, ``dtype`` or ``quant_mode`` asks for
+    the ``transformers`` module forward instead, as does a model the lean forward cannot run (logged).
+
     Args:
         model_dir: a converted model directory (``models/all-MiniLM-L6-v2``).
-        device: ``cpu``, ``auto`` or a device name (see :func:`arrowengine.runtime.devices.select_device`).
-        dtype: ``float32`` (exact, weights stay zero-copy), ``bfloat16`` or ``float16`` (weights cast once;
-            bf16 is fast on CPUs with AMX/AVX512-BF16); a dtype the device cannot run falls back with a warning.
-        backend: ``eager``, ``compile``, ``onnxruntime`` or ``ipex`` (falls back to eager with a warning).
+        device: ``cpu``, ``auto`` or a device name (see :func:`arrowengine.runtime.devices.select_device`); the
+            lean forward runs on CPU, other devices use the module forward.
+        precision: ``auto``, ``float32`` (``fp32``), ``bfloat16`` (``bf16``), ``int8-mixed`` (int8 matmuls for
+            Q/K/V, attention output and FFN up, SmoothQuant-calibrated; bf16 FFN down) or ``int8`` (every
+            projection int8, lower cosine); ``None`` for the module forward. Trade-offs measured in
+            ``docs/benchmarks/``.
+        dtype: module forward only: ``float32`` (exact, weights stay zero-copy), ``bfloat16`` or ``float16``
+            (weights cast once); a dtype the device cannot run falls back with a warning.
+        backend: module forward only: ``eager``, ``compile``, ``onnxruntime`` or ``ipex`` (falls back to eager
+            with a warning).
         batch_size: sentences per forward pass.
         max_length: token limit per text (default: the model's ``max_seq_length``).
         pooling: ``mean``, ``cls`` or ``max`` (default: from the model's pooling config).
         normalize: L2-normalise the embeddings (default: from the model's modules config).
-        quant_mode: execution mode of a quantized (V2) model's layers (see :func:`load_model`).
-        precision: run the lean BERT forward (:class:`arrowengine.runtime.bert_fast.FastBert`, backend name
-            ``fast``) in this precision instead of ``backend``/``dtype``: ``float32`` (exact), ``bfloat16``,
-            ``int8-mixed`` (fastest at cosine >= 0.99: int8 VNNI matmuls for Q/K/V, attention output and FFN up,
-            SmoothQuant-calibrated on ``calibration_texts``; bf16 FFN down) or ``int8`` (all int8, lower cosine).
-            Measured trade-offs: ``scripts/bench_text_encoder.py``. BERT-style models only.
-        calibration_texts: real sentences for the int8 precisions' SmoothQuant scales (default: 256 messages
-            from the chitchat-dataset package, disjoint from the benchmark's).
+        quant_mode: module forward only: execution mode of a quantized (V2) model's layers (see
+            :func:`load_model`).
+        calibration_texts: sentences for the int8 precisions' SmoothQuant scales (default: the sentences
+            shipped with arrowengine, :func:`arrowengine.runtime.calibration.default_calibration_texts`); the
+            scales are cached per model and calibration set.
+
+    Raises:
+        ModelTypeError: the directory holds a speech, image or causal LM model.
+        ConfigError: an unknown precision, dtype, backend or pooling, a batch size below 1, or a module-forward
+            option combined with an explicit lean precision.
     """
 
-    def __init__(self, model_dir: str | os.PathLike[str], *, device: str = "cpu", dtype: str = "float32",
-                 backend: str = "eager", batch_size: int = 32, max_length: int | None = None,
-                 pooling: str | None = None, normalize: bool | None = None,
-                 quant_mode: str = "dequant-on-the-fly", precision: str | None = None,
-                 calibration_texts: Sequence[str] | None = None) -> None:
+    def __init__(self, model_dir: str | os.PathLike[str], *, device: str = "cpu", precision: str | None = "auto",
+                 dtype: str | None = None, backend: str | None = None, batch_size: int = 32,
+                 max_length: int | None = None, pooling: str | None = None, normalize: bool | None = None,
+                 quant_mode: str | None = None, calibration_texts: Sequence[str] | None = None) -> None:
         from tokenizers import Tokenizer
 
         self.model_dir = Path(model_dir)
         config = load_config_dict(self.model_dir)
+        require_kind(config, self.model_dir, "text")
+        module_options = {k: v for k, v in (("dtype", dtype), ("backend", backend), ("quant_mode", quant_mode))
+                          if v is not None}
+        if module_options and precision not in (None, "auto"):
+            raise ConfigError(f"precision={precision!r} runs the lean forward, which takes no "
+                              f"{', '.join(module_options)}; pass precision=None to use them")
         tokenizer_file = self.model_dir / "tokenizer.json"
         if not tokenizer_file.is_file():
             raise ModelConfigError(f"{self.model_dir} has no tokenizer.json; re-convert the model with its "
@@ -115,15 +127,17 @@ class TextEncoder:
         default_mode, default_norm = _pooling_from_dir(self.model_dir)
         self.pooling = pooling or default_mode
         if self.pooling not in _POOLING_MODES:
-            raise ValueError(f"pooling must be one of {_POOLING_MODES}, got {self.pooling!r}")
+            raise ConfigError(f"pooling must be one of {_POOLING_MODES}, got {self.pooling!r}")
         self.normalize = default_norm if normalize is None else normalize
         st_config = _read_json(self.model_dir / "sentence_bert_config.json")
         self.max_length = int(max_length or st_config.get("max_seq_length")
                               or config.get("max_position_embeddings", 512))
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model = load_model(self.model_dir, device=device, quant_mode=quant_mode)
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if precision not in (None, "auto"):  # validate before the model is loaded
+            select_precision("text", precision)
+        self.model = load_model(self.model_dir, device=device, quant_mode=quant_mode or "dequant-on-the-fly")
         self.device_choice = self.model.arrowengine_device
         self.device = self.device_choice.torch_device
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
@@ -131,35 +145,65 @@ class TextEncoder:
         self.tokenizer.enable_truncation(self.max_length)
         self.pad_id = int(config.get("pad_token_id") or 0)
         self.dimension = int(config.get("hidden_size") or config.get("d_model") or 0)
-        self.precision = precision
-        if precision is not None:
+        self.precision = self._resolve_precision(precision, module_options)
+        if self.precision is not None:
             self.torch_dtype = torch.float32  # FastBert keeps its own per-projection copies
-            self.dtype = precision
-            self.backend = self._fast_backend(precision, calibration_texts)
+            self.dtype = self.precision
+            self.backend = self._fast_backend(self.precision, calibration_texts)
             return
-        self.torch_dtype = select_dtype(dtype, self.device_choice)
+        self.torch_dtype = select_dtype(dtype or "float32", self.device_choice)
         self.dtype = str(self.torch_dtype).removeprefix("torch.")
         if self.torch_dtype != torch.float32:
-            # Casting the weights once beats autocast's per-op casts (1.76x -> ~2.2x sentence-transformers on
-            # an AVX512-BF16 CPU); it costs one copy of the weights out of the file mapping, which is logged.
+            # Casting the weights once beats autocast's per-op casts; it costs one copy of the weights out of the
+            # file mapping, which is logged.
             logger.info("casting %s weights to %s (a copy; float32 keeps them zero-copy)", self.model_dir.name,
                         self.dtype)
             self.model.to(self.torch_dtype)
-        self.backend = prepare_backend(self.model, backend)
+        self.backend = prepare_backend(self.model, backend or "eager")
+
+    def _resolve_precision(self, precision: str | None, module_options: dict[str, str]) -> str | None:
+        """The lean forward's precision, or None for the module forward (``auto`` resolves here, logged)."""
+        if precision is None:
+            return None
+        if precision != "auto":
+            if torch.device(self.device).type != "cpu":
+                raise ConfigError(f"precision={precision!r} runs on CPU only; use precision=None with dtype/backend "
+                                  f"on {self.device}")
+            lean_problem = unsupported_reason(self.model)
+            if lean_problem:
+                raise ConfigError(f"precision={precision!r} needs the lean BERT forward, which cannot run "
+                                  f"{self.model_dir}: {lean_problem}; pass precision=None")
+            return select_precision("text", precision).precision
+        if module_options:
+            logger.info("TextEncoder: %s given, so the transformers module forward runs (precision auto is for "
+                        "the lean forward)", ", ".join(module_options))
+            return None
+        if torch.device(self.device).type != "cpu":
+            logger.info("TextEncoder: precision auto on %s runs the transformers module forward in float32 (the "
+                        "lean forward is CPU only)", self.device)
+            return None
+        lean_problem = unsupported_reason(self.model)
+        if lean_problem:
+            logger.info("TextEncoder: precision auto runs the transformers module forward in float32 for %s (%s)",
+                        self.model_dir.name, lean_problem)
+            return None
+        return select_precision("text", "auto", component=f"TextEncoder({self.model_dir.name})").precision
 
     def _fast_backend(self, precision: str, calibration_texts: Sequence[str] | None) -> BackendChoice:
-        from arrowengine.runtime.bert_fast import PRECISIONS, FastBert, FastBertConfig
-
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        if torch.device(self.device).type != "cpu":
-            raise ModelConfigError(f"precision={precision!r} runs on CPU only; use dtype/backend on {self.device}")
-        calibration = []
+        calibration, key = [], None
         if precision.startswith("int8"):
-            texts = list(calibration_texts) if calibration_texts is not None else _default_calibration_texts()
+            texts = list(calibration_texts) if calibration_texts is not None else default_calibration_texts()
+            if not texts:
+                raise ConfigError("calibration_texts is empty; pass a few hundred sentences or leave it unset for "
+                                  "the shipped calibration set")
             encodings = self.tokenizer.encode_batch(texts)
             calibration = [self._tensors(encodings[i : i + 32]) for i in range(0, len(encodings), 32)]
-        return BackendChoice(FastBert(self.model, FastBertConfig(precision), calibration), "fast", "fast")
+            config = FastBertConfig(precision)
+            key = calibration_key(self.model.arrowengine_weights,
+                                  {"encoder": "text", "precision": precision, "alpha": config.smooth_alpha},
+                                  (t.encode() for t in texts))
+            return BackendChoice(FastBert(self.model, config, calibration, cache_key=key), "fast", "fast")
+        return BackendChoice(FastBert(self.model, FastBertConfig(precision)), "fast", "fast")
 
     def encode(self, texts: Sequence[str] | str, *, batch_size: int | None = None) -> np.ndarray:
         """Embeddings of ``texts`` as float32 ``[len(texts), dimension]`` (a single string gives ``[1, dim]``)."""
@@ -168,7 +212,7 @@ class TextEncoder:
         texts = list(texts)
         for i, text in enumerate(texts):
             if not isinstance(text, str):
-                raise TypeError(f"texts[{i}] is a {type(text).__name__}, expected str")
+                raise InputTypeError(f"texts[{i}] is a {type(text).__name__}, expected str")
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         if not texts:
             return out

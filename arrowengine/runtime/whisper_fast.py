@@ -14,12 +14,9 @@ bias, GELU and residual add in oneDNN's epilogue). Precisions (``precision=``):
   GELU outputs carry outlier channels: per-tensor int8 there drops the pooled cosine to 0.35, measured). Without
   oneDNN's quantized linear it falls back to per-token int8 through ``torch._int_mm``.
 
-Measured on this machine class (AMD EPYC, AVX-512 VNNI/BF16, no AMX, 2 threads), 30 s of LibriVox speech, the
-encoder forward vs transformers' fp32 encoder in the same process (``scripts/bench_whisper.py --rounds 9``,
-medians of interleaved rounds, baseline 247 ms for tiny.en): tiny.en ``bfloat16`` 0.49x, ``int8-mixed`` 0.44x;
-base 0.39x and 0.36x; pooled cosine >= 0.99990, frame cosine mean >= 0.9992. Attention is about half the bf16
-forward: its two matmuls run near the bf16 GEMM peak, and the softmax runs in the native kernel
-(:mod:`arrowengine.runtime.native`, 2.4x ``torch.softmax``; 11% of the whole forward, measured).
+Attention is about half of the bf16 forward: its two matmuls run near the bf16 GEMM peak, and the softmax runs
+in the native kernel (:mod:`arrowengine.runtime.native`). Measured latency and fidelity per precision:
+``docs/benchmarks/`` (``whisper.json``, ``baseline_advanced/``).
 """
 
 from __future__ import annotations
@@ -33,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arrowengine.errors import ModelConfigError
+from arrowengine.errors import ConfigError, ModelConfigError
+from arrowengine.runtime.calibration import cached_scales
 from arrowengine.runtime.fixed_linear import (
     FixedLinear,
     calibrated_smooth_scales,
@@ -94,15 +92,18 @@ class FastWhisperEncoder:
     Args:
         encoder: a loaded ``transformers`` ``WhisperEncoder`` (fp32 mapped weights or ``QuantLinear`` layers).
         config: the precision (see the module docstring).
-        calibration: log-mel feature batches of real speech for the int8 projections' SmoothQuant scales;
+        calibration: log-mel feature batches of speech for the int8 projections' SmoothQuant scales;
             required when a projection runs in int8 with ``smooth_alpha > 0``.
+        cache_key: where the scales are kept in the calibration cache
+            (:func:`arrowengine.runtime.calibration.calibration_key`); None calibrates every time.
     """
 
     def __init__(self, encoder: nn.Module, config: FastWhisperConfig | None = None,
-                 calibration: Sequence[torch.Tensor] = ()) -> None:
+                 calibration: Sequence[torch.Tensor] = (), *, cache_key: str | None = None) -> None:
         self.config = config or FastWhisperConfig()
+        self.cache_key = cache_key
         if self.config.precision not in WHISPER_PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(WHISPER_PRECISIONS)}, "
+            raise ConfigError(f"precision must be one of {', '.join(WHISPER_PRECISIONS)}, "
                              f"got {self.config.precision!r}")
         if not hasattr(encoder, "conv1") or not hasattr(encoder, "layers"):
             raise ModelConfigError(f"{type(encoder).__name__} is not a Whisper encoder (no conv1 / layers)")
@@ -153,24 +154,24 @@ class FastWhisperEncoder:
         if not wanted or self.config.smooth_alpha <= 0:
             return {}
         if not calibration:
-            raise ValueError("int8 projections need calibration log-mel batches of real speech for their "
+            raise ConfigError("int8 projections need calibration log-mel batches of speech for their "
                              "SmoothQuant scales; pass calibration=[features, ...] or smooth_alpha=0")
         def run() -> None:
             for features in calibration:
                 encoder(features.float())
 
         keys = [(index, kind) for index in range(len(encoder.layers)) for kind in wanted]
-        return calibrated_smooth_scales({key: _projections(encoder.layers[key[0]])[key[1]] for key in keys},
-                                        {key: fused[key][0] for key in keys}, run, self.config.smooth_alpha)
+        return cached_scales(self.cache_key, lambda: calibrated_smooth_scales(
+            {key: _projections(encoder.layers[key[0]])[key[1]] for key in keys}, {key: fused[key][0] for key in keys},
+            run, self.config.smooth_alpha))
 
     def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Softmax attention of ``[B, heads, T, head_dim]`` inputs (q pre-scaled), as ``[B, T, heads * head_dim]``.
 
         In fp32, SDPA's flash kernel is fastest. In bf16, query blocks of :data:`_QUERY_BLOCK` rows through two
-        plain matmuls and a softmax measured 1.45x faster than SDPA's bf16 flash kernel at 1,500 frames (6 heads:
-        14.5 vs 22 ms per layer): the block's scores stay in cache and the matmuls run at oneDNN's bf16 speed.
-        The softmax runs in place in the native kernel (:mod:`arrowengine.runtime.native`) where it builds, 2.4x
-        faster than ``torch.softmax`` on these blocks.
+        plain matmuls and a softmax beat SDPA's bf16 flash kernel at 1,500 frames (measured): the block's scores
+        stay in cache and the matmuls run at oneDNN's bf16 speed. The softmax runs in place in the native kernel
+        (:mod:`arrowengine.runtime.native`) where it builds, faster than ``torch.softmax`` on these blocks.
         """
         batch, heads, width, head_dim = q.shape
         if q.dtype == torch.float32:  # q arrives scaled by head_dim ** -0.5 (folded into the weights)

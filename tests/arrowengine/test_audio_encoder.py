@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from arrowengine.errors import ConfigError, ModelConfigError
+from arrowengine.errors import ConfigError, ModelTypeError
 from arrowengine.runtime.audio_features import LogMelConfig, as_waveform, load_wav, log_mel, resample
 from tests.conftest import model_package
 
@@ -58,7 +58,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def encoder(tiny_model_dir):
     from arrowengine.runtime.audio_encoder import AudioEncoder
 
-    return AudioEncoder(tiny_model_dir, batch_size=4)
+    return AudioEncoder(tiny_model_dir, batch_size=4, precision=None)  # transformers' encoder: the reference
 
 
 @pytest.fixture(scope="module")
@@ -215,17 +215,26 @@ def test_lean_encoder_bad_precision(tiny_model_dir):
 
     with pytest.raises(ConfigError) as info:
         AudioEncoder(tiny_model_dir, precision="int4")
-    assert str(info.value) == "precision must be one of float32, bfloat16, int8-mixed, got 'int4'"
+    assert str(info.value) == ("precision must be 'auto' or one of float32, bfloat16, int8-mixed (aliases fp32, "
+                               "bf16), got 'int4'")
+
+
+def test_default_precision_is_the_cpu_rule(tiny_model_dir):
+    from arrowengine.runtime.audio_encoder import AudioEncoder
+    from arrowengine.runtime.precision import select_precision
+
+    assert AudioEncoder(tiny_model_dir).precision == select_precision("audio").precision
+    assert AudioEncoder(tiny_model_dir, precision="fp32").precision == "float32"
 
 
 def test_wrong_model_and_bad_options(tiny_model_dir, tmp_path):
     from arrowengine.runtime.audio_encoder import AudioEncoder
 
     (tmp_path / "config.json").write_text('{"model_type": "dinov2"}')
-    with pytest.raises(ModelConfigError) as info:
+    with pytest.raises(ModelTypeError) as info:
         AudioEncoder(tmp_path)
-    assert str(info.value) == (f"{tmp_path} holds a 'dinov2' model, not whisper; point AudioEncoder at a "
-                               "converted Whisper model")
+    assert str(info.value) == (f"{tmp_path} holds a 'dinov2' model (image), which AudioEncoder cannot run; use "
+                               f"arrowengine.ImageEncoder({str(tmp_path)!r}) instead")
     with pytest.raises(ConfigError) as info:
         AudioEncoder(tiny_model_dir, dtype="float16")
     assert str(info.value) == "dtype must be one of ('float32', 'bfloat16'), got 'float16'"

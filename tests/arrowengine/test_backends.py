@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from arrowengine.datasets import chitchat_messages
+from arrowengine.errors import ConfigError
 from arrowengine.runtime.backends import BackendFallbackWarning, configure_threads, prepare_backend
 from arrowengine.runtime.text_encoder import TextEncoder
 
@@ -46,9 +47,9 @@ def test_missing_backend_falls_back_to_eager(text_encoder):
 
 
 def test_invalid_backend_and_threads(text_encoder):
-    with pytest.raises(ValueError, match=r"^backend must be one of eager, compile, onnxruntime, ipex, got 'tpu'$"):
+    with pytest.raises(ConfigError, match=r"^backend must be one of eager, compile, onnxruntime, ipex, got 'tpu'$"):
         prepare_backend(text_encoder.model, "tpu")
-    with pytest.raises(ValueError, match=r"^threads must be >= 0, got -1$"):
+    with pytest.raises(ConfigError, match=r"^threads must be >= 0, got -1$"):
         configure_threads(-1)
     assert configure_threads(0) >= 1
 
@@ -73,7 +74,7 @@ def test_fast_reduced_precision_keeps_cosine(minilm_dir, sentences, st_reference
     # "Thank you" was the worst sentence of 2,000 chat messages for the int8 paths (short, outlier-dominated)
     texts = [*sentences, "Thank you", "ok", "Thank you very much"]
     encoder = TextEncoder(minilm_dir, precision=precision)
-    ref = TextEncoder(minilm_dir).encode(texts)
+    ref = TextEncoder(minilm_dir, precision="fp32").encode(texts)
     cosine = np.sum(encoder.encode(texts) * ref, axis=1)
     assert cosine.min() >= 0.99
     assert np.sum(encoder.encode(sentences) * st_reference, axis=1).min() >= 0.99
@@ -82,8 +83,9 @@ def test_fast_reduced_precision_keeps_cosine(minilm_dir, sentences, st_reference
 def test_fast_int8_needs_calibration_and_a_known_precision(minilm_dir):
     from arrowengine.runtime.bert_fast import FastBert, FastBertConfig
 
-    encoder = TextEncoder(minilm_dir)
-    with pytest.raises(ValueError, match=r"^int8 projections need calibration batches"):
+    encoder = TextEncoder(minilm_dir, precision="fp32")
+    with pytest.raises(ConfigError, match=r"^int8 projections need calibration batches"):
         FastBert(encoder.model, FastBertConfig("int8"))
-    with pytest.raises(ValueError, match=r"^precision must be one of float32, bfloat16, int8-mixed, int8, got 'int4'$"):
+    with pytest.raises(ConfigError, match=r"^precision must be 'auto' or one of float32, bfloat16, int8-mixed, int8 "
+                                          r"\(aliases fp32, bf16\), got 'int4'$"):
         TextEncoder(minilm_dir, precision="int4")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from arrowengine.errors import ConfigError, ModelConfigError
+from arrowengine.errors import ConfigError, ModelTypeError
 from tests.conftest import model_package
 
 skdata = pytest.importorskip("skimage.data", reason="scikit-image is not installed (pip install scikit-image)")
@@ -34,7 +34,7 @@ def model_dir(tmp_path_factory) -> Path:
 def encoder(model_dir):
     from arrowengine.runtime.image_encoder import ImageEncoder
 
-    return ImageEncoder(model_dir, batch_size=4)
+    return ImageEncoder(model_dir, batch_size=4, dtype="float32")
 
 
 def test_preprocessing_matches_bit_image_processor(model_dir, photos):
@@ -114,10 +114,14 @@ def test_wrong_model_and_bad_options(model_dir, tmp_path):
     from arrowengine.runtime.image_encoder import ImageEncoder
 
     (tmp_path / "config.json").write_text('{"model_type": "whisper"}')
-    with pytest.raises(ModelConfigError) as info:
+    with pytest.raises(ModelTypeError) as info:
         ImageEncoder(tmp_path)
-    assert str(info.value) == (f"{tmp_path} holds a 'whisper' model, not dinov2; point ImageEncoder at a "
-                               "converted DINOv2 model")
+    assert str(info.value) == (f"{tmp_path} holds a 'whisper' model (audio), which ImageEncoder cannot run; use "
+                               f"arrowengine.AudioEncoder({str(tmp_path)!r}) instead")
+    with pytest.raises(ConfigError) as info:
+        ImageEncoder(model_dir, dtype="float16")
+    assert str(info.value) == ("precision must be 'auto' or one of float32, bfloat16 (aliases fp32, bf16), got "
+                               "'float16'")
     with pytest.raises(ConfigError) as info:
         ImageEncoder(model_dir, pooling="max")
     assert str(info.value) == "pooling must be one of ('cls', 'mean', 'cls_mean'), got 'max'"

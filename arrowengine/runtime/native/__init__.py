@@ -28,9 +28,10 @@ from pathlib import Path
 import torch
 
 from arrowengine.config import load_config
+from arrowengine.errors import EngineError
 from arrowengine.hardware import cpu_info
 
-__all__ = ["native_cache_dir", "softmax_bf16_", "softmax_kernel"]
+__all__ = ["NativeBuildError", "native_cache_dir", "softmax_bf16_", "softmax_kernel"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,10 @@ _SOFTMAX_SOURCE = Path(__file__).with_name("softmax_bf16.c")
 _FLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-fopenmp", "-shared", "-fPIC")
 _REQUIRED_ISA = ("AVX-512F", "AVX-512BW", "AVX-512VL", "FMA")
 _BUILD_TIMEOUT_S = 120
+
+
+class NativeBuildError(EngineError, OSError):
+    """A native kernel could not be built here (no C compiler, or the compiler failed); callers fall back to torch."""
 
 
 def native_cache_dir(cache_dir: str | None = None) -> Path:
@@ -53,7 +58,7 @@ def native_cache_dir(cache_dir: str | None = None) -> Path:
 def _compiler() -> str:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
-        raise FileNotFoundError("no C compiler: set CC or install gcc (e.g. apt-get install gcc)")
+        raise NativeBuildError("no C compiler: set CC or install gcc (e.g. apt-get install gcc)")
     return compiler
 
 
@@ -70,7 +75,7 @@ def _build(source: Path, flags: tuple[str, ...], cache: Path) -> Path:
         done = subprocess.run([compiler, *flags, str(source), "-o", str(built)], capture_output=True, text=True,
                               timeout=_BUILD_TIMEOUT_S, check=False)
         if done.returncode != 0:
-            raise OSError(f"{compiler} failed on {source.name}: {done.stderr.strip()[-500:]}")
+            raise NativeBuildError(f"{compiler} failed on {source.name}: {done.stderr.strip()[-500:]}")
         os.replace(built, target)
     logger.info("built %s", target)
     return target
