@@ -59,6 +59,9 @@ class QuantizeOptions:
     calib_seq_len: int = 256  # causal LMs: calibration text is one token stream cut into sequences this long
     act_order: bool = False  # GPTQ: process columns by decreasing Hessian diagonal (static groups)
     clip: str = "auto"  # group range: minmax | mse | auto (mse for INT2, where clipping pays, else minmax)
+    # encoders: the input embedding table as int8 rows with per-row scales too (a vocabulary table is most of a
+    # small encoder's bytes); causal LMs keep theirs, often tied to the output head
+    quantize_embeddings: bool = True
 
     def __post_init__(self) -> None:
         from quant.errors import GroupSizeError, QuantOptionError, UnsupportedBitsError
@@ -264,6 +267,17 @@ def _quantize_weights(model: nn.Module, src: Path, options: QuantizeOptions, cal
     return qweights, recipe
 
 
+def _quantized_embeddings(model: nn.Module, causal: bool, options: QuantizeOptions) -> dict[str, Any]:
+    """``{module path: int8 table}`` of an encoder's input embeddings (empty for causal LMs or when disabled)."""
+    from quant import quantize_embedding
+
+    table = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if causal or not options.quantize_embeddings or not isinstance(table, nn.Embedding):
+        return {}
+    path = next(name for name, module in model.named_modules() if module is table)
+    return {path: quantize_embedding(table.weight, 8, name=f"{path}.weight")}
+
+
 def _causal_mixed(model: nn.Module, tokenizer: Any, qweights: dict[str, Any], texts: list[str],
                   max_increase: float, errors: dict[str, float]) -> list[str]:
     """Linears kept FP16 so the calibration-text perplexity rises at most ``max_increase`` over float.
@@ -313,6 +327,10 @@ def quantize_model(src: str | os.PathLike[str], dst: str | os.PathLike[str],
         else:
             state[f"{path}.weight"] = qt
             quant_types[f"{path}.weight"] = f"{'gptq_' if options.method == 'gptq' else ''}int{options.bits}"
+    embeddings = _quantized_embeddings(model, _is_causal(load_config_dict(src)), options)
+    for path, qt in embeddings.items():  # gathered rows are dequantized at lookup (quant.QuantEmbedding)
+        state[f"{path}.weight"], quant_types[f"{path}.weight"] = qt, "int8"
+    recipe["int8_embeddings"] = list(embeddings)
     side = {str(p.relative_to(src)): p for p in src.rglob("*") if p.is_file()
             and p.name not in ("weights.parquet", "config.json", MODEL_CARD)}
     converted = ConvertedModel(state, load_config_dict(src), side, source=str(src), source_format="arrowengine",
