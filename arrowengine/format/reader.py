@@ -356,7 +356,7 @@ class WeightFile(Mapping[str, torch.Tensor]):
     def __getitem__(self, name: str) -> torch.Tensor:
         info = self.info(name)
         if info.is_quantized:
-            assert info.quant is not None
+            assert info.quant is not None  # invariant: build_infos sets quant for every quantized row
             return self._view(info.file_offsets[0], info.nbytes, torch.uint8, info.quant.packed_shape, info, "data")
         if len(info.rows) == 1:
             return self._view(info.file_offsets[0], info.nbytes, info.dtype, info.shape, info, "data")
@@ -373,7 +373,7 @@ class WeightFile(Mapping[str, torch.Tensor]):
         if not info.is_quantized:
             raise SchemaError(f"{self.path}: tensor {name!r} is not quantized (schema V{self.schema_version})")
         q = info.quant
-        assert q is not None and info.blob_offsets is not None
+        assert q is not None and info.blob_offsets is not None  # invariant: build_infos sets both for V2 rows
         if q.quant_type in GGUF_QUANT_TYPES:
             return _gguf_blocks(q.quant_type, info.shape, self[name])
         scales = self._view(info.blob_offsets["scales"], q.scales_nbytes, q.scales_dtype,

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ import torch
 from arrowengine.cli import main
 from arrowengine.config import resolve_models_dir
 from arrowengine.format import write_weights
-from arrowengine.logging_setup import level_from_verbosity
+from arrowengine.logging_setup import level_from_verbosity, silence_third_party_warnings
 
 
 def test_info_json_lists_isa_and_models(tmp_path, minilm_dir, capsys):
@@ -166,3 +167,26 @@ def test_quantize_is_quiet_by_default_and_force_replaces(tiny_bert, tmp_path, ca
     assert any(" INFO arrowengine.quantize: quantized " in line for line in capsys.readouterr().err.splitlines())
     assert (dst / "accuracy_report.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.txt", "tiny-bert", "tiny-int8"]
+
+
+def test_third_party_future_warnings_are_silenced_ours_are_not():
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        silence_third_party_warnings()
+        warnings.warn_explicit("theirs", FutureWarning, "m.py", 1, module="transformers.modeling_utils")
+        warnings.warn_explicit("theirs too", DeprecationWarning, "t.py", 1, module="torch")
+        warnings.warn_explicit("ours", FutureWarning, "q.py", 1, module="arrowengine.quantize")
+        warnings.warn_explicit("actionable", UserWarning, "m.py", 1, module="transformers.modeling_utils")
+    assert [str(w.message) for w in seen] == ["ours", "actionable"]
+
+
+def test_log_lines_go_above_progress_bars(tmp_path, monkeypatch):
+    import logging
+
+    from tqdm.contrib.logging import _TqdmLoggingHandler
+
+    seen: list[type] = []
+    monkeypatch.setattr("arrowengine.cli._cmd_verify", lambda args: seen.extend(map(type, logging.getLogger().handlers))
+                        or 0)
+    assert main(["verify", str(tmp_path)]) == 0
+    assert _TqdmLoggingHandler in seen
