@@ -169,7 +169,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from arrowengine.serve import ServeConfig, load_api_keys, serve
 
     config = load_config(args.config)
-    serve(ServeConfig(host=args.host, port=args.port, models_dir=Path(args.models or config.models.dir),
+    models_dir = Path(args.models) if args.models else resolve_models_dir(config)
+    serve(ServeConfig(host=args.host, port=args.port, models_dir=models_dir,
                       api_keys=load_api_keys(args.api_key_file), max_batch=args.max_batch,
                       max_loaded_models=args.max_loaded))
     return 0
@@ -262,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve the models over the Ollama and OpenAI APIs (docs/serve.md)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=11434)
-    p.add_argument("--models", default=None, help="models directory (default: the config's models.dir)")
+    p.add_argument("--models", default=None, help=models_help)
     p.add_argument("--api-key-file", default=None, help="API keys, one per line (else $ARROWENGINE_API_KEYS)")
     p.add_argument("--max-batch", type=int, default=8, help="sequences decoded together per model")
     p.add_argument("--max-loaded", type=int, default=3, help="models kept in memory (LRU)")
