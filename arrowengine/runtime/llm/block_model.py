@@ -15,7 +15,7 @@ from typing import Any
 
 from arrowengine.runtime.llm.errors import UnsupportedModelError
 
-__all__ = ["holds_blocks", "load_block_model"]
+__all__ = ["build_block_model", "holds_blocks", "load_block_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,18 @@ def load_block_model(model_dir: str | os.PathLike[str], weights: Any) -> SimpleN
     from transformers import AutoConfig, GenerationConfig
 
     config = AutoConfig.from_pretrained(os.fspath(model_dir), local_files_only=True)
-    state = weights.state_dict()
+    try:
+        generation = GenerationConfig.from_pretrained(os.fspath(model_dir), local_files_only=True)
+    except OSError:  # no generation_config.json: the config's eos is enough
+        generation = None
+    model = build_block_model(config, weights.state_dict(), generation)
+    model.arrowengine_weights = weights
+    logger.info("LLM: %s holds GGUF blocks; matrices stay in the mapping", model_dir)
+    return model
+
+
+def build_block_model(config: Any, state: dict[str, Any], generation_config: Any = None) -> SimpleNamespace:
+    """The model tree over ``state`` (transformers Llama names; ``GGUFBlocks`` or tensors) and ``config``."""
     layers = []
     for i in range(config.num_hidden_layers):
         base = f"model.layers.{i}"
@@ -56,11 +67,4 @@ def load_block_model(model_dir: str | os.PathLike[str], weights: Any) -> SimpleN
     embed = _linear(state, "model.embed_tokens")
     head = _linear(state, "lm_head") if "lm_head.weight" in state else embed  # tied: the same blocks
     inner = SimpleNamespace(embed_tokens=embed, norm=_linear(state, "model.norm"), layers=layers)
-    try:
-        generation = GenerationConfig.from_pretrained(os.fspath(model_dir), local_files_only=True)
-    except OSError:  # no generation_config.json: the config's eos is enough
-        generation = None
-    model = SimpleNamespace(config=config, model=inner, lm_head=head, generation_config=generation,
-                            arrowengine_weights=weights)
-    logger.info("LLM: %s holds GGUF blocks; matrices stay in the mapping", model_dir)
-    return model
+    return SimpleNamespace(config=config, model=inner, lm_head=head, generation_config=generation_config)

@@ -47,7 +47,10 @@ class DecodeStep:
         self.sin_signed = torch.cat([-forward.sin[:, :half], forward.sin[:, half:]], dim=-1)
         self.layers = [(lw.attn_norm, _concat(lw.qkv), lw.o, lw.mlp_norm, _concat(lw.gate_up), lw.down)
                        for lw in forward.layers]
-        self._step = self._eager
+        from arrowengine.runtime.llm.native_step import NativeBlockStep
+
+        # a GGUF block model runs each layer as one C call; every other model the torch step below
+        self._step = NativeBlockStep.create(forward) or self._eager
 
     @torch.inference_mode()
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, slot: int,

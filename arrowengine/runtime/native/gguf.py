@@ -1,4 +1,5 @@
-"""Native kernels over GGUF blocks (``gguf_blocks.c``): ``y = x W^T`` and exact dequantization, built on first use.
+"""Native kernels over GGUF blocks, built on first use: ``y = x W^T``, exact dequantization (``gguf_blocks.c``) and
+a whole Llama decoder layer for one new token per row (``llama_layer.c``).
 
 The C file is compiled once per source/flags/compiler by the shared machinery of
 :mod:`arrowengine.runtime.native` and called through ctypes. It needs AVX2 + FMA (F16C comes with every such
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
 import logging
 import subprocess
 from collections.abc import Collection
@@ -22,11 +24,13 @@ from arrowengine.config import load_config
 from arrowengine.hardware import cpu_info
 from arrowengine.runtime.native import _build, native_cache_dir
 
-__all__ = ["REQUIRED_ISA", "BlockKernels", "block_kernels", "missing_isa", "read_bandwidth", "threads"]
+__all__ = ["REQUIRED_ISA", "BlockKernels", "LayerArgs", "block_kernels", "missing_isa", "read_bandwidth", "threads"]
 
 logger = logging.getLogger(__name__)
 
-_SOURCE = Path(__file__).with_name("gguf_blocks.c")
+# llama_layer.c includes gguf_blocks.c: one library with the block products and the fused decoder layer
+_SOURCE = Path(__file__).with_name("llama_layer.c")
+_INCLUDED = Path(__file__).with_name("gguf_blocks.c")
 # -ffp-contract=off: the dequantization must round like gguf-py's numpy (no fused multiply-add)
 _FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC")
 REQUIRED_ISA = ("AVX2", "FMA")
@@ -39,12 +43,26 @@ def missing_isa(isa: Collection[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class BlockKernels:
-    """The loaded library: ``matmul``, ``dequantize``, ``read_bytes`` (ctypes functions, see ``gguf_blocks.c``)."""
+    """The loaded library: ``matmul``, ``dequantize``, ``read_bytes`` (``gguf_blocks.c``) and ``layer``
+    (``llama_layer.c``), as ctypes functions."""
 
     matmul: ctypes._CFuncPtr
     dequantize: ctypes._CFuncPtr
     read_bytes: ctypes._CFuncPtr
+    layer: ctypes._CFuncPtr
     path: Path
+
+
+class LayerArgs(ctypes.Structure):
+    """``ae_layer_args`` of ``llama_layer.c`` (same field order and types)."""
+
+    _fields_ = [(name, ctypes.c_int64) for name in ("batch", "hidden", "heads", "kv_heads", "head_dim", "inter",
+                                                      "slot", "max_len")] + [
+        ("eps", ctypes.c_float), ("threads", ctypes.c_int)] + [
+        (name, ctypes.c_void_p) for name in ("h", "attn_norm", "mlp_norm", "cos", "sin", "kv", "mask")] + [
+        (name, ctypes.c_int) for name in ("qkv_type", "o_type", "gate_up_type", "down_type")] + [
+        (name, ctypes.c_void_p) for name in ("qkv", "o", "gate_up", "down")] + [
+        (name, ctypes.c_int64) for name in ("qkv_stride", "o_stride", "gate_up_stride", "down_stride")]
 
 
 @functools.cache
@@ -54,7 +72,10 @@ def _load() -> BlockKernels | None:
         logger.info("native kernels disabled (runtime.native_kernels is false): GGUF blocks are dequantized")
         return None
     try:
-        path = _build(_SOURCE, _FLAGS, native_cache_dir(runtime.cache_dir))
+        # the build cache is keyed by the main source and the flags: a digest of the included file joins the flags
+        digest = hashlib.sha256(_INCLUDED.read_bytes()).hexdigest()[:16]
+        flags = (*_FLAGS, f"-I{_INCLUDED.parent}", f"-DAE_BLOCKS_SOURCE_{digest}")
+        path = _build(_SOURCE, flags, native_cache_dir(runtime.cache_dir))
         library = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as exc:
         logger.warning("native GGUF block kernels unavailable, the blocks are dequantized instead: %s", exc)
@@ -69,7 +90,10 @@ def _load() -> BlockKernels | None:
     read_bytes = library.ae_read_bytes
     read_bytes.argtypes = [ptr, i64, ctypes.c_int]
     read_bytes.restype = i64
-    return BlockKernels(matmul, dequantize, read_bytes, path)
+    layer = library.ae_llama_layer
+    layer.argtypes = [ctypes.POINTER(LayerArgs)]
+    layer.restype = ctypes.c_int
+    return BlockKernels(matmul, dequantize, read_bytes, layer, path)
 
 
 def block_kernels(isa: Collection[str] | None = None) -> BlockKernels | None:

@@ -1,0 +1,135 @@
+/* One Llama decoder layer for one new token per row, over GGUF blocks, in a single call (AVX2 + FMA, OpenMP).
+ *
+ * Built on first use by arrowengine/runtime/native/gguf.py together with gguf_blocks.c (included below, so the
+ * matrix products are the same code the per-projection path runs). A decode step of a 135M model does ~1,000
+ * small torch ops per token; here a layer is: RMSNorm -> fused QKV -> rotary on Q and K -> K/V appended to the
+ * cache -> grouped-query attention over the cache (optional row mask) -> O + residual -> RMSNorm -> fused
+ * gate/up -> SiLU(gate) * up -> down + residual, with scratch buffers from one allocation.
+ *
+ * Numerics follow the torch decode step: RMSNorm x * rsqrt(mean(x^2) + eps) * w in float32; rotary
+ * x * cos + rotate_half(x) * sin; softmax with the running maximum subtracted; scale 1 / sqrt(head_dim).
+ */
+#include "gguf_blocks.c"
+
+typedef struct {
+    int64_t batch, hidden, heads, kv_heads, head_dim, inter, slot, max_len;
+    float eps;
+    int threads;
+    float *h;                 /* [batch, hidden], updated in place */
+    const float *attn_norm;   /* [hidden] */
+    const float *mlp_norm;    /* [hidden] */
+    const float *cos, *sin;   /* [batch, head_dim]: the tables' rows at each row's position */
+    float *kv;                /* this layer's cache [batch, max_len, 2 * kv_heads, head_dim] */
+    const uint8_t *mask;      /* [batch, slot + 1] (1 = attend) or NULL: every slot up to `slot` */
+    int qkv_type, o_type, gate_up_type, down_type;
+    const uint8_t *qkv, *o, *gate_up, *down;
+    int64_t qkv_stride, o_stride, gate_up_stride, down_stride;
+} ae_layer_args;
+
+static void rms_norm(const float *x, const float *w, int64_t n, float eps, float *out) {
+    __m256 acc = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_loadu_ps(x + i);
+        acc = _mm256_fmadd_ps(v, v, acc);
+    }
+    float ss = hsum256(acc);
+    for (; i < n; i++) ss += x[i] * x[i];
+    const float inv = 1.0f / sqrtf(ss / (float)n + eps);
+    for (i = 0; i < n; i++) out[i] = (x[i] * inv) * w[i];
+}
+
+static void rotate(float *x, const float *cos, const float *sin, int64_t dim) {
+    const int64_t half = dim / 2;
+    for (int64_t i = 0; i < half; i++) {
+        const float a = x[i], b = x[i + half];
+        x[i] = a * cos[i] - b * sin[i];
+        x[i + half] = b * cos[i + half] + a * sin[i + half];
+    }
+}
+
+static inline float dot(const float *a, const float *b, int64_t n) {
+    __m256 acc = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+    float s = hsum256(acc);
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* out[head_dim] = softmax(q . K^T * scale) V over slots 0..len of one row and KV head (scores: scratch). */
+static void attend(const float *q, const float *keys, const float *values, int64_t stride, int64_t head_dim,
+                   int64_t len, const uint8_t *mask, float scale, float *scores, float *out) {
+    float mx = -INFINITY;
+    for (int64_t t = 0; t < len; t++) {
+        const float s = (mask && !mask[t]) ? -INFINITY : dot(q, keys + t * stride, head_dim) * scale;
+        scores[t] = s;
+        if (s > mx) mx = s;
+    }
+    float total = 0.0f;
+    for (int64_t t = 0; t < len; t++) {
+        const float e = scores[t] == -INFINITY ? 0.0f : expf(scores[t] - mx);
+        scores[t] = e;
+        total += e;
+    }
+    const float inv = 1.0f / total;
+    for (int64_t i = 0; i < head_dim; i++) out[i] = 0.0f;
+    for (int64_t t = 0; t < len; t++) {
+        const float p = scores[t] * inv;
+        if (p == 0.0f) continue;
+        const float *v = values + t * stride;
+        int64_t i = 0;
+        const __m256 pv = _mm256_set1_ps(p);
+        for (; i + 8 <= head_dim; i += 8)
+            _mm256_storeu_ps(out + i, _mm256_fmadd_ps(pv, _mm256_loadu_ps(v + i), _mm256_loadu_ps(out + i)));
+        for (; i < head_dim; i++) out[i] += p * v[i];
+    }
+}
+
+static inline float silu(float x) { return x / (1.0f + expf(-x)); }
+
+/* Returns 0, -1 when scratch memory cannot be allocated, -2 for bad block types or shapes. */
+int ae_llama_layer(const ae_layer_args *a) {
+    const int64_t B = a->batch, H = a->hidden, hd = a->head_dim, nh = a->heads, nkv = a->kv_heads;
+    const int64_t I = a->inter, q_size = nh * hd, kv_size = nkv * hd, qkv_n = q_size + 2 * kv_size;
+    const int64_t len = a->slot + 1, rep = nh / nkv, kv_row = 2 * kv_size; /* floats per cache slot */
+    if (nkv <= 0 || nh % nkv || hd % 2 || a->slot >= a->max_len) return -2;
+    float *buf = (float *)malloc(sizeof(float) * (size_t)(B * (H + qkv_n + q_size + 3 * I) + B * nh * len));
+    if (!buf) return -1;
+    float *x = buf, *qkv = x + B * H, *att = qkv + B * qkv_n, *gu = att + B * q_size, *act = gu + B * 2 * I;
+    float *scores = act + B * I;
+    int rc;
+    for (int64_t b = 0; b < B; b++) rms_norm(a->h + b * H, a->attn_norm, H, a->eps, x + b * H);
+    rc = ae_gguf_matmul(a->qkv_type, a->qkv, qkv_n, H, a->qkv_stride, x, B, H, qkv, qkv_n, a->threads);
+    if (rc) goto done;
+    for (int64_t b = 0; b < B; b++) {
+        float *row = qkv + b * qkv_n;
+        for (int64_t j = 0; j < nh + nkv; j++) rotate(row + j * hd, a->cos + b * hd, a->sin + b * hd, hd);
+        memcpy(a->kv + (b * a->max_len + a->slot) * kv_row, row + q_size, sizeof(float) * (size_t)kv_row);
+    }
+    const float scale = 1.0f / sqrtf((float)hd);
+    const int team = (B * nh * len >= 8192) ? a->threads : 1; /* short contexts: a thread team costs more */
+#pragma omp parallel for schedule(static) num_threads(team) collapse(2)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t head = 0; head < nh; head++) {
+            const float *keys = a->kv + b * a->max_len * kv_row + (head / rep) * hd;
+            attend(qkv + b * qkv_n + head * hd, keys, keys + kv_size, kv_row, hd, len,
+                   a->mask ? a->mask + b * len : NULL, scale, scores + (b * nh + head) * len,
+                   att + b * q_size + head * hd);
+        }
+    /* h += O att; then the MLP on the updated h */
+    rc = ae_gguf_matmul(a->o_type, a->o, H, q_size, a->o_stride, att, B, q_size, x, H, a->threads);
+    if (rc) goto done;
+    for (int64_t i = 0; i < B * H; i++) a->h[i] += x[i];
+    for (int64_t b = 0; b < B; b++) rms_norm(a->h + b * H, a->mlp_norm, H, a->eps, x + b * H);
+    rc = ae_gguf_matmul(a->gate_up_type, a->gate_up, 2 * I, H, a->gate_up_stride, x, B, H, gu, 2 * I, a->threads);
+    if (rc) goto done;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t i = 0; i < I; i++) act[b * I + i] = silu(gu[b * 2 * I + i]) * gu[b * 2 * I + I + i];
+    rc = ae_gguf_matmul(a->down_type, a->down, H, I, a->down_stride, act, B, I, x, H, a->threads);
+    if (rc) goto done;
+    for (int64_t i = 0; i < B * H; i++) a->h[i] += x[i];
+done:
+    free(buf);
+    return rc;
+}
