@@ -9,6 +9,7 @@ Usage:
   python scripts/bench_baseline_advanced.py --quick                 # < 10 minutes on a 2-core CPU
   python scripts/bench_baseline_advanced.py --out docs/benchmarks/baseline_advanced
   python scripts/bench_baseline_advanced.py --models all-MiniLM-L6-v2 --suites ops text --strategies '*bf16*'
+  python scripts/bench_baseline_advanced.py --guard [--guard-strict]  # regression guard, a few minutes
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 from pathlib import Path
 
 from arrowengine.bench.context import BenchOptions
-from arrowengine.bench.regression import guard_options, write_guard_baseline
+from arrowengine.bench.regression import GUARD_BASELINE, guard_options, run_guard, write_guard_baseline
 from arrowengine.bench.report import console_summary, write_outputs
 from arrowengine.bench.runner import SUITES, run_benchmark
 
@@ -42,9 +43,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per figure (default 5, quick 3)")
     parser.add_argument("--models-dir", default="models")
     parser.add_argument("--out", default="bench_out/baseline_advanced")
+    parser.add_argument("--guard", nargs="?", const=str(GUARD_BASELINE), default=None, metavar="JSON",
+                        help="run only the regression guard's reduced benchmark and report each ratio that stays "
+                             f"more than the tolerance below the stored one (default JSON: {GUARD_BASELINE.name} in "
+                             "docs/benchmarks); exit 0 unless --guard-strict")
+    parser.add_argument("--guard-strict", action="store_true", help="with --guard: exit 1 on a regression")
     parser.add_argument("--write-guard-baseline", metavar="JSON", default=None,
                         help="run only the regression guard's reduced benchmark and store its ratios in JSON "
-                             "(tests/bench/guard_baseline.json)")
+                             "(docs/benchmarks/guard_baseline.json)")
     return parser.parse_args(argv)
 
 
@@ -55,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.models_dir, MODELS[0], "weights.parquet").is_file():
         print(f"{args.models_dir}/ has no converted models; run python scripts/fetch_models.py first", file=sys.stderr)
         return 2
+    if args.guard_strict and not args.guard:
+        args.guard = str(GUARD_BASELINE)
+    if args.guard:
+        return _guard(args)
     if args.write_guard_baseline:
         report = run_benchmark(guard_options(args.models_dir))
         baseline = write_guard_baseline(report, args.write_guard_baseline)
@@ -69,3 +79,21 @@ def main(argv: list[str] | None = None) -> int:
     print(console_summary(report))
     print(f"\n{report['seconds']:.0f} s; wrote {', '.join(str(f) for f in files)}")
     return 0
+
+
+def _guard(args: argparse.Namespace) -> int:
+    """``--guard``: print every guarded ratio and each regression; 1 only for a regression with --guard-strict."""
+    if not Path(args.guard).is_file():
+        print(f"guard baseline {args.guard} does not exist; create it with --write-guard-baseline {args.guard}",
+              file=sys.stderr)
+        return 2
+    result = run_guard(args.models_dir, args.guard)
+    for key, ratio in sorted(result.measured.items()):
+        print(f"guard {key}: {ratio:.2f}x")
+    for note in result.notes:
+        print(f"guard note: {note}")
+    for failure in result.failures:
+        print(f"guard REGRESSION: {failure}")
+    if not result.failures:
+        print("guard: every guarded ratio holds")
+    return 1 if result.failures and args.guard_strict else 0

@@ -112,3 +112,15 @@ def test_schema_rejects_a_result_without_fidelity_fields():
     report["results"][0]["fidelity"] = {"metric": "cosine_min"}
     with pytest.raises(jsonschema.ValidationError, match="'value' is a required property"):
         jsonschema.validate(report, SCHEMA)
+
+
+def test_guard_without_a_baseline_file_names_the_command(tmp_path, capsys):
+    from arrowengine.bench.main import main
+
+    models = Path(__file__).resolve().parents[2] / "models"
+    if not (models / "all-MiniLM-L6-v2" / "weights.parquet").is_file():
+        pytest.fail("models/all-MiniLM-L6-v2 is missing; the README's test command fetches it")
+    missing = tmp_path / "none.json"
+    assert main(["--guard", str(missing), "--models-dir", str(models)]) == 2
+    assert capsys.readouterr().err == (f"guard baseline {missing} does not exist; create it with "
+                                       f"--write-guard-baseline {missing}\n")
