@@ -177,11 +177,13 @@ def wait_ready(base: str, path: str, timeout: float = 300.0) -> None:
     raise RuntimeError(f"{base} did not answer {path} within {timeout} s")
 
 
-def start_server(models: Path, max_batch: int) -> tuple[subprocess.Popen, str]:
+def start_server(models: Path, max_batch: int, threads: int | None) -> tuple[subprocess.Popen, str]:
     """``python -m arrowengine serve`` on a free port; returns the process and its base URL."""
     port = free_port()
     cmd = [sys.executable, "-m", "arrowengine", "--log-level", "WARNING", "serve", "--port", str(port),
            "--models", str(models), "--max-batch", str(max_batch)]
+    if threads:
+        cmd += ["--threads", str(threads)]
     proc = subprocess.Popen(cmd, cwd=REPO)
     base = f"http://127.0.0.1:{port}"
     wait_ready(base, "/api/version")
@@ -264,6 +266,25 @@ def llama_peer(args: argparse.Namespace, prompts: list[str]) -> dict[str, Any]:
     return {"available": True, "sequential": seq, "concurrent_8": conc}
 
 
+def llm_chat_parity(args: argparse.Namespace, texts: list[str]) -> dict[str, Any]:
+    """Whether the server's greedy texts equal ``LLM.chat`` with the server's construction options."""
+    import torch
+
+    from arrowengine import LLM
+    from arrowengine.serve import ServeConfig
+
+    name, _, tag = args.model.partition(":")
+    options: dict[str, Any] = {"max_context": ServeConfig().context_tokens}
+    if tag and tag != "latest":
+        options["precision"] = tag
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    llm = LLM(Path(args.models) / name, **options)
+    equal = [llm.chat([{"role": "user", "content": p}], temperature=0.0, max_new_tokens=args.max_tokens) == t
+             for p, t in zip(PROMPTS, texts, strict=False)]
+    return {"checked": len(equal), "equal": sum(equal)}
+
+
 def write_outputs(report: dict[str, Any], out: Path) -> None:
     """JSON, markdown table and the throughput / latency plot."""
     out.mkdir(parents=True, exist_ok=True)
@@ -281,7 +302,9 @@ def write_outputs(report: dict[str, Any], out: Path) -> None:
     lines += ["", f"8 requests one after another: {seq['tokens_per_s']:.1f} tokens/s; the same 8 streaming at once: "
               f"{report['concurrency']['8']['tokens_per_s']:.1f} tokens/s: **{sp:.2f}x** (target >= 3x).",
               f"Greedy texts under batching equal to the sequential ones (each = LLM.chat): "
-              f"{report['greedy_equal_8']}/8.", "",
+              f"{report['greedy_equal_8']}/8; sequential texts equal to `LLM.chat` in the bench process: "
+              f"{report.get('llm_chat_parity', {}).get('equal', '-')}/"
+              f"{report.get('llm_chat_parity', {}).get('checked', '-')}.", "",
               f"Memory (server RSS): {report['memory']['before_load_mb']:.0f} MiB before loading, "
               f"{report['memory']['loaded_mb']:.0f} MiB loaded and after the runs, "
               f"{report['memory']['after_unload_mb']:.0f} MiB after keep_alive 0 unloaded it."]
@@ -331,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--soak", type=float, default=0.0, help="soak seconds (0: no soak)")
     parser.add_argument("--soak-requests", type=int, default=200)
+    parser.add_argument("--soak-max-tokens", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=None, help="the server's torch threads")
+    parser.add_argument("--parity-prompts", type=int, default=2,
+                        help="compare this many sequential greedy texts with LLM.chat in this process (0: skip)")
     parser.add_argument("--llama-server", default=None)
     parser.add_argument("--gguf", default=None)
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks" / "serve"))
@@ -343,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"model": args.model, "max_tokens": args.max_tokens, "command": " ".join(sys.argv),
                               "machine": {"cpu": cpu.model, "cores": cpu.cores,
                                           "loadavg_before": [round(x, 2) for x in os.getloadavg()]}}
-    proc, base = start_server(Path(args.models), args.max_batch)
+    proc, base = start_server(Path(args.models), args.max_batch, args.threads)
     try:
         memory = {"before_load_mb": rss_mb(proc.pid)}
         stream_chat(base, args.model, "Hello!", 8)  # load + warm-up
@@ -364,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.soak > 0:
             logger.info("soak: %d requests over %.0f s", args.soak_requests, args.soak)
             report["soak"] = soak(base, args.model, args.embed_model, proc.pid, args.soak, args.soak_requests,
-                                  args.max_tokens)
+                                  args.soak_max_tokens)
         memory["loaded_mb"] = max(memory["loaded_mb"], rss_mb(proc.pid))
         httpx.post(f"{base}/api/generate", json={"model": args.model, "keep_alive": 0}, timeout=60)
         time.sleep(1.0)
@@ -373,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         proc.terminate()
         proc.wait(60)
+    if args.parity_prompts:
+        report["llm_chat_parity"] = llm_chat_parity(args, report["sequential_8"]["texts"][:args.parity_prompts])
     peer = llama_peer(args, PROMPTS[:8])
     if peer["available"]:
         peer["ratio_8"] = report["concurrency"]["8"]["tokens_per_s"] / peer["concurrent_8"]["tokens_per_s"]

@@ -11,11 +11,13 @@ reference, so the weights and KV cache are freed (``gc.collect`` runs once).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import hashlib
 import json
 import logging
 import math
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -89,6 +91,16 @@ class LoadedModel:
     def busy(self) -> bool:
         """True while a request uses it."""
         return self.in_use > 0 or (self.scheduler is not None and self.scheduler.busy)
+
+
+def _release_memory() -> None:
+    gc.collect()
+    # glibc keeps freed heap pages in its arenas; malloc_trim returns them, so RSS drops when a model unloads
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            logger.debug("serve: malloc_trim is unavailable; freed memory stays in the allocator's arenas")
 
 
 class ModelRegistry:
@@ -209,7 +221,7 @@ class ModelRegistry:
         if loaded.scheduler is not None:
             loaded.scheduler.stop(self.config.shutdown_grace_s)
         loaded.llm = loaded.scheduler = loaded.encoder = None
-        gc.collect()
+        _release_memory()
         logger.info("serve: unloaded %s", key)
 
     def _load(self, entry: ModelEntry, tag: str) -> LoadedModel:

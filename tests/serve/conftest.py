@@ -19,6 +19,7 @@ SMOLLM = REPO / "models" / "smollm2-135m-instruct"
 MINILM = REPO / "models" / "all-MiniLM-L6-v2"
 TINY = "tiny-chat"
 EMBED = "all-MiniLM-L6-v2"
+REAL = "smollm2-135m-instruct"
 
 
 def _need(path: Path) -> None:
@@ -28,11 +29,11 @@ def _need(path: Path) -> None:
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``tiny-chat`` (random 2-layer SmolLM2) and a link to the real MiniLM."""
+    """``tiny-chat`` (random 2-layer SmolLM2) and links to the real MiniLM and SmolLM2."""
     _need(SMOLLM)
     _need(MINILM)
     import torch
-    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoConfig, LlamaForCausalLM
 
     from arrowengine.converters import convert
 
@@ -45,14 +46,14 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     model.save_pretrained(hf)
-    AutoTokenizer.from_pretrained(SMOLLM).save_pretrained(hf)
-    for name in ("chat_template.jinja", "generation_config.json"):
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
         if (SMOLLM / name).is_file():
             shutil.copy(SMOLLM / name, hf / name)
     models = root / "models"
     models.mkdir()
     convert(hf, models / TINY)
     os.symlink(MINILM, models / EMBED)
+    os.symlink(SMOLLM, models / REAL)
     return models
 
 
@@ -75,3 +76,12 @@ def tiny_llm(models_dir: Path):
     from arrowengine import LLM
 
     return LLM(models_dir / TINY, max_context=SERVER_OPTIONS["context_tokens"], **SERVER_OPTIONS["llm_options"])
+
+
+@pytest.fixture(scope="session")
+def minilm_reference():
+    """``embed(texts)``: the real MiniLM through ``TextEncoder`` (the embeddings the server must return)."""
+    from arrowengine import TextEncoder
+
+    encoder = TextEncoder(MINILM)
+    return encoder.encode

@@ -37,7 +37,7 @@ def test_batched_step_equals_each_row_alone(tiny_llm):
     assert dec.lengths == [5 + 3, 0, 2 + 3, 12 + 3]
 
 
-@settings(max_examples=5, deadline=None)
+@settings(max_examples=3, deadline=None)
 @given(st.lists(st.integers(1, 12), min_size=2, max_size=4))
 def test_rows_of_any_lengths(tiny_llm, lengths):
     dec = BatchedDecoder(tiny_llm, rows=len(lengths), max_len=32)

@@ -34,7 +34,7 @@ def _cases(tiny_llm) -> list[tuple[str, object, int, str]]:
     """(path, body, status, message): the same problems through both APIs."""
     bad_json = "the request body is not valid JSON (Expecting property name enclosed in double quotes: line 1 " \
                "column 2 (char 1)); send a JSON object"
-    unknown = "model 'nope' is not a chat/completion model on this server; available: tiny-chat"
+    unknown = "model 'nope' is not a chat/completion model on this server; available: smollm2-135m-instruct, tiny-chat"
     msgs = [{"role": "user", "content": "hi"}]
     return [
         ("/api/chat", {"model": "nope", "messages": msgs}, 404, unknown),
@@ -92,7 +92,7 @@ def test_bad_requests_interleaved_with_good_ones(server, tiny_llm):
 def test_official_clients_surface_status_and_message(server):
     with pytest.raises(ollama.ResponseError) as caught:
         ollama.Client(host=server.url).chat(model="nope", messages=[{"role": "user", "content": "x"}])
-    assert caught.value.status_code == 404 and "available: tiny-chat" in caught.value.error
+    assert caught.value.status_code == 404 and "available: smollm2-135m-instruct, tiny-chat" in caught.value.error
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
     with pytest.raises(openai.NotFoundError) as nf:
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])

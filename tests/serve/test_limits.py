@@ -53,7 +53,7 @@ def test_api_keys(keyed):
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{keyed.url}/v1", api_key="nope", max_retries=0).models.list()
     good = openai.OpenAI(base_url=f"{keyed.url}/v1", api_key="key-beta", max_retries=0)
-    assert [m.id for m in good.models.list().data] == ["all-MiniLM-L6-v2", TINY]
+    assert [m.id for m in good.models.list().data] == ["all-MiniLM-L6-v2", "smollm2-135m-instruct", TINY]
     assert ollama.Client(host=keyed.url, headers=_auth("key-beta")).chat(
         model=TINY, messages=[{"role": "user", "content": "x"}], options={"num_predict": 2}).done
 

@@ -6,7 +6,7 @@ import numpy as np
 import ollama
 import pytest
 
-from tests.serve.conftest import EMBED, MINILM, TINY
+from tests.serve.conftest import EMBED, REAL, TINY
 
 MESSAGES = [{"role": "system", "content": "You are brief."}, {"role": "user", "content": "Name a colour."}]
 GREEDY = {"temperature": 0, "repeat_penalty": 1.0, "num_predict": 12}
@@ -58,11 +58,9 @@ def test_stop_and_seed(client):
     assert cut.response == full[:full.index(stop)] and cut.done_reason == "stop"
 
 
-def test_embed_equals_text_encoder(client):
-    from arrowengine import TextEncoder
-
+def test_embed_equals_text_encoder(client, minilm_reference):
     texts = ["a cat sits on the mat", "stock markets fell today"]
-    expected = TextEncoder(MINILM).encode(texts)
+    expected = minilm_reference(texts)
     out = client.embed(model=EMBED, input=texts)
     np.testing.assert_allclose(np.asarray(out.embeddings), expected, rtol=0, atol=1e-6)
     assert out.prompt_eval_count > 0
@@ -72,7 +70,7 @@ def test_embed_equals_text_encoder(client):
 
 def test_list_show_ps_version(client, server):
     names = sorted(m.model for m in client.list().models)
-    assert names == [f"{EMBED}:latest", f"{TINY}:latest"]  # the Whisper / DINOv2 dirs are not servable
+    assert names == [f"{EMBED}:latest", f"{REAL}:latest", f"{TINY}:latest"]
     shown = client.show(TINY)
     assert shown.details.family == "llama" and shown.capabilities == ["completion"]
     assert "{%" in shown.template and shown.modelinfo["llama.num_hidden_layers"] == 2

@@ -6,7 +6,7 @@ import numpy as np
 import openai
 import pytest
 
-from tests.serve.conftest import EMBED, MINILM, TINY
+from tests.serve.conftest import EMBED, REAL, TINY
 
 MESSAGES = [{"role": "user", "content": "Say something about rivers."}]
 
@@ -45,11 +45,9 @@ def test_completions_stream_equals_whole(client, tiny_llm):
     assert streamed == whole.choices[0].text
 
 
-def test_embeddings_base64_and_float_equal_text_encoder(client):
-    from arrowengine import TextEncoder
-
+def test_embeddings_base64_and_float_equal_text_encoder(client, minilm_reference):
     texts = ["the weather is nice", "quantum computing"]
-    expected = TextEncoder(MINILM).encode(texts)
+    expected = minilm_reference(texts)
     default = client.embeddings.create(model=EMBED, input=texts)  # the client asks for base64
     floats = client.embeddings.create(model=EMBED, input=texts, encoding_format="float")
     for out in (default, floats):
@@ -58,4 +56,4 @@ def test_embeddings_base64_and_float_equal_text_encoder(client):
 
 
 def test_models_list(client):
-    assert sorted(m.id for m in client.models.list().data) == [EMBED, TINY]
+    assert sorted(m.id for m in client.models.list().data) == [EMBED, REAL, TINY]
