@@ -37,12 +37,15 @@ class EncoderStrategy:
 
 
 AUDIO_STRATEGIES = (
-    EncoderStrategy("arrowengine fp32"),
-    EncoderStrategy("arrowengine bf16", {"dtype": "bfloat16"}),
+    EncoderStrategy("arrowengine default (precision auto)"),
+    EncoderStrategy("arrowengine fp32", {"precision": None}),
+    EncoderStrategy("arrowengine bf16", {"dtype": "bfloat16", "precision": None}),
     EncoderStrategy("arrowengine lean bf16", {"precision": "bfloat16"}),
     EncoderStrategy("arrowengine lean int8-mixed", {"precision": "int8-mixed"}),
 )
-VISION_STRATEGIES = (EncoderStrategy("arrowengine fp32"), EncoderStrategy("arrowengine bf16", {"dtype": "bfloat16"}))
+VISION_STRATEGIES = (EncoderStrategy("arrowengine default (dtype auto)"),
+                     EncoderStrategy("arrowengine fp32", {"dtype": "float32"}),
+                     EncoderStrategy("arrowengine bf16", {"dtype": "bfloat16"}))
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> Fidelity:

@@ -42,7 +42,8 @@ class TextStrategy:
 
 
 TEXT_STRATEGIES = (
-    TextStrategy("arrowengine eager fp32", {}, sweep=True),
+    TextStrategy("arrowengine default (precision auto)", {}),
+    TextStrategy("arrowengine eager fp32", {"precision": None}, sweep=True),
     TextStrategy("arrowengine bf16", {"dtype": "bfloat16"}, sweep=True),
     TextStrategy("arrowengine fast int8-mixed", {"precision": "int8-mixed"}, sweep=True),
     TextStrategy("arrowengine fast bf16", {"precision": "bfloat16"}),

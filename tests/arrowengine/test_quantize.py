@@ -18,7 +18,10 @@ def test_int8_is_quantized_validated_and_recorded(minilm_dir, tmp_path, capsys):
     assert main(["--log-level", "WARNING", "quantize", str(minilm_dir), str(dst), "--bits", "8"]) == 0
     weights = WeightFile.open(dst)
     assert weights.schema_version == 2 and weights.zero_copy
-    assert sum(weights.is_quantized(n) for n in weights.keys()) == 37  # every Linear incl. the pooler
+    assert sum(weights.is_quantized(n) for n in weights.keys()) == 38  # every Linear incl. the pooler + embeddings
+    assert weights.quant_recipe["int8_embeddings"] == ["embeddings.word_embeddings"]
+    # codes + scales + zero points against the float32 file: the vocabulary table no longer stays float32
+    assert (dst / "weights.parquet").stat().st_size <= 0.27 * (minilm_dir / "weights.parquet").stat().st_size
     report = json.loads((dst / "accuracy_report.json").read_text())
     assert report["passed"] and report["kind"] == "encoder" and report["value"] >= 0.995
     card = json.loads((dst / "model_card.json").read_text())
@@ -106,3 +109,32 @@ def test_mixed_precision_for_a_causal_lm_keeps_sensitive_linears_fp16(tmp_path):
     assert recipe["mixed_target"] == 0.05 and 0 < len(recipe["fp16_layers"]) < 210
     card = json.loads((tmp_path / "smollm2-int4-mixed" / "model_card.json").read_text())
     assert card["accuracy"]["passed"] and report.passed and report.value <= 0.10, report
+
+
+def test_int8_embedding_rows_load_zero_copy_and_embed_like_float(minilm_dir, text_encoder, tmp_path):
+    """A V2 file whose word embeddings are int8 rows: load_model builds a QuantEmbedding over the mapped blobs
+    (the existing quantized row type, quantized along the row), and the embeddings stay close to float32."""
+    import numpy as np
+
+    from arrowengine.converters import ConvertedModel, write_model_dir
+    from arrowengine.runtime.loading import load_config_dict, load_model
+    from arrowengine.runtime.text_encoder import TextEncoder
+    from quant import QuantEmbedding, quantize_embedding
+
+    name = "embeddings.word_embeddings.weight"
+    float_weights = WeightFile.open(minilm_dir)
+    state = {n: float_weights[n] for n in float_weights.keys()}
+    state[name] = quantize_embedding(state[name], name=name)
+    model = ConvertedModel(state_dict=state, config=load_config_dict(minilm_dir),
+                           files={f: minilm_dir / f for f in ("tokenizer.json", "modules.json",
+                                                              "sentence_bert_config.json", "1_Pooling/config.json")})
+    dst = write_model_dir(model, tmp_path / "minilm-int8-embeddings", quant_recipe={"method": "rtn", "bits": 8})
+    loaded = load_model(dst)
+    table = loaded.embeddings.word_embeddings
+    assert isinstance(table, QuantEmbedding) and (table.num_embeddings, table.embedding_dim) == (30522, 384)
+    lo, hi = loaded.arrowengine_weights.mapping_range()
+    assert all(lo <= b.data_ptr() < hi for b in (table.packed_weight, table.scales, table.zero_points))
+    sentences = ["The meeting moved to Tuesday.", "Thank you", "ok", "I love hiking in the mountains on weekends!"]
+    for kwargs in ({"precision": "fp32"}, {"precision": None}):
+        cosine = np.sum(TextEncoder(dst, **kwargs).encode(sentences) * text_encoder.encode(sentences), axis=1)
+        assert cosine.min() >= 0.999, (kwargs, cosine)
