@@ -335,7 +335,8 @@ def quantize_model(src: str | os.PathLike[str], dst: str | os.PathLike[str],
             and p.name not in ("weights.parquet", "config.json", MODEL_CARD)}
     converted = ConvertedModel(state, load_config_dict(src), side, source=str(src), source_format="arrowengine",
                                license=read_model_card(src).get("license", "unknown"))
-    staging_root = Path(tempfile.mkdtemp(prefix=f".{dst.name}.quant.", dir=dst.parent if dst.parent.exists() else None))
+    dst.parent.mkdir(parents=True, exist_ok=True)  # staged beside dst: the final rename must not cross file systems
+    staging_root = Path(tempfile.mkdtemp(prefix=f".{dst.name}.quant.", dir=dst.parent))
     try:
         staged = write_model_dir(converted, staging_root / dst.name, quant_recipe=recipe, quant_types=quant_types)
         report = evaluate_accuracy(staged, src, options)
