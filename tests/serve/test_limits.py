@@ -131,3 +131,20 @@ def test_config_validation_and_key_file_errors(tmp_path):
         load_api_keys(empty)
     with pytest.raises(ServeConfigError, match="cannot read the API key file"):
         load_api_keys(tmp_path / "missing.txt")
+
+
+def test_binding_beyond_loopback_without_keys_warns(models_dir, caplog):
+    with caplog.at_level("WARNING", logger="arrowengine.serve"):
+        ServerThread(ServeConfig(host="0.0.0.0", port=0, models_dir=models_dir))  # built, never started
+    assert any("LISTENING ON 0.0.0.0 WITHOUT API KEYS" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="arrowengine.serve"):
+        ServerThread(ServeConfig(host="0.0.0.0", port=0, models_dir=models_dir, api_keys=("k",)))
+    assert not caplog.records
+
+
+def test_cli_serve_defaults_to_loopback():
+    from arrowengine.cli import build_parser
+
+    args = build_parser().parse_args(["serve"])
+    assert (args.host, args.port, args.models, args.api_key_file) == ("127.0.0.1", 11434, None, None)

@@ -89,3 +89,15 @@ def test_keep_alive_zero_unloads_and_empty_prompt_loads(client):
     assert f"{TINY}:latest" not in {m.model for m in client.ps().models}
     client.generate(model=TINY, prompt="hi", options={"num_predict": 2}, keep_alive=0)
     assert f"{TINY}:latest" not in {m.model for m in client.ps().models}
+
+
+def test_long_history_truncated_like_llm_chat(client, tiny_llm):
+    # 40 turns of ~40 tokens overflow the 512-token test context: the oldest turns go, as in LLM.chat
+    history = [{"role": "system", "content": "Be brief."}]
+    for i in range(20):
+        history += [{"role": "user", "content": f"Question {i}: " + "tell me more " * 12},
+                    {"role": "assistant", "content": f"Answer {i}: " + "here is more " * 12}]
+    history.append({"role": "user", "content": "Last question?"})
+    out = client.chat(model=TINY, messages=history, options=GREEDY)
+    assert out.prompt_eval_count <= 512 - 12
+    assert out.message.content == tiny_llm.chat(history, temperature=0.0, max_new_tokens=12)
