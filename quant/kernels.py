@@ -1,14 +1,11 @@
 """Int8 matmul back-ends for :class:`quant.linear.QuantLinear` in ``int8-kernel`` mode.
 
-Measured on this machine class (AMD EPYC with AVX-512 VNNI/BF16, 2 cores, torch 2.13 CPU) at MiniLM shapes
-(4096 tokens x 384 -> 1536): fp32 ``F.linear`` 112 ms, bf16 40 ms; ``torch._weight_int8pack_mm`` (weight-only
-int8, bf16 activations) 46 ms; ``torch._int_mm`` with dynamic per-token int8 activations 15.5 ms;
-``quantized.linear_dynamic`` (fbgemm, per-tensor activations) 22 ms; oneDNN ``linear_dynamic`` 29 ms.
-Accuracy decides the default: quantizing *activations* to int8 ruins MiniLM's FFN down-projections (their
-output is a small difference of large terms: per-layer relative error 0.59 with ``_int_mm`` and 3.2 with
-fbgemm in layer 0, whole-model embedding cosine 0.85 for INT8 weights), while weight-only int8 keeps bf16
-accuracy. So ``auto`` picks ``weight_only``; ``int_mm`` (fastest) and ``fbgemm`` stay available by name for
-models whose activations tolerate int8.
+At MiniLM shapes ``torch._int_mm`` with dynamic per-token int8 activations is the fastest back-end, then
+fbgemm's and oneDNN's ``linear_dynamic``, then bf16 and weight-only int8 (``torch._weight_int8pack_mm``), then
+fp32 (figures: ``docs/benchmarks/design_figures.md``). Accuracy decides the default: quantizing *activations* to
+int8 ruins MiniLM's FFN down-projections (their output is a small difference of large terms), while weight-only
+int8 keeps bf16 accuracy. So ``auto`` picks ``weight_only``; ``int_mm`` (fastest) and ``fbgemm`` stay available
+by name for models whose activations tolerate int8.
 
 Each back-end computes ``y = x @ W^T`` for ``W = wscale[:, None] * wq + wshift[:, None]`` with ``wq`` int8 per
 output channel; ``wshift`` is zero for symmetric weights and carries the exact re-expression of an asymmetric

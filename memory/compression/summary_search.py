@@ -5,11 +5,9 @@ length-weighted sum of sentence embeddings), which ignores how the encoder reads
 :func:`refine_selection` starts from the greedy choice and, for up to ``steps`` rounds, scores every move in one
 batch on the real document embedding of the rendered reconstruction (summary in conversation order, then the
 entities it lacks) and takes the best: add a sentence that fits, drop one, or swap one chosen sentence for one of
-the most relevant unchosen ones that fits. It stops when no move gains. On 30 chitchat conversations of >= 4 KB
-with summaries of 20% of the text, this raised the mean cosine to the original from 0.865 to 0.912 (15 rounds,
-12 additions, 6 swaps per sentence). Through the compressor (text-model payload, 10x target, 12 conversations,
-int8-mixed MiniLM): no search 0.883 mean, 0.6 s each; 4 rounds x 8 additions x 3 swaps (the defaults) 0.915, 3.9 s;
-12 x 12 x 6 0.921, 9.9 s.
+the most relevant unchosen ones that fits. It stops when no move gains. The defaults (4 rounds, 8 additions, 3
+swaps) take most of the cosine gain of a longer search at a fraction of its time; the measurements behind them
+are in ``docs/benchmarks/design_figures.md``.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """A static context model of the store's own text, for coding short units (sentences, entities) compactly.
 
 The semantic tier stores a summary of whole sentences plus an entity list in a few hundred bytes; zstd with a
-dictionary reaches ~2.4x on such payloads, an LM arithmetic coder ~5x but at tens of ms per token. This model
+dictionary compresses such payloads least, an LM arithmetic coder most but at tens of ms per token. This model
 sits between: an order-``K`` byte model (interpolated Witten-Bell: ``p_k(c) = (n_k(c) + u_k p_{k-1}(c)) / (n_k +
 u_k)``, ``u_k`` the number of distinct bytes seen after the context) trained once on the store's messages and
-then frozen, driving the integer arithmetic coder of :mod:`memory.compression.arithmetic`. Measured on
-chitchat messages held out from training (order 4): 2.04 bits per byte, 3.9x, at ~15 us per byte.
+then frozen, driving the integer arithmetic coder of :mod:`memory.compression.arithmetic`. Measured ratios and
+speed of the three: ``docs/benchmarks/design_figures.md`` and ``docs/compression.md``.
 
 Each unit is coded with its context reset to a line start and ends with a newline, so a unit's code length does
 not depend on its neighbours: a summary's size is the sum of its sentences' sizes (plus <= 4 bytes of coder

@@ -11,9 +11,8 @@ A ``Projection`` is ``y = x W^T (+ b)`` over one of three layouts:
   by the native block kernels (:mod:`arrowengine.runtime.native.gguf`) with fp32 activations; where those
   cannot run, the blocks are dequantized once to fp32 (``dense``).
 
-Measured at decode shapes (one token, SmolLM2-135M, 1 thread, CPU time): fp32 45 ms, bf16 32 ms, int8 18.5 ms,
-int4 (group 32) 8.3 ms for all matrices incl. the lm_head. Both integer kernels are 6x-30x slower with fp32
-activations, so quantized weights always run bf16 activations.
+Both integer kernels are several times slower with fp32 activations than with bf16 ones at decode shapes, so
+quantized weights always run bf16 activations (figures: ``docs/benchmarks/design_figures.md``).
 """
 
 from __future__ import annotations
