@@ -53,6 +53,10 @@ def check_destination(dst: str | os.PathLike[str], *, sources: Iterable[str | os
                 f"source, even with {_FLAG}: choose another destination such as models/NAME-new"
             )
     if not os.path.lexists(dst):
+        blocker = next((parent for parent in target.parents if parent.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise DestinationExistsError(f"destination {dst} cannot be created: {blocker} is a file, not a "
+                                         f"directory; choose another destination")
         return dst
     if not target.is_dir():
         raise DestinationExistsError(f"destination {dst} exists and is a file, not a model directory; remove it "

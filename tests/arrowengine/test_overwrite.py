@@ -75,6 +75,9 @@ def test_convert_into_a_file_fails_before_reading_the_source(tmp_path):
         convert(tmp_path / "no-such-source", dst, force=True)
     assert dst.read_text() == "user data"
     assert issubclass(DestinationExistsError, FileExistsError)
+    with _raises(DestinationExistsError, f"destination {dst / 'model'} cannot be created: {dst} is a file, not a "
+                                         f"directory; choose another destination"):
+        convert(tmp_path / "no-such-source", dst / "model")
 
 
 @pytest.mark.parametrize("spelling", ["same", "dotdot", "symlink", "child", "parent"])
