@@ -35,6 +35,7 @@ __all__ = [
     "load_section",
     "read_config_file",
     "resolve_models_dir",
+    "resolve_verify_checksums",
 ]
 
 logger = logging.getLogger(__name__)
@@ -235,3 +236,9 @@ def resolve_models_dir(config: EngineConfig | None = None) -> Path:
     """
     config = load_config() if config is None else config
     return Path(os.path.abspath(Path(config.models.dir).expanduser()))
+
+
+def resolve_verify_checksums(requested: bool | None = None) -> bool:
+    """``requested``, or ``runtime.verify_checksums`` (``ARROWENGINE_RUNTIME_VERIFY_CHECKSUMS``) when it is ``None``:
+    whether loaders hash every tensor against its stored checksum (off by default, to keep opening zero-copy)."""
+    return load_config().runtime.verify_checksums if requested is None else bool(requested)

@@ -73,7 +73,7 @@ class AudioEncoder:
 
     def __init__(self, model_dir: str | os.PathLike[str], *, device: str = "cpu", dtype: str = "float32",
                  batch_size: int = 8, precision: str | None = "auto",
-                 calibration_audio: Sequence[Waveform] | None = None) -> None:
+                 calibration_audio: Sequence[Waveform] | None = None, verify: bool | None = None) -> None:
         self.model_dir = Path(model_dir)
         config = load_config_dict(self.model_dir)
         require_kind(config, self.model_dir, "audio")
@@ -86,7 +86,7 @@ class AudioEncoder:
         self.device, self.dtype, self.batch_size = device, dtype, batch_size
         self.features = LogMelConfig.from_dict(_read_json(self.model_dir / "preprocessor_config.json"))
         self.generation = _read_json(self.model_dir / "generation_config.json")
-        self.model = load_model(self.model_dir, device=device)
+        self.model = load_model(self.model_dir, device=device, verify=verify)  # None: runtime.verify_checksums
         # load_model resolves "auto" and falls back to CPU when a device cannot run: follow where it landed
         self.device_choice = self.model.arrowengine_device
         self.device = str(self.device_choice.torch_device)

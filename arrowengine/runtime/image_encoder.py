@@ -108,7 +108,8 @@ class ImageEncoder:
     """
 
     def __init__(self, model_dir: str | os.PathLike[str], *, device: str = "cpu", dtype: str = "auto",
-                 batch_size: int = 16, pooling: str = "cls", normalize: bool = True) -> None:
+                 batch_size: int = 16, pooling: str = "cls", normalize: bool = True,
+                 verify: bool | None = None) -> None:
         self.model_dir = Path(model_dir)
         config = load_config_dict(self.model_dir)
         require_kind(config, self.model_dir, "image")
@@ -122,7 +123,7 @@ class ImageEncoder:
         self.pooling, self.normalize = pooling, normalize
         path = self.model_dir / "preprocessor_config.json"
         self.preprocess = ImagePreprocessor(json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None)
-        self.model = load_model(self.model_dir, device=device)
+        self.model = load_model(self.model_dir, device=device, verify=verify)  # None: runtime.verify_checksums
         # load_model resolves "auto" and falls back to CPU when a device cannot run: follow where it landed
         self.device_choice = self.model.arrowengine_device
         self.device = str(self.device_choice.torch_device)

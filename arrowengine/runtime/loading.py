@@ -157,11 +157,9 @@ def load_model(
     start = time.perf_counter()
     model_dir = Path(model_dir)
     load_config_dict(model_dir)  # clear errors for a missing dir / config before transformers sees it
-    if verify is None:
-        from arrowengine.config import load_config
+    from arrowengine.config import resolve_verify_checksums
 
-        verify = load_config().runtime.verify_checksums
-    weights = WeightFile.open(model_dir, verify=verify)
+    weights = WeightFile.open(model_dir, verify=resolve_verify_checksums(verify))
     config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
     cls = _architecture(config, architecture)
     from accelerate import init_empty_weights

@@ -109,7 +109,8 @@ class TextEncoder:
     def __init__(self, model_dir: str | os.PathLike[str], *, device: str = "cpu", precision: str | None = "auto",
                  dtype: str | None = None, backend: str | None = None, batch_size: int = 32,
                  max_length: int | None = None, pooling: str | None = None, normalize: bool | None = None,
-                 quant_mode: str | None = None, calibration_texts: Sequence[str] | None = None) -> None:
+                 quant_mode: str | None = None, calibration_texts: Sequence[str] | None = None,
+                 verify: bool | None = None) -> None:
         from tokenizers import Tokenizer
 
         self.model_dir = Path(model_dir)
@@ -137,7 +138,8 @@ class TextEncoder:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if precision not in (None, "auto"):  # validate before the model is loaded
             select_precision("text", precision)
-        self.model = load_model(self.model_dir, device=device, quant_mode=quant_mode or "dequant-on-the-fly")
+        self.model = load_model(self.model_dir, device=device, quant_mode=quant_mode or "dequant-on-the-fly",
+                                verify=verify)  # verify: checksums at load, None = runtime.verify_checksums
         self.device_choice = self.model.arrowengine_device
         self.device = self.device_choice.torch_device
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))

@@ -165,3 +165,23 @@ def test_every_new_error_pickles_with_its_message():
         again = pickle.loads(pickle.dumps(error))
         assert type(again) is type(error) and str(again) == str(error)
     assert json.dumps(str(TensorNotFoundError("x"))) == '"x"'
+
+
+def test_encoders_and_llm_take_verify(tmp_path, text_encoder, minilm_dir):
+    import inspect
+
+    from arrowengine.runtime.audio_encoder import AudioEncoder
+    from arrowengine.runtime.image_encoder import ImageEncoder
+    from arrowengine.runtime.llm.engine import LLM
+    from arrowengine.runtime.text_encoder import TextEncoder
+
+    for cls in (TextEncoder, AudioEncoder, ImageEncoder, LLM):
+        assert inspect.signature(cls).parameters["verify"].default is None, cls
+    damaged = tmp_path / "minilm"
+    damaged.mkdir()
+    for item in minilm_dir.iterdir():
+        if item.is_file():
+            (damaged / item.name).write_bytes(item.read_bytes())
+    message = _flip_payload_bit(damaged / "weights.parquet", "embeddings.word_embeddings.weight")
+    with _raises(ChecksumMismatchError, message):
+        TextEncoder(damaged, verify=True)

@@ -52,23 +52,25 @@ class LLM:
     def __init__(self, model_dir: str | os.PathLike[str], *, precision: str | None = None, dtype: str | None = None,
                  device: str = "cpu", fuse_projections: bool | None = None, max_context: int | None = None,
                  weight_quant: str | None = None, group_size: int = 32, quantize_lm_head: bool = True,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, verify: bool | None = None) -> None:
         from transformers import AutoTokenizer
 
+        from arrowengine.config import resolve_verify_checksums
         from arrowengine.format.reader import WeightFile
         from arrowengine.runtime.loading import load_model
         from arrowengine.runtime.native.gguf import block_kernels
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tokenizer files come from the model dir, never a hub
         started = time.perf_counter()
-        weights = WeightFile.open(model_dir)
+        # verify: checksums at load (None = runtime.verify_checksums); checked once here for either build path
+        weights = WeightFile.open(model_dir, verify=resolve_verify_checksums(verify))
         blocks = holds_blocks(weights)
         mode = resolve_precision(precision, dtype, weight_quant, default="auto", isa=cpu_info().isa,
                                  has_blocks=blocks, block_kernels=blocks and block_kernels() is not None)
         if mode.weight_quant == "gguf":
             model = load_block_model(model_dir, weights)  # the matrices stay GGUF blocks in the mapping
         else:
-            model = load_model(model_dir, device=device)  # GGUF blocks, if any, are dequantized exactly
+            model = load_model(model_dir, device=device, verify=False)  # GGUF blocks, if any, dequantized exactly
         tokenizer = AutoTokenizer.from_pretrained(os.fspath(model_dir))
         self._setup(model, tokenizer, dtype=mode.dtype, fuse_projections=fuse_projections, max_context=max_context,
                     weight_quant=mode.weight_quant, group_size=group_size, quantize_lm_head=quantize_lm_head,
