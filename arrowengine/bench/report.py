@@ -119,6 +119,16 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _save(fig: Any, path: Path) -> Path:
+    """Lay out, write and close one figure; its path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _plots(report: dict[str, Any], out: Path) -> list[Path]:
     import matplotlib
 
@@ -139,10 +149,7 @@ def _plots(report: dict[str, Any], out: Path) -> list[Path]:
         ax.set_xticks([1, 8, 32, 128], labels=["1", "8", "32", "128"])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        written.append(out / "throughput_vs_batch.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        written.append(_save(fig, out / "throughput_vs_batch.png"))
     e2e = [(g, [r for r in report["results"] if r["suite"] == s and r["group"] == g and r["ratio"] is not None
                 and (s != "llm" or r["metric"] == "decode")])
            for s, g in dict.fromkeys((r["suite"], r["group"]) for r in report["results"]
@@ -161,10 +168,7 @@ def _plots(report: dict[str, Any], out: Path) -> list[Path]:
             ax.set_xlabel("speed-up vs baseline", fontsize=8)
         for ax in list(axes.flat)[len(e2e):]:
             ax.axis("off")
-        fig.tight_layout()
-        written.append(out / "speedup_vs_strategy.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        written.append(_save(fig, out / "speedup_vs_strategy.png"))
     if report["memory"]:
         fig, ax = plt.subplots(figsize=(9, 0.45 * len(report["memory"]) + 1.5))
         labels = [f"{m['model']}: {m['strategy']}" for m in report["memory"]]
@@ -175,10 +179,7 @@ def _plots(report: dict[str, Any], out: Path) -> list[Path]:
         ax.set_xlabel("MiB resident after open + first output")
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        written.append(out / "memory.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        written.append(_save(fig, out / "memory.png"))
     return written
 
 
