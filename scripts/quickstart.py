@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from arrowengine.converters.packages import fetch_model
+from arrowengine.converters.packages import describe_fetch, fetch_model
 from arrowengine.format.reader import WeightFile
 from arrowengine.logging_setup import configure_logging
 from arrowengine.runtime.text_encoder import TextEncoder
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     process = psutil.Process()
 
     t0 = time.perf_counter()
+    print(f"fetch {describe_fetch('all-MiniLM-L6-v2')}", flush=True)
     model_dir = fetch_model("all-MiniLM-L6-v2", args.models_dir, progress=True)
     print(f"[1] model store: {model_dir} ({(model_dir / 'weights.parquet').stat().st_size / 2**20:.1f} MiB "
           f"Parquet) ready in {time.perf_counter() - t0:.2f} s")
@@ -126,6 +127,7 @@ def memory_job(encoder: TextEncoder, args: argparse.Namespace) -> None:
     dict_bytes = sum(len(r.payload) for r in records)
     print(f"[6] lossless compression of {len(messages)} messages ({raw} bytes): zstd -19 {raw / zstd_bytes:.2f}x, "
           f"zstd + trained dictionary {raw / dict_bytes:.2f}x (exact round trip)")
+    print(f"    fetch {describe_fetch('smollm2-135m-instruct')}", flush=True)
     lm_dir = fetch_model("smollm2-135m-instruct", args.models_dir, progress=True)
     t0 = time.perf_counter()
     lm = HFCausalLM(load_model(lm_dir), AutoTokenizer.from_pretrained(str(lm_dir)))
