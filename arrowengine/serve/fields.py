@@ -14,7 +14,7 @@ from starlette.requests import Request
 
 from arrowengine.serve.errors import BadRequestError, BodyTooLargeError
 
-__all__ = ["get_bool", "get_float", "get_int", "get_messages", "get_stop", "get_str", "read_json"]
+__all__ = ["get_bool", "get_float", "get_int", "get_messages", "get_stop", "get_str", "read_json", "reject_unsupported"]
 
 _MISSING = object()
 
@@ -131,3 +131,11 @@ def get_messages(body: dict[str, Any]) -> list[dict[str, str]]:
                                   code="invalid_type")
         out.append({"role": msg["role"], "content": content})
     return out
+
+
+def reject_unsupported(body: dict[str, Any], names: tuple[str, ...]) -> None:
+    """A 400 for fields this server cannot honour (silently ignoring tools or logprobs would mislead a client)."""
+    for name in names:
+        if body.get(name) not in (None, False, [], {}):
+            raise BadRequestError(f'"{name}" is not supported by this server; remove it from the request',
+                                  code="unsupported_parameter")

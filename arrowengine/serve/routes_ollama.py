@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from arrowengine import __version__
 from arrowengine.serve.errors import BadRequestError, RequestError
-from arrowengine.serve.fields import get_bool, get_messages, get_str
+from arrowengine.serve.fields import get_bool, get_messages, get_str, reject_unsupported
 from arrowengine.serve.registry import ModelEntry
 from arrowengine.serve.sampling_map import ollama_sampling
 from arrowengine.serve.service import Generation, parse_keep_alive
@@ -51,6 +51,7 @@ async def _run(request: Request, *, chat: bool) -> Response:
     key_id = state.admit(request)
     body = await state.body(request)
     model = _model_field(body)
+    reject_unsupported(body, ("tools", "format", "images", "suffix", "logprobs"))
     stream = get_bool(body, "stream", True)
     keep_alive = parse_keep_alive(body.get("keep_alive"))
     params, num_ctx = ollama_sampling(body, state.config)

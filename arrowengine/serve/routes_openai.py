@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from arrowengine.serve.errors import BadRequestError, RequestError
-from arrowengine.serve.fields import get_bool, get_int, get_messages, get_str
+from arrowengine.serve.fields import get_bool, get_int, get_messages, get_str, reject_unsupported
 from arrowengine.serve.sampling_map import openai_sampling
 from arrowengine.serve.service import Generation
 from arrowengine.serve.state import state_of
@@ -47,6 +47,7 @@ async def _run(request: Request, *, chat: bool) -> Response:
     key_id = state.admit(request)
     body = await state.body(request)
     model = get_str(body, "model")
+    reject_unsupported(body, ("tools", "functions", "logprobs", "top_logprobs", "echo", "suffix", "best_of"))
     stream = get_bool(body, "stream", False)
     stream_options = body.get("stream_options") or {}
     if not isinstance(stream_options, dict):

@@ -64,6 +64,8 @@ def _cases(tiny_llm) -> list[tuple[str, object, int, str]]:
          "model 'tiny-chat' is not an embedding model on this server; available: all-MiniLM-L6-v2"),
         ("/api/chat", {"model": TINY, "messages": msgs, "pad": "x" * 70_000}, 413,
          "the request body is <size> bytes, over the 65536-byte limit; send less"),
+        ("/v1/chat/completions", {"model": TINY, "messages": msgs, "tools": [{"type": "function"}]}, 400,
+         '"tools" is not supported by this server; remove it from the request'),
         ("/v1/chat/completions", {"model": f"{TINY}:q9", "messages": msgs}, 404,
          "model 'tiny-chat:q9': unknown tag 'q9'; use one of bf16, fp32, gguf, int4, int8, latest"),
     ]
