@@ -24,7 +24,7 @@ from arrowengine.errors import (
     WeightFileNotFoundError,
 )
 from arrowengine.format import WeightFile, ZeroCopyFallbackWarning, verify_weights, write_weights
-from arrowengine.format.schema import schema_v1
+from arrowengine.format.schema import SUPPORTED_SCHEMA_VERSIONS, schema_v1
 from arrowengine.runtime.loading import load_model
 
 
@@ -107,7 +107,7 @@ def test_unknown_schema_version(tmp_path):
     path = tmp_path / "w.parquet"
     _write_rows(path, [_row()], version="99")
     with _raises(UnsupportedSchemaVersionError, f"{path} declares schema version '99'; this build reads versions "
-                 f"1, 2. Upgrade arrowengine or re-convert the model."):
+                 f"{', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))}. Upgrade arrowengine or re-convert the model."):
         WeightFile.open(path)
 
 
