@@ -165,4 +165,7 @@ def run_llm(ctx: BenchContext) -> None:
             measure(strategy.name, "ours", ours_runner(llm), float(llm.forward.weight_bytes_per_token), ppl)
         ctx.attempt("llm", f"{MODEL} prompt=32", strategy.name, "ours", "decode", "tokens/s", run)
         progress.update()
+    from arrowengine.bench.llamacpp import run_gguf_peers  # GGUF blocks vs llama.cpp on the same file
+
+    run_gguf_peers(ctx, MODEL, measure, ours_runner, held_out, prompts, NEW_TOKENS)
     progress.close()

@@ -1,0 +1,115 @@
+"""The GGUF side of the LLM suite: arrowengine on the GGUF's own blocks against llama.cpp on the same file.
+
+llama.cpp (through ``llama-cpp-python``, an optional dependency: ``pip install 'arrowengine[llamacpp]'``, best
+built from source with ``CMAKE_ARGS="-DGGML_NATIVE=ON"``) runs the GGUF as shipped; arrowengine runs ``LLM(dir)``
+with its default precision on a model directory converted with the blocks kept (``models/.bench/<name>-gguf``,
+converted on first use). Both use ``torch.get_num_threads()`` threads, greedy decoding, EOS ignored. When
+``llama_cpp`` is not importable the suite records a failed row that says so and how to install it.
+Batch-8 decode throughput (tokens/s summed over the rows) is recorded for arrowengine against its own single stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from arrowengine.bench.context import BenchContext
+
+__all__ = ["LLAMACPP_MISSING", "blocks_model_dir", "llamacpp_generator", "run_gguf_peers"]
+
+logger = logging.getLogger(__name__)
+
+LLAMACPP_MISSING = ("llama.cpp peer missing: llama_cpp is not importable; install it with "
+                    "CMAKE_ARGS=\"-DGGML_NATIVE=ON\" pip install llama-cpp-python==0.3.36 (a source build, ~10 min on "
+                    "2 cores)")
+BATCH = 8
+
+
+def blocks_model_dir(models_dir: Path, name: str) -> Path:
+    """``models_dir/.bench/<name>-gguf``: the model package's GGUF converted with its blocks kept (cached)."""
+    from arrowengine.converters import convert
+    from arrowengine.converters.packages import locate_source
+
+    dst = Path(models_dir) / ".bench" / f"{name}-gguf"
+    if not (dst / "weights.parquet").is_file():
+        logger.info("converting %s with its GGUF blocks kept into %s", name, dst)
+        convert(locate_source(name), dst, force=True)
+    return dst
+
+
+def llamacpp_generator(gguf: Path, threads: int, n_ctx: int = 1024) -> Callable[[list[int], int], list[int]]:
+    """``generate(ids, n) -> n greedy token ids`` from llama.cpp on ``gguf`` (ImportError when not installed)."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf), n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx, n_batch=512,
+                verbose=False)
+
+    def generate(ids: list[int], n: int) -> list[int]:
+        out: list[int] = []
+        for token in llm.generate(ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
+            out.append(int(token))
+            if len(out) == n:
+                break
+        return out
+
+    return generate
+
+
+def run_gguf_peers(ctx: BenchContext, model: str, measure: Callable[..., None],
+                   ours_runner: Callable[[Any], Callable[[list[int], int], list[int]]], held_out: str,
+                   prompts: dict[int, list[int]], new_tokens: int) -> None:
+    """Record arrowengine's default on the GGUF blocks, llama.cpp on the GGUF, and arrowengine's batch-8 decode.
+
+    ``measure(strategy, role, generate, weight_bytes, perplexity)`` is the suite's recorder (TTFT and decode per
+    prompt length, fidelity against the fp32 reference).
+    """
+    from arrowengine.converters.packages import locate_source
+    from arrowengine.runtime.llm import LLM, SamplingParams
+
+    group = f"{model} prompt={min(prompts)}"
+    holder: dict[str, Any] = {}
+
+    def ours() -> None:
+        llm = LLM(blocks_model_dir(ctx.options.models_dir, model), device=ctx.options.device)
+        holder["llm"] = llm
+        holder["weight_bytes"] = float(llm.forward.weight_bytes_per_token)
+        measure("arrowengine LLM(dir) default on the GGUF blocks", "ours", ours_runner(llm),
+                holder["weight_bytes"], float(llm.perplexity(held_out)))
+
+    ctx.attempt("llm", group, "arrowengine LLM(dir) default on the GGUF blocks", "ours", "decode", "tokens/s", ours)
+
+    def peer() -> None:
+        try:
+            generate = llamacpp_generator(locate_source(model), torch.get_num_threads())
+        except ImportError as exc:
+            logger.warning(LLAMACPP_MISSING)
+            raise RuntimeError(LLAMACPP_MISSING) from exc
+        # same weights read per token as arrowengine's block model: the GGUF's own blocks
+        measure("llama.cpp on the GGUF", "peer", generate, holder.get("weight_bytes", float("nan")), None)
+
+    ctx.attempt("llm", group, "llama.cpp on the GGUF", "peer", "decode", "tokens/s", peer)
+
+    def batch() -> None:
+        llm = holder.get("llm")
+        if llm is None:
+            raise RuntimeError("arrowengine on the GGUF blocks did not load; see its row")
+        ids = prompts[min(prompts)]
+        params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
+
+        def rows(n: int) -> None:
+            llm.generate_ids([ids] * n, params)
+
+        timed = ctx.time_interleaved({"batch": lambda: rows(BATCH), "single": lambda: rows(1)})
+        batched = BATCH * new_tokens / timed["batch"][0].median
+        single = new_tokens / timed["single"][0].median
+        ctx.record("llm", group, "arrowengine LLM(dir) default on the GGUF blocks, batch 8", "ours",
+                   "batch_decode", "tokens/s", batched, higher_is_better=True, params={
+                       "batch": BATCH, "new_tokens": new_tokens, "single_stream_tokens_per_s": single,
+                       "vs_single_stream": batched / single, "includes_prefill": True})
+
+    ctx.attempt("llm", group, "arrowengine LLM(dir) default on the GGUF blocks, batch 8", "ours", "batch_decode",
+                "tokens/s", batch)
