@@ -1,4 +1,4 @@
-"""Fuzzing the reader: every mutant of a small weight file (V1 and V2) either opens and reads, or raises an
+"""Fuzzing the reader: every mutant of a small weight file (V1, V2, V3) either opens and reads, or raises an
 ``EngineError`` subclass; never a raw ``UnicodeDecodeError``, ``struct.error``, ``IndexError``, ``MemoryError`` ...
 
 Mutations are truncations, bit flips (biased towards the footer and the page headers, where the parsers are)
@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from arrowengine.errors import EngineError
 from arrowengine.format import WeightFile, verify_weights, write_weights
 from quant import quantize
+from quant.gguf import GGUFBlocks
 
 _EXTREME_INTS = (0, 1, 0x7F, 0x80, 0xFF, 0x7FFF, 0x8000, 0xFFFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0x40000000)
 
@@ -32,9 +33,14 @@ def _state(version: int) -> dict[str, object]:
         "layers.0.norm.weight": torch.randn(4, generator=g).half(),
         "layers.1.proj.bias": torch.arange(3, dtype=torch.int64),
     }
-    if version == 2:
+    if version >= 2:
         state["layers.0.proj.weight"] = quantize(torch.randn(5, 64, generator=g), bits=4, group_size=32)
         state["layers.1.proj.weight"] = quantize(torch.randn(3, 8, generator=g), bits=8, group_size=0)
+    if version == 3:  # llama.cpp blocks kept as they are (q4_1: 20 bytes per 32 weights, q8_0: 34)
+        state["layers.0.up.weight"] = GGUFBlocks("gguf_q4_1", (2, 64), torch.randint(0, 256, (2, 40), generator=g,
+                                                                                     dtype=torch.uint8))
+        state["layers.1.up.weight"] = GGUFBlocks("gguf_q8_0", (3, 32), torch.randint(0, 256, (3, 34), generator=g,
+                                                                                     dtype=torch.uint8))
     return state
 
 
@@ -58,7 +64,7 @@ class _Sample:
         self.headers = headers
 
 
-SAMPLES = {1: _Sample(1), 2: _Sample(2)}
+SAMPLES = {1: _Sample(1), 2: _Sample(2), 3: _Sample(3)}
 
 
 @st.composite
@@ -95,11 +101,11 @@ def _read_everything(path: Path) -> None:
         _ = tensor.sum() if tensor.dtype != torch.bool else tensor.any()
         if weights.is_quantized(name):
             qt = weights.quantized(name)
-            _ = qt.scales.float().sum(), qt.zero_points.sum()
+            _ = (qt.scales.float().sum(), qt.zero_points.sum()) if hasattr(qt, "scales") else qt.data.sum()
     verify_weights(path)
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_samples_are_valid(tmp_path, version):
     path = tmp_path / "w.parquet"
     path.write_bytes(SAMPLES[version].data)
@@ -117,15 +123,22 @@ def _check(data: bytes) -> None:
             pass
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, database=None,
+@settings(max_examples=150, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=_mutant(1))
 def test_mutants_of_v1_raise_only_engine_errors(data):
     _check(data)
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, database=None,
+@settings(max_examples=150, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=_mutant(2))
 def test_mutants_of_v2_raise_only_engine_errors(data):
+    _check(data)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=_mutant(3))
+def test_mutants_of_v3_raise_only_engine_errors(data):
     _check(data)
