@@ -308,6 +308,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.debug("command failed", exc_info=True)
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # writers stage in temporary directories, so an interrupted run leaves no model half
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

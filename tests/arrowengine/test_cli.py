@@ -190,3 +190,12 @@ def test_log_lines_go_above_progress_bars(tmp_path, monkeypatch):
                         or 0)
     assert main(["verify", str(tmp_path)]) == 0
     assert _TqdmLoggingHandler in seen
+
+
+def test_interrupt_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("arrowengine.cli._cmd_verify", interrupted)
+    assert main(["verify", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
