@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arrowengine.errors import ConfigError, DeviceUnavailableError
+from arrowengine.hardware import cpu_info
 
 __all__ = ["LINEAR_ACTIVATIONS", "LINEAR_KINDS", "FixedLinear", "calibrated_smooth_scales", "float_weight",
            "fused_weight", "input_channel_amax", "onednn_int8_available", "smooth_scales"]
@@ -44,9 +45,17 @@ def _onednn_bf16() -> bool:
 _ONEDNN_BF16 = _onednn_bf16()
 
 
+# int8 dot-product instructions: without them oneDNN's u8 x s8 kernels sum pairs of products in saturating int16
+# (AVX2 vpmaddubsw), which broke results on an AVX2-only CPU (relative error up to 0.39 at random inputs, measured)
+_INT8_DOT_ISA = ("AVX512-VNNI", "AVX-VNNI", "AMX-INT8")
+
+
 @functools.cache
 def onednn_int8_available() -> bool:
-    """Whether oneDNN's quantized linear (``onednn::qlinear_pointwise``) runs here: tried once on a tiny input."""
+    """Whether oneDNN's quantized linear (``onednn::qlinear_pointwise``) runs exactly here: the CPU has int8
+    dot-product instructions (VNNI or AMX-INT8) and the op, tried once on a tiny input, gives the right answer."""
+    if not any(isa in cpu_info().isa for isa in _INT8_DOT_ISA):
+        return False
     try:
         codes = torch.ones(2, 4, dtype=torch.int8)
         packed = torch.ops.onednn.qlinear_prepack(codes, None)
@@ -158,8 +167,8 @@ class FixedLinear:
         elif kind == "bfloat16":
             self.weight = weight.to(torch.bfloat16).contiguous()
             self.bias_bf16 = None if bias is None else bias.to(torch.bfloat16)
-            # oneDNN's blocked weight layout, packed once: 10-20% faster per call than F.linear at Whisper and
-            # MiniLM shapes (measured), and the epilogue (bias, GELU, residual add) runs inside the GEMM
+            # oneDNN's blocked weight layout, packed once: faster per call than F.linear at Whisper and MiniLM
+            # shapes (measured), and the epilogue (bias, GELU, residual add) runs inside the GEMM
             self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, None) if _ONEDNN_BF16 else None
         else:
             self.weight = weight

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from arrowengine.errors import DeviceUnavailableError
+from arrowengine.errors import ConfigError, DeviceUnavailableError
 from arrowengine.runtime.devices import DeviceChoice, DeviceFallbackWarning, DeviceProbe, select_device, select_dtype
 from arrowengine.runtime.placement import VramMonitor, model_bytes, move_to_device, run_with_cpu_retry
 
@@ -79,7 +79,7 @@ def test_dtype_fallbacks():
     with pytest.warns(DeviceFallbackWarning, match=r"no bfloat16 support \(compute capability < 8.0\); using float16"):
         assert select_dtype("bfloat16", gpu, probe=NVIDIA_TURING) == torch.float16
     assert select_dtype("bfloat16", select_device("cuda", probe=NVIDIA_AMPERE), probe=NVIDIA_AMPERE) == torch.bfloat16
-    with pytest.raises(ValueError, match="dtype must be one of float32, float16, bfloat16, got 'int3'"):
+    with pytest.raises(ConfigError, match=r"^dtype must be one of float32, float16, bfloat16, got 'int3'$"):
         select_dtype("int3", cpu, probe=CPU_ONLY)
 
 
@@ -94,7 +94,7 @@ def test_vram_threshold_keeps_the_model_on_cpu():
     roomy = VramMonitor(threshold=0.9, mem_get_info=lambda device: (10**9, 10**9))
     assert roomy.fits("cuda", model_bytes(model)) and roomy.usage("cuda") == 0.0
     assert model_bytes(model) == (256 * 256 + 256) * 4
-    with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\], got 1.5"):
+    with pytest.raises(ConfigError, match=r"^threshold must be in \(0, 1\], got 1.5$"):
         VramMonitor(threshold=1.5)
 
 

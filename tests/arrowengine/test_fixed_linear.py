@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from arrowengine.errors import ConfigError, DeviceUnavailableError
 from arrowengine.runtime import fixed_linear, whisper_fast
 from arrowengine.runtime.fixed_linear import LINEAR_KINDS, FixedLinear, onednn_int8_available, smooth_scales
 
@@ -67,20 +68,33 @@ def test_smoothquant_moves_an_outlier_channel_into_the_weight(kind):
 
 
 def test_bad_kind_and_activation_name_the_choices():
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(ConfigError) as info:
         FixedLinear(torch.ones(2, 2), None, "int4")
     assert str(info.value) == "kind must be one of float32, bfloat16, int8, int8-tensor, got 'int4'"
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(ConfigError) as info:
         FixedLinear(torch.ones(2, 2), None, "float32")(torch.ones(1, 2), activation="relu")
     assert str(info.value) == "activation must be one of (None, 'gelu', 'gelu_tanh'), got 'relu'"
 
 
 def test_int8_tensor_without_onednn_says_what_to_use(monkeypatch):
     monkeypatch.setattr(fixed_linear, "onednn_int8_available", lambda: False)
-    with pytest.raises(RuntimeError) as info:
+    with pytest.raises(DeviceUnavailableError) as info:
         FixedLinear(torch.ones(2, 2), None, "int8-tensor")
     assert str(info.value) == ("int8-tensor needs oneDNN's quantized linear, which this torch build or CPU lacks; "
                                "use kind='int8'")
+
+
+def test_onednn_int8_needs_int8_dot_product_instructions(monkeypatch):
+    import dataclasses
+
+    from arrowengine.hardware import cpu_info
+
+    onednn_int8_available.cache_clear()
+    monkeypatch.setattr(fixed_linear, "cpu_info", lambda: dataclasses.replace(cpu_info(), isa=("AVX2", "FMA")))
+    try:
+        assert onednn_int8_available() is False  # AVX2's saturating int16 pair sums give wrong products
+    finally:
+        onednn_int8_available.cache_clear()
 
 
 def test_whisper_int8_mixed_falls_back_to_per_token_int8_without_onednn(monkeypatch, caplog):

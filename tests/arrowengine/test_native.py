@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from arrowengine.errors import EngineError
 from arrowengine.hardware import cpu_info
 from arrowengine.runtime import native, whisper_fast
 from arrowengine.runtime.native import softmax_bf16_, softmax_kernel
@@ -103,6 +104,18 @@ def test_failing_build_reports_the_compiler_error(fresh_build, monkeypatch, capl
     with caplog.at_level(logging.WARNING, logger=native.__name__):
         assert softmax_kernel() is None
     assert "false failed on softmax_bf16.c" in caplog.text
+
+
+def test_build_errors_are_named(fresh_build, monkeypatch):
+    monkeypatch.setenv("CC", "false")
+    with pytest.raises(native.NativeBuildError, match=r"^false failed on softmax_bf16.c: ") as info:
+        native._build(native._SOFTMAX_SOURCE, native._FLAGS, fresh_build)
+    assert isinstance(info.value, EngineError) and isinstance(info.value, OSError)
+    monkeypatch.delenv("CC")
+    monkeypatch.setenv("PATH", str(fresh_build))  # no cc or gcc on it
+    with pytest.raises(native.NativeBuildError, match=r"^no C compiler: set CC or install gcc \(e.g. apt-get install "
+                                                      r"gcc\)$"):
+        native._compiler()
 
 
 def test_cpu_without_avx512_uses_torch(fresh_build, monkeypatch, caplog):
