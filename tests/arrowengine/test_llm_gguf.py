@@ -108,3 +108,74 @@ def test_float_model_keeps_the_torch_step() -> None:
     fwd = LlamaForward(tiny_llama(3))
     step = DecodeStep(fwd)
     assert step._step == step._eager
+
+
+def word_tokenizer(vocab_size: int):
+    """A self-contained word-level tokenizer of ``vocab_size`` tokens (ids 0..2 special), no download."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, vocab_size)}}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+@pytest.fixture(scope="module")
+def block_model_dir(tmp_path_factory):
+    from arrowengine.converters import ConvertedModel, write_model_dir
+
+    blocks, float_model = block_and_float_models(4)
+    state = {}
+    for layer in range(3):
+        base = f"model.layers.{layer}"
+        for part in ("input_layernorm", "post_attention_layernorm"):
+            state[f"{base}.{part}.weight"] = getattr(blocks.model.layers[layer], part).weight
+        for group, names in (("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj")),
+                             ("mlp", ("gate_proj", "up_proj", "down_proj"))):
+            for name in names:
+                state[f"{base}.{group}.{name}.weight"] = getattr(getattr(blocks.model.layers[layer], group),
+                                                                 name).weight
+    state["model.embed_tokens.weight"] = blocks.model.embed_tokens.weight
+    state["model.norm.weight"] = blocks.model.norm.weight
+    tok_dir = tmp_path_factory.mktemp("tok")
+    word_tokenizer(512).save_pretrained(tok_dir)
+    files = {p.name: p for p in tok_dir.iterdir() if p.is_file()}
+    dst = tmp_path_factory.mktemp("tiny-gguf") / "model"
+    config = {**float_model.config.to_dict(), "architectures": ["LlamaForCausalLM"]}
+    write_model_dir(ConvertedModel(state_dict=state, config=config, files=files,
+                                   source="test", source_format="gguf"), dst)
+    return dst
+
+
+def test_llm_dir_defaults_to_the_blocks_and_fp32_is_one_argument_away(block_model_dir, caplog) -> None:
+    from arrowengine.runtime.llm import LLM
+
+    with caplog.at_level("INFO", logger="arrowengine.runtime.llm.precision"):
+        llm = LLM(block_model_dir)
+    assert "LLM: precision auto -> gguf (the model holds GGUF blocks and the native kernels run here)" in caplog.text
+    assert llm.forward.lm_head.kind == "gguf" and isinstance(llm._decode_step._step, NativeBlockStep)
+    fp32 = LLM(block_model_dir, precision="fp32")
+    assert fp32.forward.lm_head.kind == "dense" and fp32.forward.dtype == torch.float32
+    prompts = [[5, 17, 300, 41], [9, 8, 7]]
+    ours = [r.token_ids for r in llm.generate_ids(prompts, max_new_tokens=6, ignore_eos=True)]
+    ref = [r.token_ids for r in fp32.generate_ids(prompts, max_new_tokens=6, ignore_eos=True)]
+    assert all(len(r) == 6 for r in ours)
+    assert sum(a == b for r, s in zip(ours, ref, strict=True) for a, b in zip(r, s, strict=True)) >= 6
+    ppl, ppl32 = llm.perplexity("w5 w17 w300 w41 w9 w8 w7 w3"), fp32.perplexity("w5 w17 w300 w41 w9 w8 w7 w3")
+    assert abs(ppl / ppl32 - 1) < 0.01
+
+
+def test_llm_dir_without_avx2_dequantizes_once(block_model_dir, monkeypatch, caplog) -> None:
+    from arrowengine.hardware import CpuInfo
+    from arrowengine.runtime.llm import LLM, engine
+    from arrowengine.runtime.native import gguf as native_gguf
+
+    avx_only = CpuInfo("simulated", "x86_64", 2, 2**30, ("SSE4.2", "AVX"))
+    monkeypatch.setattr(native_gguf, "cpu_info", lambda: avx_only)
+    monkeypatch.setattr(engine, "cpu_info", lambda: avx_only)
+    with caplog.at_level("INFO", logger="arrowengine.runtime.llm.precision"):
+        llm = LLM(block_model_dir)
+    assert ("LLM: precision auto -> fp32 (the native block kernels are unavailable here; the blocks are "
+            "dequantized once)") in caplog.text
+    assert llm.forward.lm_head.kind == "dense" and llm._decode_step._step == llm._decode_step._eager
