@@ -37,7 +37,9 @@ class LLM:
     fused).
 
     ``precision`` (:mod:`arrowengine.runtime.llm.precision`): ``LLM(dir)`` defaults to ``"auto"``, the fastest
-    mode that holds the float reference's perplexity within +1% on this CPU (logged at INFO);
+    mode that holds the float reference's perplexity within +1% on this CPU (logged at INFO): for a model
+    converted from GGUF with its blocks kept (``arrowengine convert model.gguf``) that is ``"gguf"``, the blocks
+    themselves through native AVX2 kernels, one C call per decoder layer per token;
     ``precision="fp32"`` is the float reference, token-identical to ``transformers.generate``.
     ``LLM.from_model`` defaults to fp32. ``dtype`` / ``weight_quant`` remain as the long form.
 
