@@ -61,20 +61,22 @@ def _validate(obj: Any) -> None:
 
 @dataclass
 class RetrievalConfig:
-    """Hybrid search: candidate pool sizes, RRF constant, link-walk weights and bounds, index settings."""
+    """Hybrid search: candidate pool, score fusion, the context that links lend, index settings.
 
-    candidates: int = _rng(50, 1, _BIG)  # per list (vector and full-text) before fusion
-    rrf_k: int = _rng(60, 1, _BIG)  # the usual reciprocal-rank-fusion constant (Cormack et al. 2009)
-    alpha: float = _rng(1.0, 0.0, 100.0)  # weight of the fused similarity
-    beta: float = _rng(0.3, 0.0, 100.0)  # weight of link weight x neighbour similarity
+    The defaults were chosen on LoCoMo-dev (``scripts/memory_eval.py --locomo``) among standard settings only:
+    BM25 k1 0.9 / b 0.4 are Anserini's defaults, dense and lexical weigh the same, one link hop.
+    """
+
+    candidates: int = _rng(100, 1, _BIG)  # per list (vector and full-text) before fusion
+    dense_weight: float = _rng(0.5, 0.0, 1.0)  # direct score = w * cosine/best + (1 - w) * bm25/best
+    beta: float = _rng(0.3, 0.0, 100.0)  # context: + beta x link weight x the linked memory's direct score
     hops: int = _rng(1, 0, 4)  # link-walk depth
     fanout: int = _rng(8, 1, _BIG)  # neighbours followed per node, strongest links first
-    walk_from: int = _rng(20, 1, _BIG)  # how many top fused candidates start the walk
+    walk_from: int = _rng(20, 1, _BIG)  # how many top direct candidates start the walk
+    near_exact_cosine: float = _rng(0.97, 0.0, 1.0)  # at or above: a near-exact match, ranked before the rest
     # Lance's own ANN index, built by maintain() for direct table users (search uses memory.index)
     index_threshold: int = _rng(50_000, 1, _BIG)  # rows past which an ANN index is built
     index_type: str = _choice("IVF_HNSW_SQ", "IVF_PQ", "IVF_HNSW_SQ")
-    nprobes: int = _rng(20, 1, _BIG)
-    refine_factor: int = _rng(10, 1, _BIG)  # re-rank refine_factor * k candidates with exact distances
     # the store's in-process index (memory.index), which serves search
     exact_max_rows: int = _rng(20_000, 1, _BIG)  # flat scan of all vectors below this; IVF lists from it
     ivf_lists: int = _rng(0, 0, 1 << 20)  # 0: about 2 sqrt(rows)
@@ -85,8 +87,8 @@ class RetrievalConfig:
     # how often search checks the table version for other writers (own writes: always); a check is a lancedb
     # round trip (0.2 ms idle, ~10 ms on a loaded box), too much for every search
     index_refresh_s: float = _rng(0.5, 0.0, 86400.0)
-    bm25_k1: float = _rng(1.2, 0.0, 10.0)
-    bm25_b: float = _rng(0.75, 0.0, 1.0)
+    bm25_k1: float = _rng(0.9, 0.0, 10.0)
+    bm25_b: float = _rng(0.4, 0.0, 1.0)
 
     def __post_init__(self) -> None:
         _validate(self)

@@ -1,12 +1,18 @@
-"""Hybrid retrieval over the in-process index: vector top-N, BM25 top-N, reciprocal rank fusion, link re-ranking.
+"""Hybrid retrieval over the in-process index: direct scores from vector and BM25, context lent by links.
 
 1. Vector: cosine top-N from :class:`memory.index.VectorIndex` (exact, or IVF lists with exact rescoring).
 2. Full-text: BM25 top-N from :class:`memory.index.TextIndex` (text queries only).
-3. Fusion: RRF, ``sum 1 / (rrf_k + rank)`` over the lists, min-max scaled over the candidate pool to [0, 1]
-   (best fused candidate 1.0); in vector-only mode the fused score is the cosine similarity.
-4. Links: from the ``walk_from`` best candidates, a walk of ``hops`` over the ``fanout`` strongest links
-   reaches neighbours not yet in the pool; ``score = alpha * fused + beta * link_score`` where
-   ``link_score`` is the best path weight x neighbour cosine similarity.
+3. Direct score of every candidate: ``w * cosine / best cosine + (1 - w) * bm25 / best bm25`` over the pool
+   (``w`` = ``dense_weight``; a candidate missing from the BM25 list counts 0 there). Score fusion beats
+   reciprocal-rank fusion here because it keeps how far apart the candidates are, not just their order.
+   In vector-only mode the direct score is the cosine.
+4. Context: from the ``walk_from`` best candidates a walk of ``hops`` over the ``fanout`` strongest links adds
+   the memories around them (a conversation's neighbouring turns, near-duplicates, hand-made links);
+   ``link_score`` is the best path weight x the direct score of the memory at the end, and
+   ``score = direct + beta * link_score``. So a memory borrows relevance from what it is linked to: it can
+   overtake a direct match only by less than ``beta`` x the strongest link weight, never a clearly better one.
+5. Near-exact matches (cosine >= ``near_exact_cosine``: the memory's own text, or nearly) rank first, a
+   memory whose content is the query's very text before them.
 
 Filters (modality, tier, session) are masks over the index's slots; the table is not queried.
 """
@@ -50,52 +56,72 @@ def run_search(
     n = max(k, cfg.candidates)
     rows = index.rows
     allowed = index.allowed(*filters)
-    lists = [index.vector_search(qvec, n, allowed)[0]]
+    pool = index.vector_search(qvec, n, allowed)[0].tolist()
     text_by_slot: dict[int, float] = {}
     if mode == "hybrid" and text and text.strip():
         slots, scores = index.text.search(text, n, allowed)
-        lists.append(slots)
         text_by_slot = dict(zip(slots.tolist(), scores.tolist(), strict=True))
-    fused_by_slot: dict[int, float] = {}
-    for found in lists:
-        for rank, slot in enumerate(found.tolist(), start=1):
-            fused_by_slot[slot] = fused_by_slot.get(slot, 0.0) + 1.0 / (cfg.rrf_k + rank)
-    slots = list(fused_by_slot)
-    ids = rows.column(np.asarray(slots, dtype=np.int64), "id")
-    slot_of = dict(zip(ids, slots, strict=True))
-    sim = dict(zip(ids, index.vectors.similarity(qvec, np.asarray(slots, dtype=np.int64)).tolist(), strict=True))
-    text_score = {mid: text_by_slot.get(slot_of[mid], 0.0) for mid in ids}
-    if mode == "vector":
-        fused = dict(sim)
-    else:
-        fused = {mid: fused_by_slot[slot_of[mid]] for mid in ids}
-        if fused:
-            # RRF values differ by ~1/rrf_k^2 per rank; min-max over the pool puts them on the [0, 1] scale of the
-            # link term, otherwise any link would outweigh the fusion
-            lo, hi = min(fused.values()), max(fused.values())
-            fused = {mid: (f - lo) / (hi - lo) if hi > lo else 1.0 for mid, f in fused.items()}
+        pool = list(dict.fromkeys([*pool, *text_by_slot]))
+    if not pool:
+        return []
+    sim_by_slot = dict(zip(pool, index.vectors.similarity(qvec, np.asarray(pool, dtype=np.int64)).tolist(),
+                           strict=True))
+    best_text = max(text_by_slot.values(), default=0.0)
+
+    def direct(slot: int) -> float:
+        if mode == "vector":
+            return sim_by_slot[slot]
+        # scaled by the pool's best so the two scores share a [0, 1] range whatever the corpus statistics
+        best_sim = max(sim_by_slot[pool[0]], 1e-6)
+        dense = max(sim_by_slot[slot], 0.0) / best_sim
+        lexical = text_by_slot.get(slot, 0.0) / best_text if best_text > 0 else 0.0
+        return cfg.dense_weight * dense + (1.0 - cfg.dense_weight) * lexical
+
+    if mode == "hybrid":
+        pool.sort(key=lambda s: -sim_by_slot[s])  # pool[0] is the best cosine, which direct() scales by
+    slot_of = dict(zip(rows.column(np.asarray(pool, dtype=np.int64), "id"), pool, strict=True))
+    fused = {mid: direct(slot) for mid, slot in slot_of.items()}
 
     links: dict[str, tuple[float, str | None]] = {}
-    if use_links and cfg.hops > 0 and cfg.beta > 0 and slot_of:
-        frontier = [slot_of[mid] for mid in sorted(fused, key=fused.__getitem__, reverse=True)[: cfg.walk_from]]
+    if use_links and cfg.hops > 0 and cfg.beta > 0:
+        by_direct = sorted(fused, key=fused.__getitem__, reverse=True)
+        frontier = [slot_of[mid] for mid in by_direct[: cfg.walk_from]]
         for _ in range(cfg.hops):
-            reached = index.graph.expand(frontier, cfg.fanout, slot_of.keys(), allowed)
+            reached = index.graph.expand(frontier, cfg.fanout, set(slot_of), allowed)
             if not reached:
                 break
-            reached_ids = rows.column(np.asarray(reached, dtype=np.int64), "id")
             sims = index.vectors.similarity(qvec, np.asarray(reached, dtype=np.int64)).tolist()
-            for mid, slot, s in zip(reached_ids, reached, sims, strict=True):
+            for mid, slot, sim in zip(rows.column(np.asarray(reached, dtype=np.int64), "id"), reached, sims,
+                                      strict=True):
                 slot_of[mid] = slot
-                sim[mid] = s
-                fused[mid] = s if mode == "vector" else 0.0
+                sim_by_slot[slot] = sim
+                fused[mid] = direct(slot)  # outside the BM25 top-N: its lexical part counts 0
             frontier = reached
-        links = link_scores(index.graph.adjacency(slot_of.values(), slot_of.keys()), sim, cfg.hops, cfg.fanout)
+        # link weights are at most 1, so context adds at most beta: only candidates within beta of the k-th
+        # direct score can reach the top k, and only they need their links read (exact, not an approximation)
+        kth = sorted(fused.values(), reverse=True)[min(k, len(fused)) - 1]
+        contenders = [mid for mid in fused if fused[mid] + cfg.beta >= kth]
+        if cfg.hops > 1:
+            contenders = list(fused)  # a longer path runs through any candidate's links
+        adjacency = index.graph.adjacency([slot_of[mid] for mid in contenders], contenders)
+        links = link_scores(adjacency, fused, cfg.hops, cfg.fanout)
 
-    ranked = sorted(slot_of, key=lambda mid: (-(cfg.alpha * fused[mid] + cfg.beta * links.get(mid, (0.0,))[0]),
-                                              mid))[:k]
+    def score(mid: str) -> float:
+        return fused[mid] + cfg.beta * links.get(mid, (0.0, None))[0]
+
+    def rank_key(mid: str) -> tuple[int, float, str]:
+        slot = slot_of[mid]
+        sim = sim_by_slot[slot]
+        if sim < cfg.near_exact_cosine:
+            return (2, -score(mid), mid)
+        # the query's very text first: an uncased embedder cannot tell "Yeah" from "yeah"
+        same_text = text is not None and rows.column(np.asarray([slot]), "content")[0] == text
+        return (0 if same_text else 1, -sim, mid)
+
     hits = []
-    for mid in ranked:
-        row = rows.row(slot_of[mid])
+    for mid in sorted(slot_of, key=rank_key)[:k]:
+        slot = slot_of[mid]
+        row = rows.row(slot)
         link, via = links.get(mid, (0.0, None))
         hits.append(
             Hit(
@@ -104,11 +130,11 @@ def run_search(
                 modality=row["modality"],
                 session=row["session"],
                 tier=row["tier"],
-                similarity=sim[mid],
-                text_score=text_score.get(mid, 0.0),
+                similarity=sim_by_slot[slot],
+                text_score=text_by_slot.get(slot, 0.0),
                 fused_score=fused[mid],
                 link_score=link,
-                score=cfg.alpha * fused[mid] + cfg.beta * link,
+                score=score(mid),
                 via=via,
                 metadata=decode_metadata(row["metadata"]),
             )

@@ -87,9 +87,9 @@ class Hit:
     """One search result and the scores that made it.
 
     ``similarity`` is the cosine to the query, ``text_score`` the BM25 score (0 when full-text did not match),
-    ``fused_score`` the reciprocal-rank fusion scaled to [0, 1] over the candidates (the similarity in
-    vector-only mode), ``link_score`` the best
-    link weight x neighbour similarity met on the walk, and ``score`` = alpha * fused + beta * link.
+    ``fused_score`` the direct score (cosine and BM25, each scaled by the candidates' best, weighed by
+    ``dense_weight``; the cosine in vector-only mode), ``link_score`` the best link weight x the direct score
+    of a linked memory met on the walk, and ``score`` = fused + beta * link (see :mod:`memory.retrieval`).
     """
 
     id: str

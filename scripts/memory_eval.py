@@ -16,6 +16,17 @@ builds its in-process index (time and bytes reported), then search latency p50/p
 vs exact brute force over the same rows. ``--maintain`` also runs ``maintain()`` (Lance ANN index) per size.
 
     python scripts/memory_eval.py --out docs/benchmarks/memory/memory_eval.json [--sizes 10000 100000 1000000]
+
+LoCoMo (``--locomo DIR``, e.g. ``../shared/data/locomo-dev``; evaluation data only, never in the repository):
+the protocol of the README in that directory. Every turn of a conversation is one memory (``(<session date>)
+<speaker>: <text>`` plus `` [shares a photo: <caption>]``; its session; its ``dia_id`` in metadata), added
+session by session in order; each question of categories 1-4 with evidence searches its conversation's store
+with default settings; a hit at k when any evidence turn is among the top k. In the same run, over the same
+texts and embeddings: BM25 (Okapi k1 1.5, b 0.75, rank_bm25's idf floor; lowercase alphanumeric tokens),
+MiniLM dense (cosine) and RRF of the two (k 60, top 200 of each). Reports recall@1/5/10 overall and per
+category and the store's search latency p50/p95 (query embedding included), as JSON and markdown.
+
+    python scripts/memory_eval.py --locomo ../shared/data/locomo-dev
 """
 
 from __future__ import annotations
@@ -113,9 +124,166 @@ def index_recall(store, qvecs, k=10):
     return float(np.mean(hits))
 
 
+# ---------------------------------------------------------------------------------------------------- LoCoMo
+LOCOMO_CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop"}
+KS = (1, 5, 10)
+
+
+def locomo_conversations(root: Path) -> list[dict]:
+    """Each conversation as {name, items (store items in order), dia (dia_id per item), questions}."""
+    out = []
+    for path in sorted(root.glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        conv = data.get("conversation", data)
+        items, dia = [], []
+        n = 1
+        while f"session_{n}" in conv:
+            date = conv.get(f"session_{n}_date_time", "")
+            for turn in conv[f"session_{n}"]:
+                text = f"{turn['speaker']}: {turn['text']}"
+                if turn.get("blip_caption"):
+                    text += f" [shares a photo: {turn['blip_caption']}]"
+                items.append({"content": f"({date}) {text}", "session": f"session_{n}",
+                              "metadata": {"dia_id": turn["dia_id"]}})
+                dia.append(turn["dia_id"])
+            n += 1
+        questions = [q for q in data["qa"] if q.get("category") in LOCOMO_CATEGORIES and q.get("evidence")]
+        out.append({"name": path.stem, "items": items, "dia": dia, "questions": questions})
+    return out
+
+
+def okapi_bm25(docs: list[str], k1: float = 1.5, b: float = 0.75, epsilon: float = 0.25):
+    """rank_bm25's BM25Okapi (negative idf floored at epsilon x mean idf), lowercase alphanumeric tokens."""
+    import re
+    from collections import Counter
+
+    tok = [re.findall(r"[a-z0-9]+", d.lower()) for d in docs]
+    tfs = [Counter(t) for t in tok]
+    lens = np.array([len(t) for t in tok], dtype=np.float64)
+    df = Counter(w for t in tfs for w in t)
+    n = len(docs)
+    idf = {w: np.log(n - f + 0.5) - np.log(f + 0.5) for w, f in df.items()}
+    floor = epsilon * (sum(idf.values()) / len(idf))
+    idf = {w: (v if v >= 0 else floor) for w, v in idf.items()}
+    norm = k1 * (1 - b + b * lens / lens.mean())
+
+    def scores(query: str) -> np.ndarray:
+        out = np.zeros(n)
+        for w in re.findall(r"[a-z0-9]+", query.lower()):
+            if w in idf:
+                tf = np.array([t.get(w, 0) for t in tfs], dtype=np.float64)
+                out += idf[w] * tf * (k1 + 1) / (tf + norm)
+        return out
+
+    return scores
+
+
+def _recalls(ranked: list[list[str]], questions: list[dict]) -> dict[str, dict[str, float]]:
+    """recall@k overall and per category: a hit when any evidence id is in the top k."""
+    out: dict[str, dict[str, float]] = {}
+    groups = {"all": range(len(questions))}
+    for cat, name in LOCOMO_CATEGORIES.items():
+        groups[name] = [i for i, q in enumerate(questions) if q["category"] == cat]
+    for group, idx in groups.items():
+        out[group] = {f"recall@{k}": float(np.mean([bool(set(questions[i]["evidence"]) & set(ranked[i][:k]))
+                                                     for i in idx])) if len(idx) else float("nan") for k in KS}
+        out[group]["n"] = len(idx)
+    return out
+
+
+def run_locomo(root: Path, out: Path, models: Path) -> None:
+    """The LoCoMo evaluation (see the module docstring); skips with a message when ``root`` has no data."""
+    if not root.is_dir() or not list(root.glob("*.json")):
+        print(f"LoCoMo data not found in {root} (expected <id>.json files, see its README); skipping the LoCoMo eval")
+        return
+    from memory import MemoryStore
+    from memory.config import load_memory_config
+    from memory.embedder import default_embedder
+
+    cfg = load_memory_config()
+    enc = CachedEncoder(default_embedder(models, cfg.text_model))
+    convs = locomo_conversations(root)
+    systems = ("store", "bm25", "dense", "rrf")
+    ranked: dict[str, list[list[str]]] = {name: [] for name in systems}
+    questions: list[dict] = []
+    times: list[float] = []
+    tmp = Path(tempfile.mkdtemp(prefix="locomo_eval_"))
+    try:
+        for conv in tqdm(convs, desc="conversations"):
+            texts = [it["content"] for it in conv["items"]]
+            qtexts = [q["question"] for q in conv["questions"]]
+            doc_vecs = enc.encode(texts)
+            bm25 = okapi_bm25(texts)
+            with MemoryStore(tmp / conv["name"], embedder=enc) as store:
+                ids: list[str] = []
+                for session in dict.fromkeys(it["session"] for it in conv["items"]):
+                    ids += store.add_many([it for it in conv["items"] if it["session"] == session])
+                dia_of = dict(zip(ids, conv["dia"], strict=True))
+                enc.encode(qtexts)  # cached: the latency below is the store's own, measured again end to end
+                store.search(qtexts[0], k=10)
+                for q, qvec in zip(conv["questions"], enc.encode(qtexts), strict=True):
+                    t0 = time.perf_counter()
+                    hits = store.search(q["question"], k=10)
+                    times.append((time.perf_counter() - t0) * 1000)
+                    ranked["store"].append([dia_of[h.id] for h in hits])
+                    lex = bm25(q["question"])
+                    dense = doc_vecs @ qvec
+                    top_lex, top_dense = np.argsort(-lex, kind="stable")[:200], np.argsort(-dense, kind="stable")[:200]
+                    fused: dict[int, float] = {}
+                    for lst in (top_lex, top_dense):
+                        for rank, i in enumerate(lst.tolist(), start=1):
+                            fused[i] = fused.get(i, 0.0) + 1.0 / (60 + rank)
+                    ranked["bm25"].append([conv["dia"][i] for i in top_lex[:10]])
+                    ranked["dense"].append([conv["dia"][i] for i in top_dense[:10]])
+                    ranked["rrf"].append([conv["dia"][i] for i in sorted(fused, key=lambda i: -fused[i])[:10]])
+                    questions.append(q)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    report = {"data": str(root), "conversations": [c["name"] for c in convs], "questions": len(questions),
+              "store_config": "defaults (load_memory_config())",
+              "store_search_ms": {"p50": float(np.percentile(times, 50)), "p95": float(np.percentile(times, 95)),
+                                  "note": "query embedding cached: the store's search alone"},
+              "recall": {name: _recalls(ranked[name], questions) for name in systems}}
+    end_to_end = []
+    store_enc = enc.encoder
+    with MemoryStore(tmp / "latency", embedder=store_enc) as store:
+        store.add_many(convs[0]["items"])
+        qs = [q["question"] for q in convs[0]["questions"]][:100]
+        store.search(qs[0], k=10)
+        for q in qs:
+            t0 = time.perf_counter()
+            store.search(q + " ", k=10)
+            end_to_end.append((time.perf_counter() - t0) * 1000)
+    shutil.rmtree(tmp, ignore_errors=True)
+    report["store_search_end_to_end_ms"] = {"p50": float(np.percentile(end_to_end, 50)),
+                                            "p95": float(np.percentile(end_to_end, 95)), "n": len(end_to_end)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    out.with_suffix(".md").write_text(locomo_markdown(report))
+    print(locomo_markdown(report))
+
+
+def locomo_markdown(report: dict) -> str:
+    """recall@1/5/10 per system and category as a markdown table, plus the store's latency."""
+    groups = ["all", *LOCOMO_CATEGORIES.values()]
+    lines = [f"# LoCoMo-dev evidence recall ({report['questions']} questions, "
+             f"{len(report['conversations'])} conversations)", "",
+             "| system | " + " | ".join(f"{g} r@1 / r@5 / r@10" for g in groups) + " |",
+             "| --- |" + " --- |" * len(groups)]
+    for name, rec in report["recall"].items():
+        cells = [" / ".join(f"{rec[g][f'recall@{k}']:.3f}" for k in KS) for g in groups]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lat, e2e = report["store_search_ms"], report["store_search_end_to_end_ms"]
+    lines += ["", f"Store search p50 {lat['p50']:.1f} ms / p95 {lat['p95']:.1f} ms (query embedding cached); "
+                  f"end to end (query embedded) p50 {e2e['p50']:.1f} / p95 {e2e['p95']:.1f} ms.", ""]
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON report (default docs/benchmarks/memory/memory_eval.json, or locomo_dev.json)")
+    ap.add_argument("--locomo", type=Path, default=None, help="run the LoCoMo evaluation on this directory")
     ap.add_argument("--ingest", type=int, default=5000)
     ap.add_argument("--eval-convs", type=int, default=300)
     ap.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000])
@@ -125,6 +293,10 @@ def main() -> None:
     ap.add_argument("--recall-sizes", type=int, nargs="*", default=None,
                     help="sizes at which recall@5 of the modes is measured (default: all)")
     args = ap.parse_args()
+    if args.locomo is not None:
+        run_locomo(args.locomo, args.out or REPO / "docs/benchmarks/memory/locomo_dev.json", args.models)
+        return
+    args.out = args.out or REPO / "docs/benchmarks/memory/memory_eval.json"
 
     from arrowengine import TextEncoder
     from memory import MemoryConfig, MemoryStore

@@ -71,6 +71,7 @@ class RowStore:
         self.session = GrowArray(np.int32)
         self._session_codes: dict[str, int] = {}
         self.slot_of: dict[str, int] = {}
+        self._ids: list[str] = []  # by slot: the same str objects as slot_of's keys, 8 bytes a slot
         self.n_live = 0
 
     def __len__(self) -> int:
@@ -98,7 +99,9 @@ class RowStore:
         self.session.append(np.array([_NO_SESSION if s is None else codes.setdefault(s, len(codes))
                                       for s in sessions], np.int32))
         slots = np.arange(start, start + n, dtype=np.int64)
-        self.slot_of.update(zip(payload.column("id").to_pylist(), slots.tolist(), strict=True))
+        ids = payload.column("id").to_pylist()
+        self._ids.extend(ids)
+        self.slot_of.update(zip(ids, slots.tolist(), strict=True))
         self.n_live += n
         return slots
 
@@ -125,11 +128,21 @@ class RowStore:
         return self._chunks[chunk].slice(offset, 1).to_pylist()[0]
 
     def column(self, slots: np.ndarray, name: str) -> list[Any]:
-        """One payload column for ``slots`` (in order)."""
-        out = []
-        for slot in np.asarray(slots, dtype=np.int64).tolist():
-            chunk, offset = self._locate(slot)
-            out.append(self._chunks[chunk].column(name)[offset].as_py())
+        """One payload column for ``slots`` (in order): one Arrow ``take`` per chunk touched, not one per slot."""
+        slots = np.asarray(slots, dtype=np.int64)
+        if name == "id":  # the hot column of every search
+            ids = self._ids
+            return [ids[slot] for slot in slots.tolist()]
+        if len(slots) == 0:
+            return []
+        starts = np.asarray(self._starts, dtype=np.int64)
+        chunk_of = np.searchsorted(starts, slots, side="right") - 1
+        out: list[Any] = [None] * len(slots)
+        for chunk in np.unique(chunk_of).tolist():
+            pos = np.flatnonzero(chunk_of == chunk)
+            values = self._chunks[chunk].column(name).take(pa.array(slots[pos] - starts[chunk])).to_pylist()
+            for p, value in zip(pos.tolist(), values, strict=True):
+                out[p] = value
         return out
 
     def links(self, slot: int) -> tuple[list[str], np.ndarray]:
