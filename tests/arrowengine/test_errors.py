@@ -167,7 +167,7 @@ def test_every_new_error_pickles_with_its_message():
     assert json.dumps(str(TensorNotFoundError("x"))) == '"x"'
 
 
-def test_encoders_and_llm_take_verify(tmp_path, text_encoder, minilm_dir):
+def test_encoders_and_llm_take_verify(tmp_path, minilm_dir):
     import inspect
 
     from arrowengine.runtime.audio_encoder import AudioEncoder
