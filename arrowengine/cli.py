@@ -154,7 +154,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from arrowengine.bench.main import main as bench_main
 
-    return bench_main([a for a in args.bench_args if a != "--"])
+    return bench_main([a for a in args.bench_args if a != "--"], prog="arrowengine bench")
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

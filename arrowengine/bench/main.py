@@ -28,9 +28,9 @@ from arrowengine.bench.runner import SUITES, run_benchmark
 MODELS = BenchOptions().models
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options (see the module docstring)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None = None, *, prog: str | None = None) -> argparse.Namespace:
+    """Command-line options (see the module docstring); ``prog`` names the command in the usage line."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS),
                         help="models from models/ to benchmark (default: all)")
     parser.add_argument("--strategies", nargs="+", default=["*"],
@@ -54,9 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
     """Run the benchmark, write the outputs, print every ratio and target; exit 0 even when a target is missed."""
-    args = parse_args(argv)
+    args = parse_args(argv, prog=prog)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not Path(args.models_dir, MODELS[0], "weights.parquet").is_file():
         print(f"{args.models_dir}/ has no converted models; run python scripts/fetch_models.py first", file=sys.stderr)

@@ -79,6 +79,7 @@ def test_bench_help_is_the_benchmarks_help(capsys):
         main(["-v", "bench", "--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
+    assert out.startswith("usage: arrowengine bench [-h]")
     assert "--quick" in out and "--suites" in out and "unrecognized arguments" not in out
 
 
