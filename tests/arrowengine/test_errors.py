@@ -148,6 +148,10 @@ def test_quant_package_options():
         GPTQConfig(clip="max")
     with _raises(QuantOptionError, "clip='max' is not supported; use 'minmax' or 'mse'"):
         quantize(torch.randn(2, 8), bits=8, clip="max")
+    from quant import mixed_precision
+
+    with _raises(QuantOptionError, "mixed_precision: search='random' is not supported; use 'greedy' or 'bisect'"):
+        mixed_precision(torch.nn.Linear(2, 2), {}, lambda model: 1.0, 0.9, search="random")
 
 
 def test_bench_unknown_suite():
