@@ -1,10 +1,11 @@
 """Continuous batching: one scheduler thread per loaded LLM runs prefill chunks and batched decode steps.
 
-Each tick the thread admits queued requests into free cache rows, runs one prefill chunk of the oldest
-sequence still prefilling (so a long prompt delays running streams by one chunk per tick, not by its
-whole length), then one decode step over every decoding sequence. A sequence leaves the batch the tick it
-finishes or is cancelled (client gone), and its row is free for the next request. The queue is bounded:
-``submit`` raises ``OverloadedError`` (HTTP 503 with ``Retry-After``) when it is full.
+Each tick the thread admits queued requests into free cache rows, prefills up to ``prefill_chunk`` prompt
+tokens (oldest sequence first; a long prompt is cut into chunks, so it delays running streams by one chunk
+per tick, not by its whole length), then runs one decode step over every decoding sequence. A sequence
+leaves the batch the tick it finishes or is cancelled (client gone), and its row is free for the next
+request. The queue is bounded: ``submit`` raises ``OverloadedError`` (HTTP 503 with ``Retry-After``) when it
+is full.
 
 Results travel to the asyncio side through ``GenerationRequest.emit`` (``call_soon_threadsafe``); torch
 releases the GIL in its kernels, so the event loop keeps serving while a step runs.
@@ -216,13 +217,19 @@ class Scheduler:
         for seq in list(self._active.values()):
             if seq.request.cancelled.is_set():
                 self._finish(seq, "cancelled")
-        prefilling = [s for s in self._active.values() if s.prefilled < len(s.request.prompt_ids)]
-        if prefilling:
-            seq = min(prefilling, key=lambda s: s.request.admitted_at or 0.0)
+        # prefill up to prefill_chunk prompt tokens per tick, oldest first: several short prompts share one
+        # tick (fewer decode steps before the last of them starts), a long one is cut into chunks
+        budget = self.prefill_chunk
+        prefilling = sorted((s for s in self._active.values() if s.prefilled < len(s.request.prompt_ids)),
+                            key=lambda s: s.request.admitted_at or 0.0)
+        for seq in prefilling:
+            if budget <= 0:
+                break
             ids = seq.request.prompt_ids
-            chunk = ids[seq.prefilled:seq.prefilled + self.prefill_chunk]
+            chunk = ids[seq.prefilled:seq.prefilled + budget]
             logits = self.decoder.prefill(seq.row, chunk)
             seq.prefilled += len(chunk)
+            budget -= len(chunk)
             if seq.prefilled == len(ids):
                 self._accept(seq, logits)
         decoding = [s for s in self._active.values() if s.next_token is not None]
