@@ -110,6 +110,14 @@ def test_bfloat16_autocast_close_to_float32(model_dir, encoder, photos):
     assert (bf16 * encoder.encode(photos[:3])).sum(axis=1).min() >= 0.99
 
 
+def test_default_dtype_is_the_cpu_rule(model_dir):
+    from arrowengine.runtime.image_encoder import ImageEncoder
+    from arrowengine.runtime.precision import select_precision
+
+    assert ImageEncoder(model_dir).dtype == select_precision("image").precision
+    assert ImageEncoder(model_dir, dtype="bf16").dtype == "bfloat16"
+
+
 def test_wrong_model_and_bad_options(model_dir, tmp_path):
     from arrowengine.runtime.image_encoder import ImageEncoder
 
