@@ -32,6 +32,7 @@ from memory.errors import (
     StoreCorruptError,
     StorePathError,
     StorePathIsFileError,
+    StoreUnreachableError,
     UnknownModalityError,
     UnknownPolicyError,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "StoreCorruptError",
     "StorePathError",
     "StorePathIsFileError",
+    "StoreUnreachableError",
     "TierChange",
     "TieringConfig",
     "UnknownModalityError",

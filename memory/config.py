@@ -23,12 +23,17 @@ from arrowengine.config import load_section, read_config_file
 from arrowengine.errors import ConfigError
 
 __all__ = ["MODALITIES", "TIERS", "MemoryConfig", "RetrievalConfig", "TieringConfig", "default_store_path",
-           "load_memory_config"]
+           "is_uri", "load_memory_config"]
 
 logger = logging.getLogger(__name__)
 MODALITIES = ("text", "audio", "image")
 TIERS = ("short", "long", "archived")
 _BIG = 10**9
+
+
+def is_uri(path: str | os.PathLike[str]) -> bool:
+    """Whether a store path is an object-store URI (``s3://bucket/prefix``, ``gs://...``) rather than a directory."""
+    return "://" in str(path)
 
 
 def default_store_path() -> Path:
@@ -74,9 +79,6 @@ class RetrievalConfig:
     fanout: int = _rng(8, 1, _BIG)  # neighbours followed per node, strongest links first
     walk_from: int = _rng(20, 1, _BIG)  # how many top direct candidates start the walk
     near_exact_cosine: float = _rng(0.97, 0.0, 1.0)  # at or above: a near-exact match, ranked before the rest
-    # Lance's own ANN index, built by maintain() for direct table users (search uses memory.index)
-    index_threshold: int = _rng(50_000, 1, _BIG)  # rows past which an ANN index is built
-    index_type: str = _choice("IVF_HNSW_SQ", "IVF_PQ", "IVF_HNSW_SQ")
     # the store's in-process index (memory.index), which serves search
     exact_max_rows: int = _rng(20_000, 1, _BIG)  # flat scan of all vectors below this; IVF lists from it
     ivf_lists: int = _rng(0, 0, 1 << 20)  # 0: about 2 sqrt(rows)
@@ -118,7 +120,7 @@ class TieringConfig:
 class MemoryConfig:
     """Everything a :class:`memory.MemoryStore` needs; every field has a working default."""
 
-    path: Path = field(default_factory=default_store_path)
+    path: Path | str = field(default_factory=default_store_path)  # a directory, or an object-store URI (str)
     table: str = "memories"
     models_dir: Path | None = None  # None: the engine's store, arrowengine.config.resolve_models_dir()
     text_model: str = "all-MiniLM-L6-v2"
@@ -131,7 +133,7 @@ class MemoryConfig:
     tiering: TieringConfig = field(default_factory=TieringConfig)
 
     def __post_init__(self) -> None:
-        self.path = Path(self.path)
+        self.path = str(self.path) if is_uri(self.path) else Path(self.path)
         self.models_dir = None if self.models_dir is None else Path(self.models_dir)
         _validate(self)
 

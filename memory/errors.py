@@ -22,6 +22,7 @@ __all__ = [
     "StoreCorruptError",
     "StorePathError",
     "StorePathIsFileError",
+    "StoreUnreachableError",
     "UnknownModalityError",
     "UnknownPolicyError",
 ]
@@ -75,6 +76,10 @@ class UnknownPolicyError(MemoryStoreError, ValueError):
 
 class StorePathError(MemoryStoreError, PermissionError):
     """The store directory cannot be created or written."""
+
+
+class StoreUnreachableError(MemoryStoreError, ConnectionError):
+    """An object-store URI whose server cannot be reached or refuses the credentials."""
 
 
 class StorePathIsFileError(StorePathError, NotADirectoryError):

@@ -12,7 +12,9 @@ import logging
 import os
 import random
 import shutil
+import socket
 import time
+import urllib.parse
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -20,7 +22,13 @@ from typing import Any, TypeVar
 
 import lancedb
 
-from memory.errors import CommitConflictError, StoreCorruptError, StorePathError, StorePathIsFileError
+from memory.errors import (
+    CommitConflictError,
+    StoreCorruptError,
+    StorePathError,
+    StorePathIsFileError,
+    StoreUnreachableError,
+)
 
 __all__ = ["commit_with_retry", "connect", "open_table"]
 
@@ -29,8 +37,49 @@ T = TypeVar("T")
 _MAX_RECOVERED_VERSIONS = 8
 
 
-def connect(path: Path, read_consistency_s: float) -> Any:
-    """Create ``path`` if needed, check it is writable, and open a LanceDB connection on it."""
+# an unreachable endpoint must fail in seconds, not after object_store's default minutes of retries
+_URI_OPTIONS = {"connect_timeout": "5s", "timeout": "30s", "client_max_retries": "2", "client_retry_timeout": "15"}
+
+
+def _check_endpoint(uri: str, endpoint: str) -> None:
+    """Fail in seconds when a configured endpoint accepts no connection (object_store would retry for ~30 s)."""
+    parsed = urllib.parse.urlsplit(endpoint)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.hostname or "", port), timeout=5).close()
+    except OSError as exc:
+        raise StoreUnreachableError(
+            f"memory store URI {uri!r} cannot be reached (endpoint {endpoint} refuses connections: "
+            f"{exc.strerror or exc}); check the endpoint (AWS_ENDPOINT_URL) and credentials (AWS_ACCESS_KEY_ID, "
+            "AWS_SECRET_ACCESS_KEY), or use a local directory"
+        ) from exc
+
+
+def _connect_uri(uri: str, read_consistency_s: float) -> Any:
+    """A LanceDB connection on an object-store URI; credentials and endpoint come from the usual environment
+    variables (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ...). One listing proves the store is reachable."""
+    options = dict(_URI_OPTIONS)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT")
+    if endpoint:
+        options["aws_endpoint"] = endpoint
+        options["allow_http"] = str(endpoint.startswith("http://")).lower()
+        _check_endpoint(uri, endpoint)
+    try:
+        db = lancedb.connect(uri, read_consistency_interval=timedelta(seconds=read_consistency_s),
+                             storage_options=options)
+        db.table_names()
+    except Exception as exc:  # lancedb raises OSError, RuntimeError or ValueError depending on the layer
+        raise StoreUnreachableError(
+            f"memory store URI {uri!r} cannot be reached ({str(exc).splitlines()[0][:200]}); check the endpoint "
+            "(AWS_ENDPOINT_URL) and credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), or use a local directory"
+        ) from exc
+    return db
+
+
+def connect(path: Path | str, read_consistency_s: float) -> Any:
+    """Create ``path`` if needed, check it is writable, and open a LanceDB connection on it (or on a URI)."""
+    if isinstance(path, str):
+        return _connect_uri(path, read_consistency_s)
     if path.exists() and not path.is_dir():
         raise StorePathIsFileError(
             f"memory store path {str(path)!r} is an existing file, not a directory; give a directory "
@@ -79,10 +128,21 @@ def _manifests(table_dir: Path) -> list[Path]:
     return sorted(files, key=lambda p: int(p.stem), reverse=True)
 
 
-def open_table(db: Any, name: str, root: Path) -> Any | None:
-    """Open table ``name`` (None if it does not exist), recovering from a half-written latest version."""
+def open_table(db: Any, name: str, root: Path | str) -> Any | None:
+    """Open table ``name`` (None if it does not exist), recovering from a half-written latest version.
+
+    Recovery moves local manifest files; on an object-store URI an unreadable table is reported, not repaired.
+    """
     if name not in db.table_names():
         return None
+    if isinstance(root, str):
+        try:
+            table = db.open_table(name)
+            table.count_rows()
+        except (RuntimeError, OSError, ValueError) as exc:
+            raise StoreCorruptError(f"memory table {name!r} at {root!r} cannot be opened ({exc}); restore it "
+                                    "from a backup") from exc
+        return table
     table_dir = root / f"{name}.lance"
     quarantined: list[Path] = []
     while True:

@@ -2,8 +2,9 @@
 
 ``maintain()`` runs, in order: flush access statistics; evict past capacity (configured eviction policy);
 move cold memories to ``archived`` through the compression policy and bring re-read archived memories back
-to ``short``; build the ANN index past the size threshold (or fold new rows into the indexes). Every tier
-change is logged and appended to the ``tier_log`` table.
+to ``short``; compact the table's small fragments (``optimize``). Every tier change is logged and appended to
+the ``tier_log`` table. No Lance vector or full-text index is built: search reads the store's own index
+(:mod:`memory.index`), so such an index would cost minutes at 1M rows and serve nothing.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import threading
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -97,11 +99,6 @@ class MaintenanceMixin:
             return len(ids)
 
     # ------------------------------------------------------------------ maintain
-    def _has_vector_index(self) -> bool:
-        return self._table is not None and any(
-            idx.columns == ["embedding"] for idx in self._table.list_indices()
-        )
-
     def _scan(self) -> pa.Table:
         rows = self._table.search().select(_LIGHT).limit(None).to_arrow()
         size = (pc.fill_null(pc.binary_length(rows.column("content").cast(pa.binary())), 0)
@@ -174,15 +171,8 @@ class MaintenanceMixin:
                 + [TierChange(i, "archived", "short", "re-read", now) for i in to_restore])
 
     def _maintain_indexes(self) -> str:
-        table, rcfg = self._table, self.config.retrieval
-        if not self._has_vector_index():
-            if table.count_rows() < rcfg.index_threshold:
-                return "flat"
-            logger.info("memory table past %d rows: building %s index", rcfg.index_threshold, rcfg.index_type)
-            self._commit(lambda: table.create_index(metric="cosine", vector_column_name="embedding",
-                                                    index_type=rcfg.index_type), "build vector index")
-            return f"built {rcfg.index_type}"
-        self._commit(lambda: table.optimize(), "optimize indexes")
+        table = self._table
+        self._commit(lambda: table.optimize(), "compact the table")  # also folds new rows into the id index
         return "optimized"
 
     # ------------------------------------------------------------------ stats / close
@@ -197,8 +187,9 @@ class MaintenanceMixin:
             counts = pc.value_counts(rows.column(col)).to_pylist() if rows.num_rows else []
             out[col + "s" if col == "tier" else "modalities"] = {d["values"]: d["counts"] for d in counts}
         out["indexes"] = [f"{idx.name}:{idx.index_type}" for idx in self._table.list_indices()]
-        table_dir = self.path / f"{self.config.table}.lance"
-        out["disk_bytes"] = sum(p.stat().st_size for p in table_dir.rglob("*") if p.is_file())
+        if isinstance(self.path, Path):  # an object-store URI has no local files to count
+            table_dir = self.path / f"{self.config.table}.lance"
+            out["disk_bytes"] = sum(p.stat().st_size for p in table_dir.rglob("*") if p.is_file())
         return out
 
     def close(self) -> None:

@@ -70,7 +70,7 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
     ) -> None:
         cfg = config or load_memory_config()
         if path is not None:
-            cfg = dataclasses.replace(cfg, path=Path(path))
+            cfg = dataclasses.replace(cfg, path=path)  # __post_init__ keeps a URI a str, a directory a Path
         self.config = cfg
         self.path = cfg.path
         self._db = connect(cfg.path, cfg.read_consistency_s)
@@ -131,13 +131,11 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
     def _ensure_table(self, dim: int) -> Any:
         if self._table is None:
             with self._lock:
-                from lancedb.index import FTS, BTree
+                from lancedb.index import BTree
 
                 table = self._db.create_table(self.config.table, schema=memory_schema(dim), exist_ok=True)
                 if not table.list_indices():
-                    # indexes on the empty table: FTS cannot search a table without one, btree makes id lookups cheap
-                    self._commit(lambda: table.create_index("content", config=FTS(with_position=False),
-                                                            replace=False), "create FTS index")
+                    # the one Lance index: id lookups (get, links, merges); search reads memory.index, never Lance's
                     self._commit(lambda: table.create_index("id", config=BTree(), replace=False), "create id index")
                 self._table = table
         if self.dim != dim:
@@ -266,6 +264,9 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
 
     def _tail_of(self, session: str) -> str | None:
         if session not in self._session_tail and self._table is not None:
+            if not self._search_index().rows.has_session(session):
+                return None  # a new session (the usual case in add_many): no table query
+
             rows = (self._table.search().where(f"session = {quote(session)}").select(["id", "created_at"])
                     .limit(None).to_arrow())
             if rows.num_rows:
@@ -317,10 +318,11 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
             index = self._search_index()
             with index.lock:
                 allowed = index.allowed(None, None, None)
-                for q in range(len(ids)):
-                    slots, scores = index.vector_search(matrix[q], 1, allowed)
-                    if len(slots) and scores[0] >= threshold:
-                        found.append((ids[q], index.rows.column(slots[:1], "id")[0], float(scores[0])))
+                cfg = self.config.retrieval
+                slots, scores = index.vectors.nearest(matrix, allowed, cfg.ivf_nprobe, cfg.exact_filtered_rows)
+                hit = np.flatnonzero((slots >= 0) & (scores >= threshold))
+                targets = index.rows.column(slots[hit], "id")
+                found += [(ids[q], t, float(scores[q])) for q, t in zip(hit.tolist(), targets, strict=True)]
         return found
 
     def link(self, a: str, b: str, weight: float = 1.0, kind: str = "related", symmetric: bool = True) -> None:

@@ -152,6 +152,10 @@ class RowStore:
         lo, hi = int(offsets[offset]), int(offsets[offset + 1])
         return targets.slice(lo, hi - lo).to_pylist(), weights[lo:hi]
 
+    def has_session(self, session: str) -> bool:
+        """Whether any row (live or dead) ever held ``session``; False means no live row holds it."""
+        return session in self._session_codes
+
     def mask(self, modalities: Sequence[str] | None, tiers: Sequence[str] | None,
              session: str | None) -> np.ndarray:
         """Live slots passing the filters (a fresh bool array)."""

@@ -139,6 +139,29 @@ class VectorIndex:
                 return best
             probe *= 2
 
+    def nearest(self, queries: np.ndarray, allowed: np.ndarray, nprobe: int,
+                exact_below: int) -> tuple[np.ndarray, np.ndarray]:
+        """The best allowed slot of each query row and its score (slot -1 where nothing is allowed).
+
+        A flat index answers the whole batch with one matrix product (an ``add_many`` of 64 rows against
+        2,000 stored: one product instead of 64 scans); an IVF index searches row by row.
+        """
+        queries = np.atleast_2d(queries)
+        best_slot = np.full(len(queries), -1, dtype=np.int64)
+        best_score = np.full(len(queries), -np.inf, dtype=np.float32)
+        if self._centroids is None:
+            live = np.flatnonzero(allowed[: len(self._mat)])
+            if len(live):
+                scores = self._mat.view[live] @ queries.T  # [live, batch]
+                arg = np.argmax(scores, axis=0)
+                best_slot, best_score = live[arg], scores[arg, np.arange(len(queries))]
+            return best_slot, best_score
+        for i, query in enumerate(queries):
+            slots, scores = self.search(query, 1, allowed, nprobe, exact_below)
+            if len(slots):
+                best_slot[i], best_score[i] = slots[0], scores[0]
+        return best_slot, best_score
+
     def _probe(self, query: np.ndarray, lists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mat, offsets = self._mat.view, self._offsets
         slot_parts, score_parts = [], []

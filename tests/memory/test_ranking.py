@@ -12,13 +12,13 @@ from memory import MemoryConfig, MemoryStore, RetrievalConfig
 
 @pytest.fixture(scope="module")
 def sessions() -> list[list[str]]:
-    """30 real conversations, their first 20 distinct messages each (600 messages)."""
+    """25 real conversations, their first 20 distinct messages each (500 messages)."""
     out = []
     for conv in chitchat_conversations():
         messages = list(dict.fromkeys(conv))[:20]
         if len(messages) == 20:
             out.append(messages)
-        if len(out) == 30:
+        if len(out) == 25:
             break
     return out
 
