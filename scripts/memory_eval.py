@@ -11,9 +11,11 @@ of 64, embedding by arrowengine's TextEncoder included in the throughput. Growth
 noisy copies (Gaussian noise sigma 0.02, renormalised) of the stored turns' embeddings with their text,
 copied only from non-evaluation conversations so no target is duplicated. Per size, a fresh store object
 builds its in-process index (time and bytes reported), then search latency p50/p95 of the full pipeline
-(vector + full-text + RRF + link walk, k=10) is measured (a) from a precomputed query embedding (cached) and
-(b) end to end, the query text embedded by TextEncoder on every call; recall@10 of the index's vector search
-vs exact brute force over the same rows. ``--maintain`` also runs ``maintain()`` (Lance ANN index) per size.
+(vector + full-text + score fusion + link context, k=10) is measured (a) from a precomputed query embedding
+(cached) and (b) end to end, the query text embedded by TextEncoder on every call; recall@10 of the index's
+vector search vs exact brute force over the same rows. ``--maintain`` also runs ``maintain()`` (table
+compaction) per size. The report is JSON, markdown and a PNG of latency against store size (``--report-from``
+re-renders saved JSON reports).
 
     python scripts/memory_eval.py --out docs/benchmarks/memory/memory_eval.json [--sizes 10000 100000 1000000]
 
@@ -284,12 +286,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None,
                     help="JSON report (default docs/benchmarks/memory/memory_eval.json, or locomo_dev.json)")
     ap.add_argument("--locomo", type=Path, default=None, help="run the LoCoMo evaluation on this directory")
+    ap.add_argument("--report-from", type=Path, nargs="*", default=None,
+                    help="only write the markdown + PNG of these JSON reports (to --out's stem)")
     ap.add_argument("--ingest", type=int, default=5000)
     ap.add_argument("--eval-convs", type=int, default=300)
     ap.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000])
     ap.add_argument("--models", type=Path, default=REPO / "models")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--maintain", action="store_true", help="run maintain() (Lance ANN index) at each size")
+    ap.add_argument("--maintain", action="store_true", help="run maintain() (table compaction) at each size")
     ap.add_argument("--recall-sizes", type=int, nargs="*", default=None,
                     help="sizes at which recall@5 of the modes is measured (default: all)")
     args = ap.parse_args()
@@ -297,6 +301,9 @@ def main() -> None:
         run_locomo(args.locomo, args.out or REPO / "docs/benchmarks/memory/locomo_dev.json", args.models)
         return
     args.out = args.out or REPO / "docs/benchmarks/memory/memory_eval.json"
+    if args.report_from:
+        write_scale_report([json.loads(p.read_text()) for p in args.report_from], args.out.with_suffix(""))
+        return
 
     from arrowengine import TextEncoder
     from memory import MemoryConfig, MemoryStore
@@ -364,7 +371,44 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
+    write_scale_report([report], args.out.with_suffix(""))
     print(json.dumps(report, indent=2))
+
+
+def write_scale_report(reports: list[dict], stem: Path) -> None:
+    """``stem.md`` (a table per store size) and ``stem.png`` (search latency against store size, log x)."""
+    sizes = sorted({(v["rows"], json.dumps(v)) for r in reports for k, v in r.items() if k.startswith("at_")})
+    entries = [json.loads(v) for _, v in sizes]
+    lines = ["# Memory store at scale", "",
+             "| rows | index build s | index RSS MB | vector p50/p95 ms | hybrid+links p50/p95 ms | "
+             "end to end p50/p95 ms | recall@10 vs exact |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for e in entries:
+        vec, hyb = e["search_from_vector"]["vector"], e["search_from_vector"]["hybrid+links"]
+        e2e = e["search_end_to_end"]["hybrid+links"]
+        lines.append(f"| {e['rows']:,} | {e['index_build_s']:.1f} | {e['index_rss_mb']:.0f} | "
+                     f"{vec['p50_ms']:.1f} / {vec['p95_ms']:.1f} | {hyb['p50_ms']:.1f} / {hyb['p95_ms']:.1f} | "
+                     f"{e2e['p50_ms']:.1f} / {e2e['p95_ms']:.1f} | {e['index_recall@10_vs_exact']:.3f} |")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    rows = [e["rows"] for e in entries]
+    for i, (label, get) in enumerate((("from a vector: vector only", lambda e: e["search_from_vector"]["vector"]),
+                       ("from a vector: hybrid + links", lambda e: e["search_from_vector"]["hybrid+links"]),
+                       ("end to end (query embedded)", lambda e: e["search_end_to_end"]["hybrid+links"]))):
+        for pct, style in (("p50_ms", "-o"), ("p95_ms", "--x")):
+            ax.plot(rows, [get(e)[pct] for e in entries], style, color=f"C{i}", label=f"{label} {pct[:3]}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("memories in the store")
+    ax.set_ylabel("search latency (ms)")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(stem.with_suffix(".png"), dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
