@@ -53,7 +53,9 @@ def test_python_blocks_run_as_written(tmp_path: Path) -> None:
     (tmp_path / "models").mkdir()
     for name in needed:
         (tmp_path / "models" / name).symlink_to(MODELS / name)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ARROWENGINE_")} | {"HF_HUB_OFFLINE": "1"}
+    # the caller's environment as is (ARROWENGINE_RUNTIME_CACHE_DIR may say where the packages were fetched),
+    # but the relative models/ of the README must be the temporary directory's
+    env = {k: v for k, v in os.environ.items() if k != "ARROWENGINE_MODELS_DIR"} | {"HF_HUB_OFFLINE": "1"}
     for number, code in enumerate(blocks("python")):
         script = tmp_path / f"readme_block_{number}.py"
         script.write_text(code, encoding="utf-8")
