@@ -39,9 +39,9 @@ def kernels_or_skip() -> native_gguf.BlockKernels:
 
 
 def activation_error_bound(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Bound of ``|x_q W^T - x W^T|`` when each 32-block of x is rounded to amax/127 steps (half a step each)."""
+    """Bound of ``|x_q W^T - x W^T|`` when each 32-block of x is rounded to amax/32767 steps (half a step each)."""
     xb = x.view(x.shape[0], -1, 32)
-    half_step = xb.abs().amax(-1) / 254.0  # [M, blocks]
+    half_step = xb.abs().amax(-1) / 65534.0  # [M, blocks]
     w_abs = w.abs().view(w.shape[0], -1, 32).sum(-1)  # [N, blocks]
     return half_step @ w_abs.t()
 

@@ -75,7 +75,7 @@ def test_native_layer_matches_the_torch_step_and_the_float_reference() -> None:
     ours, ours_logits = greedy(native, fwd, prompt, 12)
     eager, eager_logits = greedy(torch_step, fwd, prompt, 12)
     assert ours == eager  # same block kernels: only float summation order differs
-    torch.testing.assert_close(ours_logits, eager_logits, rtol=0, atol=2e-4)
+    torch.testing.assert_close(ours_logits, eager_logits, rtol=1e-4, atol=5e-4)
     # against the float reference fed the same tokens: int8 activation blocks vs float activations, close
     _, want_logits = greedy(ref_step, ref, prompt, 12, forced=ours)
     cosine = torch.nn.functional.cosine_similarity(ours_logits, want_logits, dim=-1)
@@ -100,8 +100,8 @@ def test_native_layer_respects_the_padding_mask() -> None:
     token = torch.tensor([[7], [9]])
     pos = torch.tensor([[3], [5]])
     torch.testing.assert_close(native(token, pos, cache_a, 5, mask), torch_step(token, pos, cache_b, 5, mask),
-                               rtol=0, atol=2e-4)
-    torch.testing.assert_close(cache_a.kv[:, :, 5], cache_b.kv[:, :, 5], rtol=0, atol=1e-5)
+                               rtol=1e-4, atol=5e-4)
+    torch.testing.assert_close(cache_a.kv[:, :, 5], cache_b.kv[:, :, 5], rtol=1e-4, atol=2e-4)
 
 
 def test_float_model_keeps_the_torch_step() -> None:

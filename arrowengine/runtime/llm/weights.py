@@ -30,7 +30,7 @@ __all__ = ["WEIGHT_QUANTS", "Projection", "WeightOptions"]
 
 logger = logging.getLogger(__name__)
 
-WEIGHT_QUANTS = ("int8", "int4", "gguf")
+WEIGHT_QUANTS = ("int8", "int4")  # what a float model can be packed to; "gguf" runs a model's own GGUF blocks
 _INT4_GROUPS = (32, 64, 128, 256)
 
 
@@ -51,7 +51,7 @@ class WeightOptions:
     quantize_lm_head: bool = True
 
     def __post_init__(self) -> None:
-        if self.weight_quant is not None and self.weight_quant not in WEIGHT_QUANTS:
+        if self.weight_quant not in (None, "gguf", *WEIGHT_QUANTS):
             raise UnsupportedModelError(
                 f"weight_quant={self.weight_quant!r} is not supported; use None or one of {list(WEIGHT_QUANTS)}")
         if self.weight_quant == "gguf" and self.dtype != torch.float32:
