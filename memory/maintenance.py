@@ -193,6 +193,10 @@ class MaintenanceMixin:
         return out
 
     def close(self) -> None:
-        """Flush buffered access statistics; the store stays usable (a later close flushes again)."""
+        """Flush buffered access statistics and save the search index beside the table (when it changed);
+        the store stays usable (a later close flushes again)."""
         self._join_flusher()
         self.flush()
+        if self._index is not None:
+            self._index.refresh()  # the flush above is a write: save the index as of the latest version
+            self._index.save_snapshot()

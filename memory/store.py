@@ -61,8 +61,10 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
     ``config`` defaults to :func:`memory.config.load_memory_config` (the ``memory`` section of
     ``arrowengine.yaml`` and ``ARROWENGINE_MEMORY_*`` variables); ``path`` overrides its path. ``embedder`` is
     anything with ``encode(list[str]) -> ndarray`` (default: arrowengine's ``TextEncoder`` on
-    ``models/all-MiniLM-L6-v2``, loaded on first use). Search runs on an in-process index
-    (:class:`memory.index.MemoryIndex`) built on first use and kept in sync with the table.
+    ``models/all-MiniLM-L6-v2`` in its default, CPU-selected precision, loaded on first use). Search runs on an
+    in-process index (:class:`memory.index.MemoryIndex`) built on first use (or loaded from the copy the last
+    ``close()`` saved beside the table) and kept in sync with the table. ``path`` may be an object-store URI
+    (``s3://bucket/prefix``; endpoint and credentials from the usual ``AWS_*`` variables).
     """
 
     def __init__(
@@ -110,7 +112,10 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
         if self._index is None:
             path, name = self.config.path, self.config.table
             # its own connection with read consistency 0: it must see every commit, whatever the store's setting
-            self._index = MemoryIndex(lambda: connect(path, 0.0).open_table(name), self.dim, self.config.retrieval)
+            # a saved copy beside a local table lets a new process skip the full scan (memory.index.snapshot)
+            snapshots = path / f"{name}.index" if isinstance(path, Path) else None
+            self._index = MemoryIndex(lambda: connect(path, 0.0).open_table(name), self.dim, self.config.retrieval,
+                                      snapshot_dir=snapshots)
         self._index.refresh()
         return self._index
 

@@ -9,7 +9,8 @@ as a row count below the expected one and are found from one scan of the row ids
 checked when the owner marks the index stale (its own writes) and otherwise at most every
 ``index_refresh_s`` (default 0.5 s: other processes' and other store objects' writes). Past
 ``compact_dead_fraction`` dead slots, or an IVF tail past ``ivf_tail_fraction``, the next refresh rebuilds
-from a fresh scan.
+from a fresh scan. A store on a local directory saves the index beside the table on ``close()``
+(:mod:`memory.index.snapshot`) and a new process starts from that copy plus the catch-up instead of the scan.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +29,7 @@ from memory.config import RetrievalConfig
 from memory.errors import InvalidEmbeddingError
 from memory.index.graph import LinkGraph
 from memory.index.rows import PAYLOAD_COLUMNS, RowStore
+from memory.index.snapshot import find_snapshot, write_snapshot
 from memory.index.text import TextIndex
 from memory.index.vector import VectorIndex, assign, ivf_list_count, train_centroids
 
@@ -55,8 +58,11 @@ class MemoryIndex:
     :meth:`refresh` before reading and hold :attr:`lock` while using the parts.
     """
 
-    def __init__(self, open_reader: Callable[[], Any], dim: int, cfg: RetrievalConfig) -> None:
+    def __init__(self, open_reader: Callable[[], Any], dim: int, cfg: RetrievalConfig,
+                 snapshot_dir: Path | None = None) -> None:
         self._open_reader = open_reader
+        self._snapshot_dir = snapshot_dir
+        self._saved_version = -1
         self._reader: Any = None
         self.dim = dim
         self.cfg = cfg
@@ -70,7 +76,7 @@ class MemoryIndex:
         self.vectors = VectorIndex(dim)
         self.text = TextIndex(cfg.bm25_k1, cfg.bm25_b)
         self.graph = LinkGraph(self.rows)
-        self.stats: dict[str, Any] = {"builds": 0, "catch_ups": 0, "build_s": 0.0}
+        self.stats: dict[str, Any] = {"builds": 0, "catch_ups": 0, "build_s": 0.0, "snapshot_loaded": None}
 
     @property
     def built(self) -> bool:
@@ -97,13 +103,48 @@ class MemoryIndex:
                 return
             reader.checkout(version)  # every read below sees this one version
             try:
-                if not self.built:
+                if not self.built and self._load_snapshot(reader, version) and self.version != version:
+                    self._catch_up(reader, version)
+                elif not self.built:
                     self._build(reader, version)
-                else:
+                elif self.version != version:
                     self._catch_up(reader, version)
             finally:
                 reader.checkout_latest()
             self._mask_cache.clear()
+
+    # ------------------------------------------------------------------ snapshots
+    def _expect(self) -> dict[str, Any]:
+        return {"dim": self.dim, "bm25": (self.cfg.bm25_k1, self.cfg.bm25_b)}
+
+    def _load_snapshot(self, reader: Any, version: int) -> bool:
+        if self._snapshot_dir is None:
+            return False
+        t0 = time.perf_counter()
+        state = find_snapshot(self._snapshot_dir, reader, version, self._expect())
+        if state is None:
+            return False
+        self.rows, self.vectors, self.text = state["rows"], state["vectors"], state["text"]
+        self.graph = LinkGraph(self.rows)
+        self.version, self._next_rowid = state["version"], state["next_rowid"]
+        self._saved_version = self.version
+        self.stats["snapshot_loaded"] = self.version
+        logger.info("memory index loaded from its snapshot at version %d (%d rows) in %.2f s", self.version,
+                    self.rows.n_live, time.perf_counter() - t0)
+        return True
+
+    def save_snapshot(self) -> Path | None:
+        """Write the index next to the table (when it has one and changed since the last save)."""
+        with self.lock:
+            if self._snapshot_dir is None or not self.built or self.version == self._saved_version:
+                return None
+            reader = self._reader if self._reader is not None else self._open_reader()
+            state = {"version": self.version, "next_rowid": self._next_rowid, "rows": self.rows,
+                     "vectors": self.vectors, "text": self.text, **self._expect()}
+            written = write_snapshot(self._snapshot_dir, state, reader)
+            if written is not None:
+                self._saved_version = self.version
+            return written
 
     # ------------------------------------------------------------------ loading
     def _reset(self) -> None:
