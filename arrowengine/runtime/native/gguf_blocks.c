@@ -178,8 +178,10 @@ static inline __attribute__((always_inline)) void tile(int type, const uint8_t *
 }
 
 /* Weight rows j0..j0+R (R <= 4) against all m rows of x, written to y (inlined per block type). */
-static inline __attribute__((always_inline)) void rows_all_x(int type, const uint8_t *w, int64_t rs, int64_t nb, int64_t j0, int R, const int16_t *qx,
-                       const float *dx, const float *sx, int64_t k, int64_t m, float *y, int64_t ldy) {
+static inline __attribute__((always_inline)) void rows_all_x(int type, const uint8_t *w, int64_t rs, int64_t nb,
+                                                              int64_t j0, int R, const int16_t *qx,
+                                                              const float *dx, const float *sx, int64_t k,
+                                                              int64_t m, float *y, int64_t ldy) {
     const uint8_t *wj = w + j0 * rs;
     int64_t r0 = 0;
     for (; r0 + 2 <= m; r0 += 2) {
