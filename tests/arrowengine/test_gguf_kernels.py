@@ -46,7 +46,7 @@ def activation_error_bound(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return half_step @ w_abs.t()
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(quant_type=st.sampled_from(TYPES), rows=st.integers(1, 37), blocks=st.integers(1, 9),
        m=st.integers(1, 17), seed=st.integers(0, 2**31 - 1))
 def test_matmul_matches_float_reference(quant_type, rows, blocks, m, seed) -> None:
