@@ -21,18 +21,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from arrowengine.runtime.llm.decode import concat_projections
 from arrowengine.runtime.llm.kv_cache import KVCache
-from arrowengine.runtime.llm.weights import Projection
 
 __all__ = ["BatchedDecoder"]
 
 logger = logging.getLogger(__name__)
-
-
-def _concat(parts: tuple[Projection, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
-    if len(parts) == 1:
-        return parts[0]
-    return lambda x: torch.cat([p(x) for p in parts], dim=-1)
 
 
 class BatchedDecoder:
@@ -60,7 +54,8 @@ class BatchedDecoder:
         self._cos = fwd.cos
         # rotate_half(x) * sin == roll(x, half) * sin_signed (the sign moves, no rounding), as in DecodeStep
         self._sin_signed = torch.cat([-fwd.sin[:, :half], fwd.sin[:, half:]], dim=-1)
-        self._layers = [(lw.attn_norm, _concat(lw.qkv), lw.o, lw.mlp_norm, _concat(lw.gate_up), lw.down)
+        self._layers = [(lw.attn_norm, concat_projections(lw.qkv), lw.o, lw.mlp_norm,
+                         concat_projections(lw.gate_up), lw.down)
                         for lw in fwd.layers]
 
     def reset(self, row: int) -> None:

@@ -20,12 +20,13 @@ from arrowengine.runtime.llm.kv_cache import KVCache
 from arrowengine.runtime.llm.llama import LlamaForward
 from arrowengine.runtime.llm.weights import Projection
 
-__all__ = ["DecodeStep"]
+__all__ = ["DecodeStep", "concat_projections"]
 
 logger = logging.getLogger(__name__)
 
 
-def _concat(parts: tuple[Projection, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
+def concat_projections(parts: tuple[Projection, ...]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """One callable applying fused parts (e.g. Q, K, V kept apart) and concatenating their outputs."""
     if len(parts) == 1:
         return parts[0]
     return lambda x: torch.cat([p(x) for p in parts], dim=-1)
@@ -45,7 +46,8 @@ class DecodeStep:
         self.cos = forward.cos
         # rotate_half(x) * sin == roll(x, half) * sin_signed, element for element (the sign moves, no rounding)
         self.sin_signed = torch.cat([-forward.sin[:, :half], forward.sin[:, half:]], dim=-1)
-        self.layers = [(lw.attn_norm, _concat(lw.qkv), lw.o, lw.mlp_norm, _concat(lw.gate_up), lw.down)
+        self.layers = [(lw.attn_norm, concat_projections(lw.qkv), lw.o, lw.mlp_norm,
+                         concat_projections(lw.gate_up), lw.down)
                        for lw in forward.layers]
         from arrowengine.runtime.llm.native_step import NativeBlockStep
 
