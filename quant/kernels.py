@@ -64,7 +64,9 @@ class Int8Weight:
             xq = torch.round(xf / xs).to(torch.int8)
             y = torch._int_mm(xq, self.data).float().mul_(xs).mul_(self.wscale)
         elif self.backend == "fbgemm":
-            y = torch.ops.quantized.linear_dynamic(x2d.float(), self.data, False)
+            # reduce_range (7-bit activations), torch's own x86 default: without VNNI, fbgemm's u8*s8 pair sums
+            # saturate int16 (relative error 0.18 measured on an AVX2 CPU at full range)
+            y = torch.ops.quantized.linear_dynamic(x2d.float(), self.data, True)
         else:
             dtype = torch.bfloat16 if x2d.dtype == torch.float32 else x2d.dtype
             scales = self._scales_by_dtype.get(dtype)
