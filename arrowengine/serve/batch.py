@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from arrowengine.runtime.llm.decode import concat_projections
+from arrowengine.runtime.llm.decode import step_tables
 from arrowengine.runtime.llm.kv_cache import KVCache
 
 __all__ = ["BatchedDecoder"]
@@ -49,14 +49,7 @@ class BatchedDecoder:
         self._clean = [0] * rows
         # the LLM's own one-token step when it has one (exact parity with LLM.chat); else its general forward
         self._single: Callable[..., torch.Tensor] = getattr(llm, "_decode_step", None) or fwd.forward
-        s = fwd.spec
-        half = s.head_dim // 2
-        self._cos = fwd.cos
-        # rotate_half(x) * sin == roll(x, half) * sin_signed (the sign moves, no rounding), as in DecodeStep
-        self._sin_signed = torch.cat([-fwd.sin[:, :half], fwd.sin[:, half:]], dim=-1)
-        self._layers = [(lw.attn_norm, concat_projections(lw.qkv), lw.o, lw.mlp_norm,
-                         concat_projections(lw.gate_up), lw.down)
-                        for lw in fwd.layers]
+        self._cos, self._sin_signed, self._layers = step_tables(fwd)  # the tables DecodeStep uses
 
     def reset(self, row: int) -> None:
         """Forget the tokens of ``row`` (a new sequence takes it)."""

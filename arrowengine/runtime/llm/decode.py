@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,7 @@ from arrowengine.runtime.llm.kv_cache import KVCache
 from arrowengine.runtime.llm.llama import LlamaForward
 from arrowengine.runtime.llm.weights import Projection
 
-__all__ = ["DecodeStep", "concat_projections"]
+__all__ = ["DecodeStep", "concat_projections", "step_tables"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,17 @@ def concat_projections(parts: tuple[Projection, ...]) -> Callable[[torch.Tensor]
     return lambda x: torch.cat([p(x) for p in parts], dim=-1)
 
 
+def step_tables(forward: LlamaForward) -> tuple[torch.Tensor, torch.Tensor, list[tuple[Any, ...]]]:
+    """``(cos, sin_signed, layers)`` of a one-token step: the rotary tables and each layer's
+    ``(attn_norm, qkv, o, mlp_norm, gate_up, down)`` with fused parts concatenated."""
+    half = forward.spec.head_dim // 2
+    # rotate_half(x) * sin == roll(x, half) * sin_signed, element for element (the sign moves, no rounding)
+    sin_signed = torch.cat([-forward.sin[:, :half], forward.sin[:, half:]], dim=-1)
+    layers = [(lw.attn_norm, concat_projections(lw.qkv), lw.o, lw.mlp_norm, concat_projections(lw.gate_up), lw.down)
+              for lw in forward.layers]
+    return forward.cos, sin_signed, layers
+
+
 class DecodeStep:
     """``step(tokens [B, 1], positions [B, 1], cache, slot, mask) -> fp32 logits [B, 1, vocab]``.
 
@@ -41,14 +53,7 @@ class DecodeStep:
 
     def __init__(self, forward: LlamaForward) -> None:
         self.forward = forward
-        s = forward.spec
-        half = s.head_dim // 2
-        self.cos = forward.cos
-        # rotate_half(x) * sin == roll(x, half) * sin_signed, element for element (the sign moves, no rounding)
-        self.sin_signed = torch.cat([-forward.sin[:, :half], forward.sin[:, half:]], dim=-1)
-        self.layers = [(lw.attn_norm, concat_projections(lw.qkv), lw.o, lw.mlp_norm,
-                         concat_projections(lw.gate_up), lw.down)
-                       for lw in forward.layers]
+        self.cos, self.sin_signed, self.layers = step_tables(forward)
         from arrowengine.runtime.llm.native_step import NativeBlockStep
 
         # a GGUF block model runs each layer as one C call; every other model the torch step below
