@@ -24,7 +24,7 @@ import psutil
 
 from arrowengine.converters.packages import describe_fetch, fetch_model
 from arrowengine.format.reader import WeightFile
-from arrowengine.logging_setup import configure_logging
+from arrowengine.logging_setup import configure_logging, silence_third_party_warnings
 from arrowengine.runtime.text_encoder import TextEncoder
 
 SENTENCES = [
@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lm-messages", type=int, default=6)
     args = parser.parse_args(argv)
     configure_logging("WARNING")
+    silence_third_party_warnings()  # as the CLI does: warnings the user cannot act on
     for var in ("LANCE_LOG", "LANCEDB_LOG", "RUST_LOG"):  # the script, not the library, decides what shows
         os.environ.setdefault(var, "error")
     process = psutil.Process()
