@@ -45,18 +45,36 @@ def level_from_verbosity(verbose: int, default: str = "WARNING") -> str:
     return "INFO" if verbose == 1 else "DEBUG"
 
 
-def configure_logging(level: str = "WARNING", *, json_output: bool = False) -> None:
-    """Send log records to stderr, as text or JSON lines; replaces handlers set by an earlier call.
+class _CurrentStderrHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever ``sys.stderr`` is at the time of each record.
 
+    Binding the stream once would keep writing to a replaced (and possibly closed) stderr, as happens when the
+    CLI runs in-process under a test runner or a notebook that swaps ``sys.stderr``.
+    """
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D102 - the property that replaces StreamHandler's attribute
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:  # StreamHandler.__init__ assigns it; the current stderr always wins
+        pass
+
+
+def configure_logging(level: str = "WARNING", *, json_output: bool = False) -> None:
+    """Send log records to stderr, as text or JSON lines; replaces the handler set by an earlier call.
+
+    Handlers installed by others (a test runner's capture, an application's own) are left in place.
     While a tqdm progress bar is on screen, run the work inside ``tqdm.contrib.logging.logging_redirect_tqdm()``
     so these lines are printed above the bar instead of through it (the CLI does this for every command).
     """
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderrHandler()
     handler.setFormatter(JsonFormatter() if json_output else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        if isinstance(old, _CurrentStderrHandler):
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
 

@@ -268,12 +268,13 @@ class Scheduler:
         with self._cond:
             self._free.append(seq.row)
             self._free.sort()  # lowest rows first keeps the decode span short
-        if error is not None:
-            req.emit("error", error)
-        else:
-            req.emit("done")
+        # Metrics first: a client that reads /metrics right after its reply must find this generation counted.
         if self.on_finish is not None:
             try:
                 self.on_finish(req)
             except Exception:
                 logger.exception("serve: the on_finish callback failed")
+        if error is not None:
+            req.emit("error", error)
+        else:
+            req.emit("done")

@@ -103,7 +103,7 @@ def test_mixed_precision_for_a_causal_lm_keeps_sensitive_linears_fp16(tmp_path):
     if not (src / "weights.parquet").exists():
         pytest.skip("models/smollm2-135m-instruct is not converted (scripts/fetch_models.py)")
     options = QuantizeOptions(bits=4, group_size=128, mixed_target=0.05, max_ppl_increase=0.10,
-                              calib_samples=8, eval_samples=60)
+                              calib_samples=4, eval_samples=40)
     report = quantize_model(src, tmp_path / "smollm2-int4-mixed", options)
     recipe = WeightFile.open(tmp_path / "smollm2-int4-mixed").quant_recipe
     assert recipe["mixed_target"] == 0.05 and 0 < len(recipe["fp16_layers"]) < 210
