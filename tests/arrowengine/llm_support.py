@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +44,13 @@ def _float_copy_dir(cache_root: Path) -> Path:
     config.pop("quantization_config", None)
     plain = LlamaForCausalLM(LlamaConfig.from_dict(config))
     plain.load_state_dict(model.state_dict())
-    tmp = target.with_suffix(".partial")
+    tmp = target.with_suffix(f".partial-{os.getpid()}")  # per process: parallel test workers may race here
     plain.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.rename(target)
+    try:
+        tmp.rename(target)
+    except OSError:  # another worker finished first: its copy is the same
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

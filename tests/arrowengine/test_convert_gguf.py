@@ -112,15 +112,17 @@ def test_config_and_files(converted):
 
 
 @pytest.mark.slow
-def test_logits_and_tokenizer_match_transformers_gguf_loader(gguf_path, converted, tmp_path):
+def test_logits_and_tokenizer_match_transformers_gguf_loader(converted, tmp_path, pytestconfig):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tests.arrowengine.llm_support import smollm2
 
     ours = LlamaForCausalLM(LlamaConfig.from_dict(converted.config))
     result = ours.load_state_dict(converted.state_dict, strict=False)
     assert result.missing_keys == ["lm_head.weight"] and not result.unexpected_keys  # tied to the embedding
     ours.tie_weights()
-    ref = LlamaForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
-    ref_tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    # transformers' own GGUF loader (model and tokenizer), through the session's saved copy of its output
+    ref, ref_tok = smollm2(pytestconfig)
     for name, files in (("tokenizer.json", converted.files), ("tokenizer_config.json", converted.files)):
         (tmp_path / name).write_bytes(files[name])
     if "chat_template.jinja" in converted.files:

