@@ -186,6 +186,21 @@ class LLM:
             pass
         return run.rows[0].text
 
+    # ------------------------------------------------------------------ adapters
+    def add_low_rank(self, key: str, module: str, down: torch.Tensor, up: torch.Tensor) -> None:
+        """Add ``x @ down.T @ up.T`` to the output of linear ``module`` (a transformers name such as
+        ``model.layers.0.self_attn.q_proj``) under ``key``, leaving the base weights untouched (a LoRA adapter:
+        ``up`` carries the ``alpha / r`` scale). The model's own module is not changed; this LLM's forward is."""
+        from arrowengine.runtime.llm.low_rank import add_low_rank
+
+        add_low_rank(self.forward, key, module, down, up)
+
+    def remove_low_rank(self, key: str) -> int:
+        """Remove every low-rank term added under ``key`` (the base is exactly as loaded); the number removed."""
+        from arrowengine.runtime.llm.low_rank import remove_low_rank
+
+        return remove_low_rank(self.forward, key)
+
     # ------------------------------------------------------------------ scoring
     def logits(self, token_ids: Sequence[int]) -> torch.Tensor:
         """fp32 next-token logits ``[len(token_ids), vocab]`` of one sequence (a single prefill)."""

@@ -68,8 +68,8 @@ class WeightOptions:
 class Projection:
     """``y = x W^T + b`` for any leading shape of ``x``, over a dense, int8 or int4 weight."""
 
-    __slots__ = ("bias", "blocks", "data", "group_size", "in_features", "kernel", "kind", "nbytes", "out_features",
-                 "pad", "scales", "weight")
+    __slots__ = ("bias", "blocks", "data", "group_size", "in_features", "kernel", "kind", "low_rank", "nbytes",
+                 "out_features", "pad", "scales", "weight")
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *, dtype: torch.dtype,
                  quant: str | None = None, group_size: int = 32, name: str = "") -> None:
@@ -77,6 +77,8 @@ class Projection:
         self.bias = None if bias is None else bias.detach().to(dtype)
         self.blocks: Any = None
         self.kernel: Any = None
+        # key -> (down [r, in], up [rows, r], output rows): added to y, the weights untouched (LoRA adapters)
+        self.low_rank: dict[str, tuple[torch.Tensor, torch.Tensor, slice]] = {}
         if not isinstance(weight, torch.Tensor):  # GGUF blocks
             self._take_blocks(weight, dtype, name)
             return
@@ -140,13 +142,17 @@ class Projection:
         self.nbytes = self.data.numel() + self.scales.numel() * self.scales.element_size()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the projection to ``x [..., in_features]``."""
+        """Apply the projection to ``x [..., in_features]`` (plus its low-rank terms, if any)."""
         if self.kind == "dense":
-            return F.linear(x, self.weight, self.bias)
-        y = self._packed_matmul(x.reshape(-1, self.in_features))
-        if self.bias is not None:
-            y = y + self.bias
-        return y.view(*x.shape[:-1], self.out_features)
+            y = F.linear(x, self.weight, self.bias)
+        else:
+            y = self._packed_matmul(x.reshape(-1, self.in_features))
+            if self.bias is not None:
+                y = y + self.bias
+            y = y.view(*x.shape[:-1], self.out_features)
+        for down, up, rows in self.low_rank.values():
+            y[..., rows] += F.linear(F.linear(x, down), up)
+        return y
 
     def _packed_matmul(self, x2d: torch.Tensor) -> torch.Tensor:
         if self.kind == "gguf":

@@ -1,0 +1,250 @@
+"""``SyncClient``: one node's side of the sync protocol (push, pull, list, and ``sync`` over DoExchange).
+
+Every call is recorded in the node's :class:`SyncLog` when one is given (bytes from the IPC messages written
+and read, Flight's message counts, seconds, method, versions). Flight errors become federation errors whose
+message says what to do: ``SyncRejectedError`` (the server refused: token, invalid update, size) and
+``SyncUnavailableError`` (cannot connect: down, wrong address, TLS mismatch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from federation.auth import auth_headers
+from federation.card import CardMeta, LoRACard
+from federation.delta import DeltaConfig, ErrorFeedback, apply_delta, encode_delta
+from federation.errors import FederationError, SyncRejectedError, SyncUnavailableError
+from federation.protocol import SyncReply, SyncRequest, Ticket, batch_bytes, schema_bytes
+from federation.synclog import SyncLog, SyncRecord
+from federation.wire import META_KIND, WireLimits, card_batches, card_from_batches, delta_batches, delta_from_batches
+
+__all__ = ["ClientConfig", "SyncClient", "SyncResult"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Where and how a node connects. ``tls_root_cert``: the CA (or self-signed) certificate to trust for a
+    ``grpc+tls://`` location. ``max_message_bytes`` sets gRPC's send / receive limits (its receive default of
+    4 MiB is a known trap); ``timeout_s`` bounds each call."""
+
+    location: str
+    node: str = "node"
+    token: str | None = None
+    tls_root_cert: str | os.PathLike[str] | None = None
+    max_message_bytes: int = 64 << 20
+    timeout_s: float = 120.0
+    delta: DeltaConfig = field(default_factory=lambda: DeltaConfig(method="topk_int8"))
+    limits: WireLimits = field(default_factory=WireLimits)
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """The outcome of :meth:`SyncClient.sync`: the node's new base card (equal to the server's), how it got it
+    (``ok``: the merged update; ``full_sync``: the base was stale and the current card was fetched) and the
+    bytes moved."""
+
+    card: LoRACard
+    status: str
+    bytes_sent: int
+    bytes_received: int
+    seconds: float
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.sent = self.received = self.messages_sent = self.messages_received = 0
+
+
+class SyncClient:
+    """A connection to one sync server."""
+
+    def __init__(self, config: ClientConfig, log: SyncLog | None = None) -> None:
+        self.config = config
+        self.log = log
+        kwargs: dict[str, Any] = {"generic_options": [("grpc.max_receive_message_length", config.max_message_bytes),
+                                                      ("grpc.max_send_message_length", config.max_message_bytes)]}
+        if config.tls_root_cert:
+            kwargs["tls_root_certs"] = Path(config.tls_root_cert).read_bytes()
+        self._client = flight.FlightClient(config.location, **kwargs)
+        self._options = flight.FlightCallOptions(headers=auth_headers(config.token), timeout=config.timeout_s)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._client.close()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ errors and records
+    @contextlib.contextmanager
+    def _call(self, op: str, adapter: str, method: str, base_version: int | None) -> Iterator[dict]:
+        started, counter, state = time.perf_counter(), _Counter(), {"status": "ok", "new_version": None}
+        state["counter"] = counter
+        error = ""
+        try:
+            yield state
+        except flight.FlightUnauthenticatedError as exc:
+            state["status"], error = "rejected", str(exc)
+            raise SyncRejectedError(f"{self.config.location} refused the call: {_short(exc)}") from exc
+        except flight.FlightUnavailableError as exc:
+            state["status"], error = "error", str(exc)
+            hint = ("; the server may require TLS (use grpc+tls:// and its certificate)"
+                    if self.config.location.startswith("grpc+tcp") else
+                    "; check the certificate (tls_root_cert) and that the server offers TLS")
+            raise SyncUnavailableError(f"cannot reach the sync server at {self.config.location}: {_short(exc)}"
+                                       f"{hint}") from exc
+        except flight.FlightError as exc:
+            state["status"], error = "rejected", str(exc)
+            raise SyncRejectedError(f"the sync server refused {op} of {adapter!r}: {_short(exc)}") from exc
+        except FederationError as exc:
+            state["status"], error = "error", str(exc)
+            raise
+        finally:
+            if self.log is not None:
+                self.log.append(SyncRecord(
+                    role="client", node=self.config.node, adapter=adapter, op=op, method=method,
+                    status=state["status"], base_version=base_version, new_version=state["new_version"],
+                    bytes_sent=counter.sent, bytes_received=counter.received, messages_sent=counter.messages_sent,
+                    messages_received=counter.messages_received, seconds=time.perf_counter() - started,
+                    error=error))
+
+    # ------------------------------------------------------------------ whole cards
+    def list_cards(self) -> list[CardMeta]:
+        """The metadata of every adapter on the server (current versions)."""
+        with self._call("list", "*", "full", None):
+            infos = list(self._client.list_flights(options=self._options))
+        return [CardMeta.from_json(info.schema.metadata[b"federation.card"]) for info in infos]
+
+    def pull(self, adapter: str, version: int | None = None) -> LoRACard:
+        """Fetch a card (a full sync) through ``do_get``."""
+        with self._call("pull", adapter, "full", None) as state:
+            reader = self._client.do_get(flight.Ticket(Ticket(adapter, version).to_bytes()), options=self._options)
+            schema, batches = _read_all(reader, state["counter"])
+            card = card_from_batches(schema, batches)
+            state["new_version"] = card.meta.version
+        return card
+
+    def push(self, card: LoRACard) -> None:
+        """Store ``card`` on the server through ``do_put`` (the adapter's first or next version)."""
+        with self._call("push", card.meta.adapter, "full", card.meta.version) as state:
+            schema, batches = card_batches(card, self.config.limits)
+            writer, _ = self._client.do_put(flight.FlightDescriptor.for_path(card.meta.adapter), schema,
+                                            options=self._options)
+            _write_all(writer, batches, state["counter"], schema, begin=False)
+            writer.close()
+
+    # ------------------------------------------------------------------ sync
+    def sync(self, local: LoRACard, base: LoRACard, *, samples: int = 1, mode: str = "delta",
+             feedback: ErrorFeedback | None = None) -> SyncResult:
+        """Send ``local`` (trained from ``base``, the last version this node got from the server) and return the
+        merged version. ``mode="delta"`` sends ``encode_delta(base, local)`` (with ``feedback``'s residuals) and
+        receives the merged delta; ``"full"`` sends and receives whole cards. A stale ``base`` gets the current
+        card by a full sync (R5.6 / R5.8): the result's status is then ``full_sync`` and ``feedback`` is reset."""
+        started = time.perf_counter()
+        request = SyncRequest(self.config.node, base.meta.adapter, base.meta.version, mode, samples)
+        with self._call("sync", base.meta.adapter, mode, base.meta.version) as state:
+            counter = state["counter"]
+            if mode == "delta":
+                delta = encode_delta(base, local, config=self.config.delta, feedback=feedback)
+                schema, batches = delta_batches(delta, self.config.limits)
+            else:
+                schema, batches = card_batches(local, self.config.limits)
+            writer, reader = self._client.do_exchange(flight.FlightDescriptor.for_command(request.to_bytes()),
+                                                      options=self._options)
+            _write_all(writer, batches, counter, schema, begin=True)
+            commit = f'{{"batches":{len(batches)},"commit":true}}'.encode()
+            writer.write_metadata(pa.py_buffer(commit))
+            counter.sent += len(commit)
+            counter.messages_sent += 1
+            writer.done_writing()
+            reply, schema_in, batches_in = _read_reply(reader, counter)
+            writer.close()
+            if reply.status == "ok":
+                if mode == "delta":
+                    card = apply_delta(base, delta_from_batches(schema_in, batches_in), version=reply.version)
+                else:
+                    card = card_from_batches(schema_in, batches_in)
+                if card.checksum != reply.checksum:
+                    raise SyncRejectedError(f"the merged card does not match the server's checksum {reply.checksum}:"
+                                            f" do a full sync (pull)")
+                status = "ok"
+            else:
+                logger.warning("node %s: %s (%s); fetching version %d", self.config.node, reply.status, reply.reason,
+                               reply.version)
+                status = "full_sync"
+            state["status"], state["new_version"] = reply.status, reply.version
+        if status == "full_sync":
+            card = self.pull(base.meta.adapter)
+            if feedback is not None:
+                feedback.reset()
+        return SyncResult(card, status, counter.sent, counter.received, time.perf_counter() - started)
+
+
+def _short(exc: Exception) -> str:
+    # Flight appends gRPC details after the message; the first line is what the server said
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _write_all(writer: Any, batches: list[pa.RecordBatch], counter: _Counter, schema: pa.Schema, *,
+               begin: bool) -> None:
+    if begin:  # do_put's writer was opened with the schema already
+        writer.begin(schema)
+    counter.sent += schema_bytes(schema)
+    counter.messages_sent += 1
+    for batch in batches:
+        writer.write_batch(batch)
+        counter.sent += batch_bytes(batch)
+        counter.messages_sent += 1
+
+
+def _read_all(reader: Any, counter: _Counter) -> tuple[pa.Schema, list[pa.RecordBatch]]:
+    schema = reader.schema
+    counter.received += schema_bytes(schema)
+    counter.messages_received += 1
+    batches = []
+    for chunk in reader:
+        if chunk.data is not None:
+            batches.append(chunk.data)
+            counter.received += batch_bytes(chunk.data)
+            counter.messages_received += 1
+    return schema, batches
+
+
+def _read_reply(reader: Any, counter: _Counter) -> tuple[SyncReply, pa.Schema | None, list[pa.RecordBatch]]:
+    schema, batches, reply = None, [], None
+    while True:
+        try:
+            chunk = reader.read_chunk()
+        except StopIteration:
+            break
+        counter.messages_received += 1
+        if chunk.data is not None:
+            batches.append(chunk.data)
+            counter.received += batch_bytes(chunk.data)
+        if chunk.app_metadata is not None:
+            counter.received += chunk.app_metadata.size
+            reply = SyncReply.from_bytes(chunk.app_metadata.to_pybytes())
+    if reply is None:
+        raise SyncRejectedError("the sync server closed the exchange without a reply; retry")
+    if batches:
+        schema = reader.schema
+        counter.received += schema_bytes(schema)
+        counter.messages_received += 1
+    if reply.status == "ok" and (schema is None or (schema.metadata or {}).get(META_KIND.encode()) is None):
+        raise SyncRejectedError("the sync reply says ok but carries no update; retry")
+    return reply, schema, batches
