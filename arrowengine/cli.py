@@ -272,7 +272,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-loaded", type=int, default=3, help="models kept in memory (LRU)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.set_defaults(func=_cmd_serve)
+    _add_plugin_commands(sub)
     return parser
+
+
+PLUGIN_GROUP = "arrowengine.commands"
+
+
+def _add_plugin_commands(sub: Any) -> None:
+    """Commands of sibling packages (``memory``...), found by entry point so arrowengine never imports them.
+
+    Each entry point names ``register(subparsers)``; one that fails to load is logged and left out.
+    """
+    from importlib.metadata import entry_points
+
+    for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        try:
+            ep.load()(sub)
+        except Exception as exc:  # a broken plugin must not take the engine's own commands down
+            logger.warning("command plugin %s (%s) not loaded: %s", ep.name, ep.value, exc)
 
 
 def _split_bench(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | None:

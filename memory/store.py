@@ -44,7 +44,8 @@ from memory.tiering import AccessBuffer
 __all__ = ["MemoryStore"]
 
 logger = logging.getLogger(__name__)
-_ITEM_KEYS = {"content", "modality", "session", "metadata", "links", "importance", "embedding"}
+_ITEM_KEYS = {"content", "modality", "session", "metadata", "links", "importance", "embedding", "id", "tier",
+              "source_ids"}
 
 
 def _check_k(k: object) -> None:
@@ -209,6 +210,13 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
             raise InvalidMetadataError(f"importance {importance} is outside [0, 1]")
         spec["importance"] = importance
         spec["links"] = coerce_links(spec.get("links"))
+        tier = spec.setdefault("tier", "short")
+        if tier not in TIERS:
+            raise InvalidMetadataError(f"memory tier {tier!r} is not one of {list(TIERS)}")
+        mid = spec.get("id")
+        if mid is not None and (not isinstance(mid, str) or not mid):
+            raise InvalidMetadataError(f"memory id {mid!r} must be a non-empty string (or left out for a new uuid)")
+        spec["source_ids"] = [str(s) for s in spec.get("source_ids") or ()]
         return spec
 
     def add(self, content: str, *, modality: str = "text", session: str | None = None,
@@ -225,6 +233,8 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
         Each item is a string or a dict with ``content`` and optionally ``modality``, ``session``, ``metadata``,
         ``links``, ``importance``, ``embedding``. Consecutive memories of a session are linked, and so are
         near-duplicates (cosine >= ``near_duplicate_threshold``); hand-given links are stored on both ends.
+        ``id``, ``tier`` (default ``short``) and ``source_ids`` are for writers that derive their own ids, such as
+        the consolidator (an id that already exists is refused: check first).
         """
         specs = [self._spec(item) for item in items]
         if not specs:
@@ -244,14 +254,19 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
         matrix = np.stack(vectors)
         with self._lock:
             table = self._ensure_table(matrix.shape[1])
-            ids = [uuid.uuid4().hex for _ in specs]
+            ids = [s.get("id") or uuid.uuid4().hex for s in specs]
+            given = [s["id"] for s in specs if s.get("id")]
+            taken = sorted(set(self._rows_by_id(given, ["id"]))) if given else []
+            if taken or len(set(ids)) != len(ids):
+                raise InvalidMetadataError(f"memory id(s) {taken or ids} already exist or repeat; give new ids")
             new_links, back_links = self._auto_links(specs, ids, matrix)
             now = time.time()
             rows = [
                 {"id": mid, "created_at": now + i * 1e-6, "session": s.get("session"), "modality": s["modality"],
                  "content": s["content"], "summary": None, "embedding": matrix[i],
-                 "association_links": merge_links([], new_links[mid]), "tier": "short", "access_count": 0,
-                 "last_access": 0.0, "importance": s["importance"], "source_ids": [], "metadata": s["metadata"],
+                 "association_links": merge_links([], new_links[mid]), "tier": s["tier"], "access_count": 0,
+                 "last_access": 0.0, "importance": s["importance"], "source_ids": s["source_ids"],
+                 "metadata": s["metadata"],
                  "content_zstd": None, "embedding_q": None, "embedding_codec": None}
                 for i, (mid, s) in enumerate(zip(ids, specs, strict=True))
             ]
@@ -339,6 +354,29 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
             if symmetric:
                 updates[b] = merge_links(rows[b]["association_links"], [Link(a, weight, kind)])
             self._write_links(updates)
+
+    def set_tier(self, ids: Sequence[str], tier: str) -> int:
+        """Move the existing memories among ``ids`` to ``tier`` in one merge; returns how many exist (others are
+        skipped: deleted meanwhile). Content is left as it is (``maintain()`` compresses cold archived rows)."""
+        if tier not in TIERS:
+            raise InvalidMetadataError(f"memory tier {tier!r} is not one of {list(TIERS)}")
+        with self._lock:
+            found = list(self._rows_by_id(list(dict.fromkeys(ids)), ["id"]))
+            if not found:
+                return 0
+            schema = pa.schema([memory_schema(1).field("id"), memory_schema(1).field("tier")])
+            data = pa.table({"id": found, "tier": [tier] * len(found)}, schema=schema)
+            table = self._table
+            self._commit(lambda: table.merge_insert("id").when_matched_update_all().execute(data),
+                         f"move {len(found)} memories to tier {tier}")
+        logger.info("%d memories moved to tier %s", len(found), tier)
+        return len(found)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """The store's text embeddings of ``texts`` (L2-normalised rows), as ``add`` would compute them."""
+        if not texts:
+            return np.zeros((0, self.dim or 0), dtype=np.float32)
+        return normalise_rows(self._embed(list(texts)), self.dim, "text embedder")
 
     def delete(self, mid: str) -> None:
         """Delete memory ``mid`` and the links other memories hold to it."""

@@ -1,0 +1,81 @@
+"""Checking an LLM answer before anything is written: JSON, schema, length and relevance.
+
+A rejected answer writes nothing and archives nothing; its reason goes to the journal and the run log:
+``empty answer``, ``non-JSON answer``, ``wrong JSON shape (...)``, ``principle longer than its sources``,
+``off-topic principle (cosine ...)``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+import numpy as np
+
+__all__ = ["ANSWER_SCHEMA", "Verdict", "check_answer", "parse_json_object"]
+
+ANSWER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["principles"],
+    "properties": {
+        "principles": {
+            "type": "array",
+            "minItems": 1,
+            "items": {"type": "string", "minLength": 3},
+        },
+    },
+}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The accepted principles, or why the answer was rejected (``reason`` None when accepted)."""
+
+    principles: tuple[str, ...] = ()
+    reason: str | None = None
+
+    @property
+    def accepted(self) -> bool:
+        """True when the answer yields principles to write."""
+        return self.reason is None and bool(self.principles)
+
+
+def parse_json_object(answer: str) -> Any:
+    """The first JSON object in ``answer`` (code fences and text around it ignored); ValueError if none."""
+    start = answer.find("{")
+    if start < 0:
+        raise ValueError("no JSON object")
+    obj, _ = json.JSONDecoder().raw_decode(answer[start:])
+    return obj
+
+
+def check_answer(answer: str, sources: list[str], centroid: np.ndarray, embed: Callable[[list[str]], np.ndarray],
+                 *, max_principles: int, min_relevance: float) -> Verdict:
+    """Validate ``answer`` for the cluster of ``sources`` (whose mean embedding is ``centroid``)."""
+    if not answer or not answer.strip():
+        return Verdict(reason="empty answer")
+    try:
+        obj = parse_json_object(answer)
+    except ValueError:
+        return Verdict(reason=f"non-JSON answer: {answer.strip()[:80]!r}")
+    try:
+        jsonschema.validate(obj, ANSWER_SCHEMA)
+    except jsonschema.ValidationError as exc:
+        return Verdict(reason=f"wrong JSON shape ({exc.message[:120]})")
+    principles = list(dict.fromkeys(" ".join(p.split()) for p in obj["principles"] if p.strip()))[:max_principles]
+    if not principles:
+        return Verdict(reason="empty answer (no principle text)")
+    source_chars = sum(len(s) for s in sources)
+    if sum(len(p) for p in principles) > source_chars:
+        return Verdict(reason=f"principle longer than its sources ({sum(len(p) for p in principles)} > "
+                              f"{source_chars} characters)")
+    vectors = embed(principles)
+    norm = float(np.linalg.norm(centroid)) or 1.0
+    cosines = vectors @ (centroid / norm)
+    if float(cosines.min()) < min_relevance:
+        return Verdict(reason=f"off-topic principle (cosine {float(cosines.min()):.2f} to its sources < "
+                              f"{min_relevance})")
+    return Verdict(principles=tuple(principles))
