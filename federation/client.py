@@ -196,8 +196,9 @@ class SyncClient:
 
 
 def _short(exc: Exception) -> str:
-    # Flight appends gRPC details after the message; the first line is what the server said
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    # Flight appends gRPC debug context after the message; what the server said comes first
+    text = str(exc).split(". gRPC client debug context")[0].split(". Detail:")[0]
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _write_all(writer: Any, batches: list[pa.RecordBatch], counter: _Counter, schema: pa.Schema, *,

@@ -110,6 +110,11 @@ class SyncDaemon:
         self._thread = threading.Thread(target=self._loop, name=f"sync-daemon-{self.config.adapter}", daemon=True)
         self._thread.start()
 
+    def wait(self) -> None:
+        """Block until the thread ends (after :meth:`stop`, or never for a healthy daemon: Ctrl-C ends it)."""
+        while self._thread is not None and self._thread.is_alive():
+            self._thread.join(1.0)
+
     def stop(self, timeout: float | None = 10.0) -> None:
         """Ask the thread to stop and wait for it (a sync in flight finishes first)."""
         self._stop.set()

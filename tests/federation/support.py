@@ -1,0 +1,53 @@
+"""Shared pieces of the federation tests: a tiny real-architecture LoRA card and servers on 127.0.0.1:0."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from federation.card import LoRACard
+from federation.checksum import model_checksum
+from federation.server import ServerConfig, SyncServer
+from tests.arrowengine.llm_support import tiny_llama
+
+ADAPTER = "chat"
+
+
+def peft_model(seed: int = 0, *, rank: int = 4) -> Any:
+    """A tiny Llama (real LlamaConfig) with a peft LoRA on q/v, B initialised non-zero so it changes outputs."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"], lora_dropout=0.0,
+                        init_lora_weights="gaussian")
+    return get_peft_model(tiny_llama(seed), config)
+
+
+def tiny_card(seed: int = 0, *, rank: int = 4, adapter: str = ADAPTER) -> LoRACard:
+    """The LoRA card of :func:`peft_model`."""
+    model = peft_model(seed, rank=rank)
+    return LoRACard.from_peft(model, adapter=adapter, base_model="tiny-llama",
+                              base_checksum=model_checksum(model.get_base_model()))
+
+
+def nudged(card: LoRACard, seed: int, scale: float = 0.01) -> LoRACard:
+    """``card`` with small random changes (a node's local training step), same version."""
+    gen = torch.Generator().manual_seed(seed)
+    return LoRACard(card.meta, {n: t + scale * torch.randn(t.shape, generator=gen) for n, t in card.tensors.items()})
+
+
+@contextlib.contextmanager
+def running_server(config: ServerConfig) -> Iterator[SyncServer]:
+    """A :class:`SyncServer` serving on its own thread for the duration of the block, then shut down."""
+    server = SyncServer(config)
+    thread = threading.Thread(target=server.serve, name="test-sync-server", daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        thread.join(10)
