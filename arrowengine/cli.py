@@ -192,8 +192,9 @@ def _add_quant_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-ppl-increase", type=float, default=0.10, help="causal LM threshold (relative)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``arrowengine`` command."""
+def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The argument parser of the ``arrowengine`` command; the command plugins named in ``plugins`` are loaded
+    (the others are listed without importing them)."""
     parser = argparse.ArgumentParser(prog="arrowengine", description="Arrow-native zero-copy model engine.")
     parser.add_argument("--version", action="version", version=f"arrowengine {__version__}")
     parser.add_argument("--config", help="YAML configuration file (default: $ARROWENGINE_CONFIG or ./arrowengine.yaml)")
@@ -272,25 +273,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-loaded", type=int, default=3, help="models kept in memory (LRU)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.set_defaults(func=_cmd_serve)
-    _add_plugin_commands(sub)
+    _add_plugin_commands(sub, plugins)
     return parser
 
 
 PLUGIN_GROUP = "arrowengine.commands"
 
 
-def _add_plugin_commands(sub: Any) -> None:
+def _add_plugin_commands(sub: Any, load: Sequence[str]) -> None:
     """Commands of sibling packages (``memory``...), found by entry point so arrowengine never imports them.
 
-    Each entry point names ``register(subparsers)``; one that fails to load is logged and left out.
+    Each entry point names ``register(subparsers)``. Only the plugin of the command being run is imported
+    (``memory`` costs seconds of imports that ``arrowengine info`` should not pay); the others get a placeholder
+    that lists them in ``--help``. A plugin that fails to load is logged and left a placeholder.
     """
     from importlib.metadata import entry_points
 
     for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
-        try:
-            ep.load()(sub)
-        except Exception as exc:  # a broken plugin must not take the engine's own commands down
-            logger.warning("command plugin %s (%s) not loaded: %s", ep.name, ep.value, exc)
+        if ep.name in load:
+            try:
+                ep.load()(sub)
+                continue
+            except Exception as exc:  # a broken plugin must not take the engine's own commands down
+                logger.warning("command plugin %s (%s) not loaded: %s", ep.name, ep.value, exc)
+        if ep.name not in sub.choices:
+            sub.add_parser(ep.name, help=f"commands of {ep.value.split(':')[0]} (arrowengine {ep.name} --help)")
+
+
+def _command_index(argv: list[str]) -> int:
+    """Where the command word is in ``argv`` (past the global options; ``len(argv)`` when there is none)."""
+    takes_value = {"--config", "--log-level"}
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        i += 2 if argv[i] in takes_value else 1
+    return i
 
 
 def _split_bench(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | None:
@@ -299,10 +315,7 @@ def _split_bench(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.N
     argparse's REMAINDER does not take arguments that start with ``-`` (``bench --help`` would fail with
     "unrecognized arguments"), so the benchmark's part of the command line is cut off before parsing.
     """
-    takes_value = {"--config", "--log-level"}
-    i = 0
-    while i < len(argv) and argv[i].startswith("-"):
-        i += 2 if argv[i] in takes_value else 1
+    i = _command_index(argv)
     if i >= len(argv) or argv[i] != "bench":
         return None
     args = parser.parse_args(argv[: i + 1])
@@ -313,7 +326,8 @@ def _split_bench(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.N
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``arrowengine`` console script and ``python -m arrowengine``; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    i = _command_index(argv)
+    parser = build_parser(plugins=argv[i : i + 1])
     args = _split_bench(parser, argv) or parser.parse_args(argv)
     silence_third_party_warnings()
     try:

@@ -29,7 +29,7 @@ from memory.consolidation.errors import JournalError, LLMRequestError, LLMUnavai
 from memory.consolidation.journal import Journal, RunState, pending_runs, reset_journal
 from memory.consolidation.llm import LLMClient, call_with_retry
 from memory.consolidation.prompt import build_messages
-from memory.consolidation.runlog import RunReport, append_run, read_runs
+from memory.consolidation.runlog import RunReport, append_run, open_if_exists, read_runs
 from memory.consolidation.selection import CONSOLIDATED, SCAN_COLUMNS, select_hot
 from memory.consolidation.validation import Verdict, check_answer
 from memory.lance_io import connect
@@ -75,8 +75,7 @@ class Consolidator:
 
     # ------------------------------------------------------------------ reads
     def _table(self) -> Any | None:
-        name = self.store.config.table
-        return self._db.open_table(name) if name in self._db.table_names() else None
+        return open_if_exists(self._db, self.store.config.table)
 
     def _scan(self) -> pa.Table | None:
         table = self._table()

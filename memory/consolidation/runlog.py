@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from memory.lance_io import commit_with_retry
 
-__all__ = ["RUNLOG_TABLE", "RunReport", "append_run", "read_runs"]
+__all__ = ["RUNLOG_TABLE", "RunReport", "append_run", "open_if_exists", "read_runs"]
 
 RUNLOG_TABLE = "consolidation_runs"
 _SCHEMA = pa.schema([
@@ -70,11 +70,20 @@ def append_run(db: Any, report: RunReport, retries: int = 20) -> None:
     commit_with_retry(lambda: table.add(data), "append consolidation run log", retries)
 
 
+def open_if_exists(db: Any, name: str) -> Any | None:
+    """Table ``name`` of ``db``, or None when it does not exist."""
+    try:
+        return db.open_table(name)
+    except ValueError:  # lancedb: "Table '...' was not found"
+        return None
+
+
 def read_runs(db: Any, last: int | None = None) -> list[dict[str, Any]]:
     """The run log, oldest first (the ``last`` runs only when given); reasons decoded."""
-    if RUNLOG_TABLE not in db.table_names():
+    table = open_if_exists(db, RUNLOG_TABLE)
+    if table is None:
         return []
-    rows = sorted(db.open_table(RUNLOG_TABLE).to_arrow().to_pylist(), key=lambda r: r["started_at"])
+    rows = sorted(table.to_arrow().to_pylist(), key=lambda r: r["started_at"])
     for r in rows:
         r["reasons"] = json.loads(r["reasons"] or "[]")
     return rows[-last:] if last else rows

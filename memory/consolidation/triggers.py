@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from memory.consolidation.config import TriggerConfig
+from memory.consolidation.runlog import open_if_exists
 from memory.lance_io import connect
 
 __all__ = ["ConsolidationDaemon", "nightly_trigger", "storage_pressure"]
@@ -30,10 +31,9 @@ def nightly_trigger(config: TriggerConfig) -> Any:
 
 def storage_pressure(store_path: Path | str, config: TriggerConfig, table: str = "memories") -> str | None:
     """Why the store is under pressure (``"rows 120 > 100"``...), or None when no threshold is crossed."""
-    db = connect(store_path, 0.0)
-    if table not in db.table_names():
+    t = open_if_exists(connect(store_path, 0.0), table)
+    if t is None:
         return None
-    t = db.open_table(table)
     rows = t.count_rows()
     if config.max_rows is not None and rows > config.max_rows:
         return f"rows {rows} > {config.max_rows}"
