@@ -2,7 +2,8 @@
 
 ``EncodedTensor`` is the unit a delta is made of and the payload of one wire row (``federation.wire``).
 Lossless: ``dense`` (the fp32 values) and ``sparse`` (the exact non-zero values and their positions). Lossy:
-``fp16``; ``int8`` (symmetric, one float16 scale per tensor, quantized by :func:`quant.quantize`); ``topk_int8``
+``fp16``; ``int8`` / ``int4`` (symmetric, one float16 scale per tensor, quantized and packed by
+:func:`quant.quantize`: int4 holds two codes per byte in quant's bit order); ``topk_int8``
 (the largest ``density`` fraction by magnitude, int8 with one scale). Positions are gap-coded: the first is
 the index itself, each next the distance from the one before, as uint16 when every gap fits, else uint32.
 """
@@ -19,11 +20,11 @@ from federation.errors import DeltaError
 
 __all__ = ["LOSSLESS_METHODS", "METHODS", "VALUE_DTYPES", "EncodedTensor", "decode_tensor", "encode_tensor"]
 
-METHODS = ("dense", "sparse", "fp16", "int8", "topk_int8")
+METHODS = ("dense", "sparse", "fp16", "int8", "int4", "topk_int8")
 LOSSLESS_METHODS = ("dense", "sparse")
 VALUE_DTYPES = {"dense": np.float32, "sparse": np.float32, "fp16": np.float16, "int8": np.uint8,
-                 "topk_int8": np.uint8}
-_INT8_ZERO = 128  # quant's symmetric 8-bit zero point: code - 128 is the signed value
+                 "int4": np.uint8, "topk_int8": np.uint8}
+_BITS = {"int8": 8, "int4": 4, "topk_int8": 8}
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class EncodedTensor:
             raise DeltaError(f"{self.method} values must be flat {np.dtype(expected).name}, got "
                              f"{self.values.dtype} {list(self.values.shape)}")
         sparse = self.method in ("sparse", "topk_int8")
+        if self.method == "int4":
+            numel = (numel + 1) // 2  # two codes per byte
         if not sparse and (self.values.size != numel or self.indices.size):
             raise DeltaError(f"{self.method} needs {numel} values for shape {list(self.shape)} and no positions, "
                              f"got {self.values.size} values and {self.indices.size} positions")
@@ -73,21 +76,21 @@ def _gaps(positions: np.ndarray) -> np.ndarray:
     return gaps.astype(np.uint16 if not gaps.size or gaps.max() <= np.iinfo(np.uint16).max else np.uint32)
 
 
-def _dequantize_int8(codes: np.ndarray, scale: float) -> torch.Tensor:
+def _dequantize(packed: np.ndarray, scale: float, numel: int, bits: int) -> torch.Tensor:
     from quant import QuantizedTensor, dequantize
 
-    n = codes.size
-    qt = QuantizedTensor(torch.from_numpy(codes).reshape(1, n), torch.tensor([[scale]], dtype=torch.float16),
-                         torch.full((1, 1), _INT8_ZERO, dtype=torch.uint8), 8, 0, (1, n), symmetric=True)
+    zero = torch.full((1, 1), 2 ** (bits - 1), dtype=torch.uint8)  # quant's symmetric zero point
+    qt = QuantizedTensor(torch.from_numpy(packed).reshape(1, -1), torch.tensor([[scale]], dtype=torch.float16),
+                         zero, bits, 0, (1, numel), symmetric=True)
     return dequantize(qt).reshape(-1)
 
 
-def _int8(values: torch.Tensor, name: str) -> tuple[np.ndarray, float]:
+def _quantize(values: torch.Tensor, bits: int, name: str) -> tuple[np.ndarray, float]:
     from quant import quantize
 
     if values.numel() == 0:
         return np.empty(0, np.uint8), 0.0
-    qt = quantize(values.reshape(1, -1), 8, 0, symmetric=True, name=name)  # one row: one scale per tensor
+    qt = quantize(values.reshape(1, -1), bits, 0, symmetric=True, name=name)  # one row: one scale per tensor
     return qt.packed.reshape(-1).numpy().copy(), float(qt.scales.reshape(-1)[0])
 
 
@@ -103,18 +106,18 @@ def encode_tensor(delta: torch.Tensor, method: str, *, density: float = 0.05, na
         return EncodedTensor(method, shape, flat.numpy().copy(), empty)
     if method == "fp16":
         return EncodedTensor(method, shape, flat.half().numpy(), empty)
-    if method == "int8":
-        codes, scale = _int8(flat, name)
+    if method in ("int8", "int4"):
+        codes, scale = _quantize(flat, _BITS[method], name)
         return EncodedTensor(method, shape, codes, empty, scale)
     if method == "sparse":
-        positions = torch.nonzero(flat).reshape(-1)
+        positions = torch.nonzero(flat.view(torch.int32)).reshape(-1)  # by bits: -0.0 is kept, so exact
         return EncodedTensor(method, shape, flat[positions].numpy().copy(), _gaps(positions.numpy()))
     if method == "topk_int8":
         if not 0 < density <= 1:
             raise DeltaError(f"density must be in (0, 1], got {density}")
         k = min(flat.numel(), math.ceil(density * flat.numel()))
         positions = torch.sort(torch.topk(flat.abs(), k, sorted=False).indices).values
-        codes, scale = _int8(flat[positions], name)
+        codes, scale = _quantize(flat[positions], 8, name)
         return EncodedTensor(method, shape, codes, _gaps(positions.numpy()), scale)
     raise DeltaError(f"unknown delta encoding {method!r}; use one of {list(METHODS)} or 'auto'")
 
@@ -125,12 +128,12 @@ def decode_tensor(encoded: EncodedTensor) -> torch.Tensor:
     method = encoded.method
     if method in ("dense", "fp16"):
         return torch.from_numpy(encoded.values.astype(np.float32)).reshape(encoded.shape)
-    if method == "int8":
-        return _dequantize_int8(encoded.values, encoded.scale).reshape(encoded.shape)
+    if method in ("int8", "int4"):
+        return _dequantize(encoded.values, encoded.scale, numel, _BITS[method]).reshape(encoded.shape)
     out = torch.zeros(numel, dtype=torch.float32)
     positions = torch.from_numpy(encoded.positions())
     if method == "sparse":
         out[positions] = torch.from_numpy(encoded.values)
     else:
-        out[positions] = _dequantize_int8(encoded.values, encoded.scale) if positions.numel() else 0.0
+        out[positions] = _dequantize(encoded.values, encoded.scale, positions.numel(), 8) if positions.numel() else 0.0
     return out.reshape(encoded.shape)
