@@ -281,6 +281,37 @@ def locomo_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def open_probe(store_dir: Path, query: str, models: Path) -> dict:
+    """In this (new) process: open the store, answer one search from a query vector, then one from text (the
+    default embedder loads on that first text search); seconds from opening and the process's RSS after each."""
+    from memory import MemoryConfig, MemoryStore
+
+    proc = psutil.Process()
+    out: dict = {"rss_before_mb": proc.memory_info().rss / 2**20}
+    t0 = time.perf_counter()
+    store = MemoryStore(store_dir, config=MemoryConfig(models_dir=models))  # the default embedder, loaded lazily
+    vector = np.random.default_rng(0).normal(size=store.dim).astype(np.float32)
+    store.search(vector, k=10)
+    out["first_search_from_vector_s"] = time.perf_counter() - t0
+    out["rss_after_vector_search_mb"] = proc.memory_info().rss / 2**20
+    store.search(query, k=10)
+    out["first_text_search_s"] = time.perf_counter() - t0
+    out["rss_after_text_search_mb"] = proc.memory_info().rss / 2**20
+    out["snapshot_loaded"] = store._index.stats["snapshot_loaded"]
+    out["index_builds"] = store._index.stats["builds"]
+    return out
+
+
+def probe_in_new_process(store_dir: Path, query: str, models: Path) -> dict:
+    """:func:`open_probe` in a fresh interpreter (nothing of this process's caches or pages)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, __file__, "--open-probe", str(store_dir), "--probe-query", query,
+                           "--models", str(models)], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=None,
@@ -296,7 +327,12 @@ def main() -> None:
     ap.add_argument("--maintain", action="store_true", help="run maintain() (table compaction) at each size")
     ap.add_argument("--recall-sizes", type=int, nargs="*", default=None,
                     help="sizes at which recall@5 of the modes is measured (default: all)")
+    ap.add_argument("--open-probe", type=Path, default=None, help=argparse.SUPPRESS)  # see probe_in_new_process
+    ap.add_argument("--probe-query", default="what did you do this weekend", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.open_probe is not None:
+        print(json.dumps(open_probe(args.open_probe, args.probe_query, args.models)))
+        return
     if args.locomo is not None:
         run_locomo(args.locomo, args.out or REPO / "docs/benchmarks/memory/locomo_dev.json", args.models)
         return
@@ -364,6 +400,8 @@ def main() -> None:
             store._embedder = enc
             if args.recall_sizes is None or size in args.recall_sizes:
                 entry["recall@5"] = {name: recall_at(store, queries, ids, 5, **kw) for name, kw in modes.items()}
+            store.close()  # saves the index snapshot beside the table, as a user's process does on exit
+            entry["new_process_open"] = probe_in_new_process(tmp / "store", queries[0][0], args.models)
             report[f"at_{size}"] = entry
             del store, index
             print(json.dumps({f"at_{size}": report[f"at_{size}"]}, indent=1))

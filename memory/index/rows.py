@@ -31,6 +31,13 @@ class GrowArray:
         self._data = np.zeros(shape, dtype=dtype)
         self._n = 0
 
+    @classmethod
+    def wrap(cls, array: np.ndarray) -> GrowArray:
+        """A full GrowArray over ``array`` as is (e.g. a memory map): no copy until the first append grows it."""
+        grow = cls.__new__(cls)
+        grow._data, grow._n = array, len(array)
+        return grow
+
     def __len__(self) -> int:
         return self._n
 
@@ -55,6 +62,16 @@ def _codes(column: pa.ChunkedArray | pa.Array, values: Sequence[str]) -> np.ndar
     """Index of each cell in ``values`` (len(values) for a value outside them)."""
     idx = pc.index_in(column, value_set=pa.array(values, pa.string()))
     return pc.fill_null(idx, len(values)).to_numpy().astype(np.uint8)
+
+
+def _link_arrays(payload: pa.Table) -> tuple[np.ndarray, pa.Array, np.ndarray]:
+    """A chunk's links as (offsets by row, flat target ids, flat weights)."""
+    links = payload.column("association_links").chunk(0) if payload.num_rows else pa.array(
+        [], payload.schema.field("association_links").type)
+    lengths = pc.fill_null(pc.list_value_length(links), 0).to_numpy().astype(np.int64)
+    flat = pc.list_flatten(links)
+    return (np.concatenate([[0], np.cumsum(lengths)]), flat.field("target"),
+            flat.field("weight").to_numpy(zero_copy_only=False).astype(np.float32))
 
 
 class RowStore:
@@ -84,12 +101,7 @@ class RowStore:
         payload = rows.select(PAYLOAD_COLUMNS).combine_chunks()
         self._chunks.append(payload)
         self._starts.append(start)
-        links = payload.column("association_links").chunk(0) if payload.num_rows else pa.array(
-            [], payload.schema.field("association_links").type)
-        lengths = pc.fill_null(pc.list_value_length(links), 0).to_numpy().astype(np.int64)
-        flat = pc.list_flatten(links)
-        self._links.append((np.concatenate([[0], np.cumsum(lengths)]), flat.field("target"),
-                            flat.field("weight").to_numpy(zero_copy_only=False).astype(np.float32)))
+        self._links.append(_link_arrays(payload))
         self.live.append(np.ones(n, np.bool_))
         self.rowid.append(rows.column("_rowid").to_numpy().astype(np.uint64))
         self.modality.append(_codes(payload.column("modality"), MODALITIES))
@@ -104,6 +116,32 @@ class RowStore:
         self.slot_of.update(zip(ids, slots.tolist(), strict=True))
         self.n_live += n
         return slots
+
+    _ARRAYS = ("live", "rowid", "modality", "tier", "session")
+
+    def snapshot(self) -> tuple[dict[str, np.ndarray], pa.Table, dict[str, Any]]:
+        """(per-slot arrays, the payload of every slot as one table, scalars) for :mod:`memory.index.snapshot`."""
+        arrays = {name: getattr(self, name).view for name in self._ARRAYS}
+        payload = pa.concat_tables(self._chunks) if self._chunks else None
+        return arrays, payload, {"sessions": list(self._session_codes), "n_live": self.n_live}
+
+    @classmethod
+    def from_snapshot(cls, arrays: dict[str, np.ndarray], payload: pa.Table | None,
+                      meta: dict[str, Any]) -> RowStore:
+        """The row store :meth:`snapshot` described, over the (mapped) arrays and payload as they are."""
+        store = cls()
+        for name in cls._ARRAYS:
+            setattr(store, name, GrowArray.wrap(arrays[name]))
+        store._session_codes = {s: code for code, s in enumerate(meta["sessions"])}
+        store.n_live = int(meta["n_live"])
+        if payload is not None and payload.num_rows:
+            store._chunks, store._starts = [payload], [0]
+            store._links = [_link_arrays(payload)]
+            store._ids = payload.column("id").to_pylist()
+            live = np.flatnonzero(store.live.view).tolist()
+            ids = store._ids
+            store.slot_of = {ids[slot]: slot for slot in live}  # dead slots left the map when they died
+        return store
 
     def kill(self, slots: np.ndarray) -> np.ndarray:
         """Mark ``slots`` dead (rows deleted or rewritten in the table); returns those that were live."""

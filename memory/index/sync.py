@@ -29,7 +29,7 @@ from memory.config import RetrievalConfig
 from memory.errors import InvalidEmbeddingError
 from memory.index.graph import LinkGraph
 from memory.index.rows import PAYLOAD_COLUMNS, RowStore
-from memory.index.snapshot import find_snapshot, write_snapshot
+from memory.index.snapshot import SnapshotParts, find_snapshot, write_snapshot
 from memory.index.text import TextIndex
 from memory.index.vector import VectorIndex, assign, ivf_list_count, train_centroids
 
@@ -115,18 +115,31 @@ class MemoryIndex:
 
     # ------------------------------------------------------------------ snapshots
     def _expect(self) -> dict[str, Any]:
-        return {"dim": self.dim, "bm25": (self.cfg.bm25_k1, self.cfg.bm25_b)}
+        return {"dim": self.dim, "bm25": [self.cfg.bm25_k1, self.cfg.bm25_b]}  # as JSON reads them back
 
     def _load_snapshot(self, reader: Any, version: int) -> bool:
         if self._snapshot_dir is None:
             return False
         t0 = time.perf_counter()
-        state = find_snapshot(self._snapshot_dir, reader, version, self._expect())
-        if state is None:
+        parts = find_snapshot(self._snapshot_dir, reader, version, self._expect())
+        if parts is None:
             return False
-        self.rows, self.vectors, self.text = state["rows"], state["vectors"], state["text"]
+        meta, arrays = parts.meta, parts.arrays
+
+        def prefixed(prefix: str) -> dict[str, np.ndarray]:
+            return {name[len(prefix):]: a for name, a in arrays.items() if name.startswith(prefix)}
+
+        try:
+            rows = RowStore.from_snapshot(prefixed("rows."), parts.tables.get("payload"), meta["rows"])
+            vectors = VectorIndex.from_snapshot(self.dim, prefixed("vectors."))
+            text = TextIndex.from_snapshot(prefixed("text."), parts.tables["vocab"], meta["text"])
+        except (KeyError, ValueError, TypeError, pa.ArrowException) as exc:
+            logger.warning("memory index snapshot in %s is incomplete (%s); building from a scan",
+                           self._snapshot_dir, exc)
+            return False
+        self.rows, self.vectors, self.text = rows, vectors, text
         self.graph = LinkGraph(self.rows)
-        self.version, self._next_rowid = state["version"], state["next_rowid"]
+        self.version, self._next_rowid = int(meta["version"]), int(meta["next_rowid"])
         self._saved_version = self.version
         self.stats["snapshot_loaded"] = self.version
         logger.info("memory index loaded from its snapshot at version %d (%d rows) in %.2f s", self.version,
@@ -139,9 +152,15 @@ class MemoryIndex:
             if self._snapshot_dir is None or not self.built or self.version == self._saved_version:
                 return None
             reader = self._reader if self._reader is not None else self._open_reader()
-            state = {"version": self.version, "next_rowid": self._next_rowid, "rows": self.rows,
-                     "vectors": self.vectors, "text": self.text, **self._expect()}
-            written = write_snapshot(self._snapshot_dir, state, reader)
+            row_arrays, payload, row_meta = self.rows.snapshot()
+            text_arrays, vocab, text_meta = self.text.snapshot()
+            arrays = {f"rows.{k}": v for k, v in row_arrays.items()}
+            arrays |= {f"vectors.{k}": v for k, v in self.vectors.snapshot().items()}
+            arrays |= {f"text.{k}": v for k, v in text_arrays.items()}
+            tables = {"vocab": vocab} | ({"payload": payload} if payload is not None else {})
+            meta = {"version": self.version, "next_rowid": self._next_rowid, "rows": row_meta, "text": text_meta,
+                    **self._expect()}
+            written = write_snapshot(self._snapshot_dir, SnapshotParts(meta, arrays, tables), reader)
             if written is not None:
                 self._saved_version = self.version
             return written

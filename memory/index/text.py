@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import re
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -116,6 +117,29 @@ class TextIndex:
         """Bytes held by postings and per-slot/per-term arrays (the vocabulary dict is not counted)."""
         delta = sum(a.view.nbytes for a in self._delta)
         return self._offsets.nbytes + self._slots.nbytes + self._tfs.nbytes + delta + self._doc_len.view.nbytes
+
+    def snapshot(self) -> tuple[dict[str, np.ndarray], pa.Table, dict[str, Any]]:
+        """(arrays, the vocabulary in term-id order, scalars) for :mod:`memory.index.snapshot`; the delta
+        postings are merged into the base first, so the copy is one CSR."""
+        if len(self._delta[0]):
+            self._merge()
+        arrays = {"df": self._df.view, "doc_len": self._doc_len.view, "offsets": self._offsets,
+                  "slots": self._slots, "tfs": self._tfs}
+        vocab = pa.table({"term": pa.array(list(self._vocab), pa.string())})
+        meta = {"k1": self.k1, "b": self.b, "merge_every": self._merge_every, "n_live": self._n_live,
+                "total_len": self._total_len}
+        return arrays, vocab, meta
+
+    @classmethod
+    def from_snapshot(cls, arrays: dict[str, np.ndarray], vocab: pa.Table, meta: dict[str, Any]) -> TextIndex:
+        """The index :meth:`snapshot` described, over the (mapped) arrays as they are."""
+        index = cls(meta["k1"], meta["b"], meta["merge_every"])
+        index._vocab = {term: i for i, term in enumerate(vocab.column("term").to_pylist())}
+        index._df = GrowArray.wrap(arrays["df"])
+        index._doc_len = GrowArray.wrap(arrays["doc_len"])
+        index._offsets, index._slots, index._tfs = arrays["offsets"], arrays["slots"], arrays["tfs"]
+        index._n_live, index._total_len = int(meta["n_live"]), float(meta["total_len"])
+        return index
 
     def _term_ids(self, tokens: pa.Array, grow: bool) -> np.ndarray:
         enc = pc.dictionary_encode(tokens)

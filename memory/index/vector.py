@@ -87,6 +87,25 @@ class VectorIndex:
         cents = 0 if self._centroids is None else self._centroids.nbytes
         return self._mat.view.nbytes + cents + self._offsets.nbytes + self._tail_slots.view.nbytes
 
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """The arrays that make up the index, for :mod:`memory.index.snapshot`."""
+        arrays = {"matrix": self._mat.view, "offsets": self._offsets, "tail_slots": self._tail_slots.view,
+                  "tail_lists": self._tail_lists.view}
+        if self._centroids is not None:
+            arrays["centroids"] = self._centroids
+        return arrays
+
+    @classmethod
+    def from_snapshot(cls, dim: int, arrays: dict[str, np.ndarray]) -> VectorIndex:
+        """The index :meth:`snapshot` described, over the (mapped) arrays as they are: no copy of the matrix."""
+        index = cls(dim)
+        index._mat = GrowArray.wrap(arrays["matrix"].reshape(-1, dim))
+        index._centroids = arrays.get("centroids")
+        index._offsets = arrays["offsets"]
+        index._tail_slots = GrowArray.wrap(arrays["tail_slots"])
+        index._tail_lists = GrowArray.wrap(arrays["tail_lists"])
+        return index
+
     def matrix(self) -> np.ndarray:
         """All vectors by slot (a view)."""
         return self._mat.view
