@@ -48,7 +48,8 @@ def test_links_never_overtake_a_clearly_better_direct_match(tmp_path, embedder, 
                     for below in hits[i + 1 :]:
                         # the strongest link weight is 1.0, so context adds at most beta
                         assert below.fused_score - above.fused_score <= beta + 1e-6, (q, above, below)
-                        assert above.score >= below.score - 1e-9
+                        # ranked by score; 1e-6 is float32 rounding (two equal texts' scores differ by 4e-8)
+                        assert above.score >= below.score - 1e-6
         assert lifted > 0  # the session links did take part
 
 
