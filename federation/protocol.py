@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pyarrow as pa
 
@@ -25,21 +26,31 @@ PROTOCOL_VERSION = 1
 MODES = ("delta", "full")
 
 
-def _json(obj: object) -> bytes:
-    return json.dumps(dataclasses.asdict(obj), sort_keys=True, separators=(",", ":")).encode()
+_M = TypeVar("_M", bound="_JsonMessage")
 
 
-def _parse(cls: type, raw: bytes, what: str):
-    try:
-        data = json.loads(raw)
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-    except (TypeError, ValueError) as exc:
-        raise DeltaError(f"malformed {what} ({exc}); see docs/federation_protocol.md") from exc
+class _JsonMessage:
+    """A dataclass sent as canonical JSON (sorted keys, no spaces); unknown keys from newer peers are ignored."""
+
+    def to_bytes(self) -> bytes:
+        """The message bytes."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls: type[_M], raw: bytes) -> _M:
+        """Parse message bytes (raises DeltaError naming the message when malformed)."""
+        try:
+            data = json.loads(raw)
+            known = {f.name for f in dataclasses.fields(cls)}
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except (TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, DeltaError):
+                raise
+            raise DeltaError(f"malformed {cls.__name__} message ({exc}); see docs/federation_protocol.md") from exc
 
 
 @dataclass(frozen=True)
-class SyncRequest:
+class SyncRequest(_JsonMessage):
     """What a node asks of ``do_exchange``: merge my ``mode`` update of ``adapter`` made on ``base_version``."""
 
     node: str
@@ -57,18 +68,9 @@ class SyncRequest:
         if self.protocol != PROTOCOL_VERSION:
             raise DeltaError(f"sync protocol {self.protocol} is not spoken here (server: {PROTOCOL_VERSION})")
 
-    def to_bytes(self) -> bytes:
-        """The descriptor command."""
-        return _json(self)
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> SyncRequest:
-        """Parse a descriptor command."""
-        return _parse(cls, raw, "sync request")
-
 
 @dataclass(frozen=True)
-class SyncReply:
+class SyncReply(_JsonMessage):
     """The server's last message: ``status`` ``ok`` (the batches before it are the merged update) or
     ``full_sync_required`` (no batches; fetch the current card with ``do_get``)."""
 
@@ -78,31 +80,13 @@ class SyncReply:
     contributors: int = 0
     reason: str = ""
 
-    def to_bytes(self) -> bytes:
-        """The app_metadata bytes."""
-        return _json(self)
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> SyncReply:
-        """Parse the app_metadata bytes."""
-        return _parse(cls, raw, "sync reply")
-
 
 @dataclass(frozen=True)
-class Ticket:
+class Ticket(_JsonMessage):
     """A ``do_get`` ticket: one version of one adapter (None: the current one)."""
 
     adapter: str
     version: int | None = None
-
-    def to_bytes(self) -> bytes:
-        """The ticket bytes."""
-        return _json(self)
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> Ticket:
-        """Parse ticket bytes."""
-        return _parse(cls, raw, "ticket")
 
 
 def batch_bytes(batch: pa.RecordBatch) -> int:
