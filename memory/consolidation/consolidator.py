@@ -215,8 +215,10 @@ class Consolidator:
                 return Verdict(reason=f"LLM refused the request ({exc})"), "llm"
             else:
                 report.llm_calls += 1
-                return check_answer(answer, texts, centroid, self.store.embed, max_principles=cfg.max_principles,
-                                    min_relevance=cfg.min_relevance), "llm"
+                verdict = check_answer(answer, texts, centroid, self.store.embed, max_principles=cfg.max_principles,
+                                       min_relevance=cfg.min_relevance)
+                report.repaired += verdict.repaired
+                return verdict, "llm"
         report.extractive += 1
         medoid = int(np.argmax(vectors @ centroid))  # the source closest to the cluster's centre
         return Verdict(principles=(texts[medoid],)), "extractive"

@@ -1,9 +1,10 @@
 """The run log: one row per consolidation run in the store's ``consolidation_runs`` Lance table.
 
-Columns: what the run saw and did (scanned, selected, clusters, clustered, principles, archived, rejected),
-the short tier and the table's bytes before and after, the duration, LLM calls and failures, the LLM used,
-why clusters were rejected (JSON list of ``{"cluster", "reason"}``), and the status (``ok``, ``recovered``,
-``abandoned``, ``error``). ``arrowengine memory stats`` prints it.
+Columns: what the run saw and did (scanned, selected, clusters, clustered, principles, archived, rejected), the
+short tier and the active bytes before and after, the duration, LLM calls and failures, answers that needed
+repair (not one valid JSON object), extractive principles, the LLM used, why clusters were rejected (JSON list
+of ``{"cluster", "reason"}``), and the status (``ok``, ``recovered``, ``abandoned``). ``arrowengine memory
+stats`` prints it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ _SCHEMA = pa.schema([
     ("principles", pa.int64()), ("archived", pa.int64()), ("rejected", pa.int64()),
     ("short_before", pa.int64()), ("short_after", pa.int64()), ("bytes_before", pa.int64()),
     ("bytes_after", pa.int64()), ("llm_calls", pa.int64()), ("llm_failures", pa.int64()),
-    ("extractive", pa.int64()), ("llm", pa.string()), ("reasons", pa.string()),
+    ("repaired", pa.int64()), ("extractive", pa.int64()), ("llm", pa.string()), ("reasons", pa.string()),
 ])
 
 
@@ -50,6 +51,7 @@ class RunReport:
     bytes_after: int = 0
     llm_calls: int = 0
     llm_failures: int = 0
+    repaired: int = 0  # answers that were not one valid JSON object (their principles array was used)
     extractive: int = 0
     llm: str = ""
     reasons: list[dict[str, str]] = field(default_factory=list)

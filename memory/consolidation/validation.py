@@ -8,6 +8,7 @@ A rejected answer writes nothing and archives nothing; its reason goes to the jo
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,7 @@ class Verdict:
 
     principles: tuple[str, ...] = ()
     reason: str | None = None
+    repaired: bool = False  # the answer was not one valid JSON object; its principles array was
 
     @property
     def accepted(self) -> bool:
@@ -43,13 +45,24 @@ class Verdict:
         return self.reason is None and bool(self.principles)
 
 
-def parse_json_object(answer: str) -> Any:
-    """The first JSON object in ``answer`` (code fences and text around it ignored); ValueError if none."""
+_PRINCIPLES_KEY = re.compile(r'"principles"\s*:\s*(?=\[)')
+
+
+def parse_json_object(answer: str) -> tuple[Any, bool]:
+    """The first JSON object in ``answer`` (code fences and text around it ignored) and whether it had to be
+    repaired: when the object itself does not parse (cut at a stop sequence, junk before its closing brace), the
+    JSON array after its ``"principles":`` key is taken as ``{"principles": [...]}``. ValueError if neither."""
+    decoder = json.JSONDecoder()
     start = answer.find("{")
-    if start < 0:
+    if start >= 0:
+        try:
+            return decoder.raw_decode(answer[start:])[0], False
+        except ValueError:
+            pass
+    key = _PRINCIPLES_KEY.search(answer)
+    if key is None:
         raise ValueError("no JSON object")
-    obj, _ = json.JSONDecoder().raw_decode(answer[start:])
-    return obj
+    return {"principles": decoder.raw_decode(answer[key.end():])[0]}, True
 
 
 def check_answer(answer: str, sources: list[str], centroid: np.ndarray, embed: Callable[[list[str]], np.ndarray],
@@ -58,24 +71,24 @@ def check_answer(answer: str, sources: list[str], centroid: np.ndarray, embed: C
     if not answer or not answer.strip():
         return Verdict(reason="empty answer")
     try:
-        obj = parse_json_object(answer)
+        obj, repaired = parse_json_object(answer)
     except ValueError:
         return Verdict(reason=f"non-JSON answer: {answer.strip()[:80]!r}")
     try:
         jsonschema.validate(obj, ANSWER_SCHEMA)
     except jsonschema.ValidationError as exc:
-        return Verdict(reason=f"wrong JSON shape ({exc.message[:120]})")
+        return Verdict(reason=f"wrong JSON shape ({exc.message[:120]})", repaired=repaired)
     principles = list(dict.fromkeys(" ".join(p.split()) for p in obj["principles"] if p.strip()))[:max_principles]
     if not principles:
-        return Verdict(reason="empty answer (no principle text)")
+        return Verdict(reason="empty answer (no principle text)", repaired=repaired)
     source_chars = sum(len(s) for s in sources)
     if sum(len(p) for p in principles) > source_chars:
         return Verdict(reason=f"principle longer than its sources ({sum(len(p) for p in principles)} > "
-                              f"{source_chars} characters)")
+                              f"{source_chars} characters)", repaired=repaired)
     vectors = embed(principles)
     norm = float(np.linalg.norm(centroid)) or 1.0
     cosines = vectors @ (centroid / norm)
     if float(cosines.min()) < min_relevance:
         return Verdict(reason=f"off-topic principle (cosine {float(cosines.min()):.2f} to its sources < "
-                              f"{min_relevance})")
-    return Verdict(principles=tuple(principles))
+                              f"{min_relevance})", repaired=repaired)
+    return Verdict(principles=tuple(principles), repaired=repaired)

@@ -140,6 +140,13 @@ def test_a_valid_answer_becomes_a_linked_principle_and_archives_its_sources(them
         themed.get(p).content for p in again.principle_ids)
 
 
+def test_an_answer_with_junk_inside_the_object_is_repaired_from_its_principles_array(themed, canned):
+    url, handler = canned
+    handler.replies = [(200, GOOD[:-1] + ', "and also"]')]  # SmolLM2's habit: text after the array, no "}"
+    report = Consolidator(themed, OllamaLLM("smollm2", url), CFG).run()
+    assert (report.principles, report.archived, report.repaired) == (1, 4, 1)
+
+
 def test_transport_errors_are_retried_with_backoff_and_counted(themed, canned):
     url, handler = canned
     handler.replies = [(503, "busy"), (503, "busy"), (200, GOOD)]
