@@ -1,4 +1,4 @@
-"""memory: the agent's memory store (LanceDB), hybrid retrieval, tiering and compression policies."""
+"""memory: the agent's memory store (LanceDB), hybrid retrieval, tiering, compression policies and consolidation."""
 
 from memory.compression import (
     RECORD_SCHEMA,
@@ -17,6 +17,7 @@ from memory.compression import (
     load_causal_lm,
 )
 from memory.config import MemoryConfig, RetrievalConfig, TieringConfig, load_memory_config
+from memory.consolidation import ConsolidationConfig, Consolidator
 from memory.embedder import Embedder
 from memory.errors import (
     CommitConflictError,
@@ -55,6 +56,8 @@ __all__ = [
     "CompressionError",
     "CompressionPolicy",
     "Compressor",
+    "ConsolidationConfig",
+    "Consolidator",
     "CorruptPayloadError",
     "Embedder",
     "EmbedderOutputError",
