@@ -53,7 +53,8 @@ class _CurrentStderrHandler(logging.StreamHandler):
     """
 
     @property  # type: ignore[override]
-    def stream(self):  # noqa: D102 - the property that replaces StreamHandler's attribute
+    def stream(self):
+        """``sys.stderr`` now (replaces StreamHandler's attribute)."""
         return sys.stderr
 
     @stream.setter

@@ -48,7 +48,7 @@ class BatchedDecoder:
         # and the uninitialised memory of torch.empty may hold NaN bit patterns (0 * NaN = NaN)
         self._clean = [0] * rows
         # the LLM's own one-token step when it has one (exact parity with LLM.chat); else its general forward
-        self._single: Callable[..., torch.Tensor] = getattr(llm, "_decode_step", None) or fwd.forward
+        self._single: Callable[..., torch.Tensor] = getattr(llm, "decode_step", None) or fwd.forward
         self._cos, self._sin_signed, self._layers = step_tables(fwd)  # the tables DecodeStep uses
 
     def reset(self, row: int) -> None:

@@ -247,7 +247,7 @@ class Scheduler:
             req.first_token_at = time.perf_counter()
         done = torch.zeros(1, dtype=torch.bool)
         last = req.completion_tokens + 1 >= p.max_new_tokens
-        piece = seq.run._accept(token.tolist(), done, last=last)[0]
+        piece = seq.run.accept(token.tolist(), done, last=last)[0]
         req.completion_tokens += 1
         if piece:
             req.emit("text", piece)

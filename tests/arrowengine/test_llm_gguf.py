@@ -154,7 +154,7 @@ def test_llm_dir_defaults_to_the_blocks_and_fp32_is_one_argument_away(block_mode
     with caplog.at_level("INFO", logger="arrowengine.runtime.llm.precision"):
         llm = LLM(block_model_dir)
     assert "LLM: precision auto -> gguf (the model holds GGUF blocks and the native kernels run here)" in caplog.text
-    assert llm.forward.lm_head.kind == "gguf" and isinstance(llm._decode_step._step, NativeBlockStep)
+    assert llm.forward.lm_head.kind == "gguf" and isinstance(llm.decode_step._step, NativeBlockStep)
     fp32 = LLM(block_model_dir, precision="fp32")
     assert fp32.forward.lm_head.kind == "dense" and fp32.forward.dtype == torch.float32
     prompts = [[5, 17, 300, 41], [9, 8, 7]]
@@ -178,4 +178,4 @@ def test_llm_dir_without_avx2_dequantizes_once(block_model_dir, monkeypatch, cap
         llm = LLM(block_model_dir)
     assert ("LLM: precision auto -> fp32 (the native block kernels are unavailable here; the blocks are "
             "dequantized once)") in caplog.text
-    assert llm.forward.lm_head.kind == "dense" and llm._decode_step._step == llm._decode_step._eager
+    assert llm.forward.lm_head.kind == "dense" and llm.decode_step._step == llm.decode_step._eager

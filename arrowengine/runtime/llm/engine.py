@@ -117,7 +117,7 @@ class LLM:
         self.stop_token_ids = _eos_ids(model, tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else min(self.stop_token_ids, default=0))
-        self._decode_step = DecodeStep(self.forward)
+        self.decode_step = DecodeStep(self.forward)  # public: the server's batched decoder steps rows with it
 
     # ------------------------------------------------------------------ generation
     def _params(self, params: SamplingParams | None, overrides: dict[str, Any]) -> SamplingParams:
@@ -143,7 +143,7 @@ class LLM:
             logger.info("LLM: max_new_tokens %d capped to %d by the context window", params.max_new_tokens, room)
             params = params.with_overrides(max_new_tokens=room)
         return GenerationRun(self.forward, self.tokenizer, prompts, params, self.stop_token_ids, self.pad_id,
-                             decode_step=self._decode_step)
+                             decode_step=self.decode_step)
 
     def generate_ids(self, prompts: Sequence[Sequence[int]], params: SamplingParams | None = None,
                      **overrides: Any) -> list[RowOutput]:

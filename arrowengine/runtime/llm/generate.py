@@ -86,7 +86,7 @@ class GenerationRun:
             if penalties is not None:
                 penalties.update(chosen)
             chosen_list = chosen.tolist()
-            yield self._accept(chosen_list, done, last=step == params.max_new_tokens - 1)
+            yield self.accept(chosen_list, done, last=step == params.max_new_tokens - 1)
             if bool(done.all()):
                 return
             slot = width + step
@@ -97,8 +97,12 @@ class GenerationRun:
             next_pos = next_pos + 1
             self.decode_steps += 1
 
-    def _accept(self, chosen: list[int], done: torch.Tensor, *, last: bool) -> list[str]:
-        """Record one token per unfinished row; return each row's newly emittable text."""
+    def accept(self, chosen: list[int], done: torch.Tensor, *, last: bool) -> list[str]:
+        """Record one token per unfinished row; return each row's newly emittable text.
+
+        The hook for a driver that runs its own decode steps (the server's continuous batching): it sets
+        ``finish_reason`` on rows that stop and keeps the detokenised text in step with ``generate``.
+        """
         pieces = []
         for r, tok in enumerate(chosen):
             row = self.rows[r]
