@@ -82,7 +82,7 @@ def _relative_error(target: torch.Tensor, encoded: EncodedTensor) -> float:
 
 def _auto(target: torch.Tensor, config: DeltaConfig, name: str) -> EncodedTensor:
     candidates = [encode_tensor(target, "topk_int8", density=d, name=name) for d in config.auto_densities]
-    candidates += [encode_tensor(target, m, name=name) for m in ("int4", "int8", "fp16", "sparse", "dense")]
+    candidates += [encode_tensor(target, m, name=name) for m in ("sign1", "int4", "int8", "fp16", "sparse", "dense")]
     for enc in sorted(candidates, key=lambda e: e.nbytes):
         if enc.method in ("dense", "sparse") or _relative_error(target, enc) <= config.max_error:
             return enc

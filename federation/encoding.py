@@ -4,7 +4,8 @@
 Lossless: ``dense`` (the fp32 values) and ``sparse`` (the exact non-zero values and their positions). Lossy:
 ``fp16``; ``int8`` / ``int4`` (symmetric, one float16 scale per tensor, quantized and packed by
 :func:`quant.quantize`: int4 holds two codes per byte in quant's bit order); ``topk_int8``
-(the largest ``density`` fraction by magnitude, int8 with one scale). Positions are gap-coded: the first is
+(the largest ``density`` fraction by magnitude, int8 with one scale); ``sign1`` (one bit per value, the sign,
+times one scale: the mean magnitude, as in error-feedback signSGD). Positions are gap-coded: the first is
 the index itself, each next the distance from the one before, as uint16 when every gap fits, else uint32.
 """
 
@@ -20,10 +21,10 @@ from federation.errors import DeltaError
 
 __all__ = ["LOSSLESS_METHODS", "METHODS", "VALUE_DTYPES", "EncodedTensor", "decode_tensor", "encode_tensor"]
 
-METHODS = ("dense", "sparse", "fp16", "int8", "int4", "topk_int8")
+METHODS = ("dense", "sparse", "fp16", "int8", "int4", "sign1", "topk_int8")
 LOSSLESS_METHODS = ("dense", "sparse")
 VALUE_DTYPES = {"dense": np.float32, "sparse": np.float32, "fp16": np.float16, "int8": np.uint8,
-                 "int4": np.uint8, "topk_int8": np.uint8}
+                 "int4": np.uint8, "sign1": np.uint8, "topk_int8": np.uint8}
 _BITS = {"int8": 8, "int4": 4, "topk_int8": 8}
 
 
@@ -47,8 +48,8 @@ class EncodedTensor:
             raise DeltaError(f"{self.method} values must be flat {np.dtype(expected).name}, got "
                              f"{self.values.dtype} {list(self.values.shape)}")
         sparse = self.method in ("sparse", "topk_int8")
-        if self.method == "int4":
-            numel = (numel + 1) // 2  # two codes per byte
+        if self.method in ("int4", "sign1"):
+            numel = -(-numel // (2 if self.method == "int4" else 8))  # codes per byte
         if not sparse and (self.values.size != numel or self.indices.size):
             raise DeltaError(f"{self.method} needs {numel} values for shape {list(self.shape)} and no positions, "
                              f"got {self.values.size} values and {self.indices.size} positions")
@@ -109,6 +110,10 @@ def encode_tensor(delta: torch.Tensor, method: str, *, density: float = 0.05, na
     if method in ("int8", "int4"):
         codes, scale = _quantize(flat, _BITS[method], name)
         return EncodedTensor(method, shape, codes, empty, scale)
+    if method == "sign1":
+        scale = float(torch.tensor(float(flat.abs().mean()) if flat.numel() else 0.0).half())
+        signs = np.packbits(flat.numpy() >= 0, bitorder="little")  # bit i of byte j: value 8j+i is >= 0
+        return EncodedTensor(method, shape, signs, empty, scale)
     if method == "sparse":
         positions = torch.nonzero(flat.view(torch.int32)).reshape(-1)  # by bits: -0.0 is kept, so exact
         return EncodedTensor(method, shape, flat[positions].numpy().copy(), _gaps(positions.numpy()))
@@ -130,6 +135,9 @@ def decode_tensor(encoded: EncodedTensor) -> torch.Tensor:
         return torch.from_numpy(encoded.values.astype(np.float32)).reshape(encoded.shape)
     if method in ("int8", "int4"):
         return _dequantize(encoded.values, encoded.scale, numel, _BITS[method]).reshape(encoded.shape)
+    if method == "sign1":
+        signs = np.unpackbits(encoded.values, count=numel, bitorder="little").astype(np.float32)
+        return torch.from_numpy(signs * 2 - 1).mul_(encoded.scale).reshape(encoded.shape)
     out = torch.zeros(numel, dtype=torch.float32)
     positions = torch.from_numpy(encoded.positions())
     if method == "sparse":

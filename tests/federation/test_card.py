@@ -76,6 +76,9 @@ def test_apply_and_remove_on_a_loaded_llm_matches_peft_and_restores_the_base():
     torch.testing.assert_close(llm.logits(ids), expected, rtol=1e-4, atol=1e-4)
     assert remove_card(llm, "chat") == 4
     assert torch.equal(llm.logits(ids), before)  # the base weights were never touched
+    fused = LLM.from_model(base_model, tokenizer=_NoTokenizer(), fuse_projections=True)  # Q/K/V in one matrix
+    apply_card(fused, card)  # each term lands on the output rows of its own part
+    torch.testing.assert_close(fused.logits(ids), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_bad_cards_are_refused(tmp_path):

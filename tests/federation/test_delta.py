@@ -59,6 +59,14 @@ def test_topk_keeps_the_largest_entries(values, density):
     assert enc.nbytes == k * (1 + enc.indices.itemsize)
 
 
+def test_sign1_sends_one_bit_per_value_and_the_mean_magnitude():
+    delta = torch.tensor([[0.5, -2.0, 0.0, 1.5, -0.25, 3.0, -1.0, 2.0, -0.75]])
+    enc = encode_tensor(delta, "sign1")
+    assert enc.nbytes == 2 and enc.values.tolist() == [0b10101101, 0b0]
+    assert enc.scale == float(torch.tensor(float(delta.abs().mean())).half())
+    assert torch.equal(decode_tensor(enc), torch.where(delta >= 0, enc.scale, -enc.scale))
+
+
 def test_fp16_round_trips_fp16_values_exactly():
     delta = torch.randn(8, 16).half().float()
     assert torch.equal(decode_tensor(encode_tensor(delta, "fp16")), delta)
