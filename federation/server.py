@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -64,6 +65,15 @@ class ServerConfig:
         """The URI the server binds (port 0: any free port)."""
         scheme = "grpc+tls" if self.tls_cert else "grpc+tcp"
         return f"{scheme}://{self.host}:{self.port}"
+
+
+def _committed(metadata: list[bytes], batches: list[pa.RecordBatch]) -> bool:
+    """True when the last metadata message commits exactly the batches received."""
+    try:
+        last = json.loads(metadata[-1]) if metadata else None
+    except ValueError:
+        return False
+    return isinstance(last, dict) and last.get("commit") is True and last.get("batches") == len(batches)
 
 
 def _reject(message: str) -> flight.FlightServerError:
@@ -131,8 +141,9 @@ class SyncServer(flight.FlightServerBase):
         except FederationError as exc:
             raise _reject(str(exc)) from exc
         schema, batches, metadata, received, messages_in = self._read_stream(reader)
-        if not metadata or b'"commit":true' not in metadata[-1]:
-            raise _reject("the stream ended without its commit message (cut short?)")
+        if not _committed(metadata, batches):
+            raise _reject(f"the stream of {len(batches)} batches did not end with its commit message "
+                          f'{{"batches":{len(batches)},"commit":true}} (cut short?)')
         sent, messages_out = 0, 0
         record = dict(role="server", node=request.node, adapter=request.adapter, op="sync", method=request.mode,
                       base_version=request.base_version)

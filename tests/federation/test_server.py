@@ -42,7 +42,7 @@ def _client(server, node="a", **kwargs) -> SyncClient:
     return SyncClient(ClientConfig(server.location, node=node, token=TOKEN, **kwargs))
 
 
-def _raw_exchange(server, delta: Delta, *, limits: WireLimits | None = None) -> None:
+def _raw_exchange(server, delta: Delta, *, limits: WireLimits | None = None, commit: bool = True) -> None:
     """Send ``delta`` as it is (no client-side checks), the way a faulty or hostile node would."""
     client = flight.FlightClient(server.location)
     options = flight.FlightCallOptions(headers=[(b"authorization", f"Bearer {TOKEN}".encode())])
@@ -52,7 +52,8 @@ def _raw_exchange(server, delta: Delta, *, limits: WireLimits | None = None) -> 
     writer.begin(schema)
     for batch in batches:
         writer.write_batch(batch)
-    writer.write_metadata(pa.py_buffer(b'{"batches":1,"commit":true}'))
+    if commit:
+        writer.write_metadata(pa.py_buffer(f'{{"batches":{len(batches)},"commit":true}}'.encode()))
     writer.done_writing()
     reader.read_all()
 
@@ -135,6 +136,14 @@ def test_nan_delta_is_rejected_before_anything_changes(server):
                                                            np.empty(0, np.uint16))})
     with pytest.raises(flight.FlightServerError, match=r"NaN/Inf values; the server's adapter is unchanged"):
         _raw_exchange(server, Delta(delta.adapter, delta.base_version, delta.base_checksum, poisoned))
+    assert _state(server) == before
+
+
+def test_stream_without_commit_changes_nothing(server):
+    before = _state(server)
+    base = _client(server).pull(ADAPTER)
+    with pytest.raises(flight.FlightServerError, match="did not end with its commit message"):
+        _raw_exchange(server, encode_delta(base, nudged(base, 1), "dense"), commit=False)
     assert _state(server) == before
 
 
