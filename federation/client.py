@@ -132,12 +132,15 @@ class SyncClient:
 
     def pull(self, adapter: str, version: int | None = None) -> LoRACard:
         """Fetch a card (a full sync) through ``do_get``."""
+        return self._pull(adapter, version)[0]
+
+    def _pull(self, adapter: str, version: int | None) -> tuple[LoRACard, _Counter]:
         with self._call("pull", adapter, "full", None) as state:
             reader = self._client.do_get(flight.Ticket(Ticket(adapter, version).to_bytes()), options=self._options)
             schema, batches = _read_all(reader, state["counter"])
             card = card_from_batches(schema, batches)
             state["new_version"] = card.meta.version
-        return card
+        return card, state["counter"]
 
     def push(self, card: LoRACard) -> None:
         """Store ``card`` on the server through ``do_put`` (the adapter's first or next version)."""
@@ -188,11 +191,13 @@ class SyncClient:
                                reply.version)
                 status = "full_sync"
             state["status"], state["new_version"] = reply.status, reply.version
+        sent, received = counter.sent, counter.received
         if status == "full_sync":
-            card = self.pull(base.meta.adapter)
+            card, pulled = self._pull(base.meta.adapter, None)
+            sent, received = sent + pulled.sent, received + pulled.received  # the fallback's bytes count too
             if feedback is not None:
                 feedback.reset()
-        return SyncResult(card, status, counter.sent, counter.received, time.perf_counter() - started)
+        return SyncResult(card, status, sent, received, time.perf_counter() - started)
 
 
 def _short(exc: Exception) -> str:
