@@ -23,7 +23,7 @@ from federation.encoding import VALUE_DTYPES, EncodedTensor
 from federation.errors import CardError, DeltaError
 
 __all__ = ["CARD_SCHEMA", "DELTA_SCHEMA", "META_DELTA", "META_KIND", "WireLimits", "card_batches",
-           "card_from_batches", "delta_batches", "delta_from_batches"]
+           "card_from_batches", "card_schema", "delta_batches", "delta_from_batches", "delta_schema"]
 
 META_KIND = "federation.kind"
 META_DELTA = "federation.delta"
