@@ -78,8 +78,11 @@ class Consolidator:
         return open_if_exists(self._db, self.store.config.table)
 
     def _scan(self) -> pa.Table | None:
+        """The short tier's rows (only they can be consolidated)."""
         table = self._table()
-        return None if table is None else table.search().select(SCAN_COLUMNS).limit(None).to_arrow()
+        if table is None:
+            return None
+        return table.search().where("tier = 'short'").select(SCAN_COLUMNS).limit(None).to_arrow()
 
     def _fetch(self, ids: list[str], columns: list[str]) -> dict[str, dict[str, Any]]:
         table = self._table()

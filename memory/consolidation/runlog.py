@@ -1,10 +1,11 @@
 """The run log: one row per consolidation run in the store's ``consolidation_runs`` Lance table.
 
-Columns: what the run saw and did (scanned, selected, clusters, clustered, principles, archived, rejected), the
-short tier and the active bytes before and after, the duration, LLM calls and failures, answers that needed
-repair (not one valid JSON object), extractive principles, the LLM used, why clusters were rejected (JSON list
-of ``{"cluster", "reason"}``), and the status (``ok``, ``recovered``, ``abandoned``). ``arrowengine memory
-stats`` prints it.
+Columns: what the run saw and did (scanned: short-tier rows read; selected: the hot ones; clusters, clustered,
+principles, archived, rejected), the short tier and the active bytes (content + float32 embedding of the short
+and long tiers) before and after, the duration, LLM calls and failures, answers that needed repair (not one
+valid JSON object), extractive principles, the LLM used, why clusters were rejected (JSON list of
+``{"cluster", "reason"}``), and the status (``ok``, ``recovered``, ``abandoned``). ``arrowengine memory stats``
+prints it.
 """
 
 from __future__ import annotations
