@@ -24,6 +24,7 @@ from memory.consolidation import (
     Consolidator,
     LLMConfig,
     OllamaLLM,
+    OpenAILLM,
     check_answer,
     principle_id,
     read_runs,
@@ -43,7 +44,8 @@ GOOD = json.dumps({"principles": ["I rely on coffee every day to stay alert."]})
 
 
 class CannedOllama(BaseHTTPRequestHandler):
-    """``POST /api/chat`` answers the next (status, content) of ``replies`` (the last one repeats)."""
+    """``POST /api/chat`` (Ollama) and ``/v1/chat/completions`` (OpenAI) answer the next (status, content) of
+    ``replies`` (the last one repeats)."""
 
     replies: ClassVar[list[tuple[int, str]]] = []
     calls: ClassVar[list[dict]] = []
@@ -52,11 +54,15 @@ class CannedOllama(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).calls.append(body)
         status, content = self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
-        if status == 200:
+        if status != 200:
+            payload = {"error": content} if self.path.startswith("/api/") else {"error": {"message": content}}
+        elif self.path == "/v1/chat/completions":  # the OpenAI API's shape
+            payload = {"id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
+                       "choices": [{"index": 0, "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": content}}]}
+        else:
             payload = {"model": body["model"], "created_at": "2026-11-30T00:00:00Z", "done": True,
                        "done_reason": "stop", "message": {"role": "assistant", "content": content}}
-        else:
-            payload = {"error": content}
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -152,6 +158,25 @@ def test_transport_errors_are_retried_with_backoff_and_counted(themed, canned):
     handler.replies = [(503, "busy"), (503, "busy"), (200, GOOD)]
     report = Consolidator(themed, OllamaLLM("smollm2", url), CFG).run()
     assert (report.llm_failures, report.llm_calls, report.principles, report.archived) == (2, 1, 1, 4)
+
+
+def test_an_openai_compatible_endpoint_through_the_openai_client(themed, canned):
+    url, handler = canned
+    handler.replies = [(503, "overloaded"), (200, GOOD)]
+    report = Consolidator(themed, OpenAILLM("gpt-x", f"{url}/v1", "key"), CFG).run()
+    assert (report.llm_failures, report.llm_calls, report.principles, report.archived) == (1, 1, 1, 4)
+    assert report.llm.startswith("openai:gpt-x@") and handler.calls[-1]["max_tokens"] == 96
+
+
+def test_the_delete_policy_deletes_sources_once_the_principle_is_durable(themed, canned):
+    url, handler = canned
+    handler.replies = [(200, GOOD)]
+    cfg = ConsolidationConfig(similarity_threshold=0.4, max_clusters=1, source_policy="delete")
+    report = Consolidator(themed, OllamaLLM("smollm2", url), cfg).run()
+    assert (report.principles, report.archived) == (1, 4)
+    principle = themed.get(report.principle_ids[0])
+    assert len(principle.source_ids) == 4 and not [link for link in principle.links if link.kind == "consolidated"]
+    assert _tiers(themed) == {"short": 6, "long": 1} and len(themed) == 7
 
 
 def test_a_refused_request_is_not_retried_and_archives_nothing(themed, canned):
