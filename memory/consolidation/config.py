@@ -92,7 +92,7 @@ class ConsolidationConfig:
     source_policy: str = _choice("archive", "archive", "delete")
     link_weight: float = _rng(0.9, 0.0, 1.0)
     journal_dir: Path | None = None  # None: <store>/consolidation (a store URI needs a local directory)
-    kill_at_step: int | None = _rng(None, 1, _BIG)  # testing hook: SIGKILL after this many journal records
+    kill_at_step: int | None = _rng(None, 1, _BIG)  # testing hook: SIGKILL instead of writing journal record N
     llm: LLMConfig = field(default_factory=LLMConfig)
     triggers: TriggerConfig = field(default_factory=TriggerConfig)
 

@@ -230,7 +230,7 @@ class Consolidator:
                          method: str, run_id: str, key: str) -> None:
         weight = self.config.link_weight
         if self._fetch([pid], ["id"]):  # written before a crash; its back-links may be missing: add them again
-            for source in sources:
+            for source in self._fetch(sources, ["id"]):  # the agent may have deleted some meanwhile
                 self.store.link(pid, source, weight, CONSOLIDATED)
             return
         if method == "extractive":  # the principle is a source's text: reuse its embedding

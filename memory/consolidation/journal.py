@@ -44,7 +44,8 @@ class RunState:
 
 
 class Journal:
-    """Appends fsynced records; ``kill_at`` (a testing hook) SIGKILLs the process after that many records."""
+    """Appends fsynced records; ``kill_at`` (a testing hook) SIGKILLs the process in place of writing record
+    number ``kill_at`` of this process, i.e. right after the step the record before it announced."""
 
     def __init__(self, directory: Path, kill_at: int | None = None) -> None:
         self.directory = Path(directory)
@@ -61,6 +62,11 @@ class Journal:
     def append(self, run: str, event: str, **data: Any) -> None:
         """Write one record and fsync it; returns once it is durable."""
         self._written += 1
+        if self._kill_at is not None and self._written >= self._kill_at:
+            # in place of this record: right after the work the previous record announced, the riskiest moment
+            logger.warning("journal: kill_at_step=%d reached (before %s); SIGKILL (testing hook)", self._kill_at,
+                           event)
+            os.kill(os.getpid(), signal.SIGKILL)
         record = {"n": self._written, "run": run, "event": event, "at": time.time(), **data}
         line = json.dumps(record, ensure_ascii=False) + "\n"
         with open(self.path, "a", encoding="utf-8") as f:
@@ -68,9 +74,6 @@ class Journal:
             f.flush()
             os.fsync(f.fileno())
         logger.debug("journal %s: %s", run, event)
-        if self._kill_at is not None and self._written >= self._kill_at:
-            logger.warning("journal: kill_at_step=%d reached (%s); SIGKILL (testing hook)", self._kill_at, event)
-            os.kill(os.getpid(), signal.SIGKILL)
 
     def records(self) -> list[dict[str, Any]]:
         """Every readable record in order (a torn last line is skipped)."""
