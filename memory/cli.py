@@ -64,7 +64,8 @@ def _cmd_consolidate(args: argparse.Namespace) -> int:
     triggers = load_consolidation_config(args.config).triggers
     daemon = ConsolidationDaemon(store_path, lambda _reason: run_consolidation(store_path, args.config), triggers)
     daemon.start()
-    print(f"consolidation daemon for {store_path}: next runs {daemon.next_fire_times()} (Ctrl-C stops)")
+    nxt = ", ".join(f"{job} at {when.isoformat()}" for job, when in daemon.next_fire_times().items() if when)
+    print(f"consolidation daemon for {store_path}: next runs {nxt} (Ctrl-C stops)")
     daemon.wait()
     return 0
 
