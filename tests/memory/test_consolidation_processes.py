@@ -164,6 +164,17 @@ def _agent(path: str, vectors: np.ndarray, started: Any, stop: Any, out: str) ->
     store.close()
 
 
+class SlowEchoLLM:
+    """A deterministic LLM client (the protocol's two members) that takes its time: the first note is the principle."""
+
+    name = "slow-echo"
+
+    def chat(self, messages: list[dict[str, str]]) -> str:
+        time.sleep(0.6)  # an LLM call is slow; the agent must not wait for it
+        first = messages[-1]["content"].split("\n- ", 1)[1].split("\n")[0]
+        return json.dumps({"principles": [first]})
+
+
 @pytest.mark.slow
 def test_the_agent_adds_and_searches_throughout_a_run(base, tmp_path, embedder):
     src, original = base
@@ -178,7 +189,7 @@ def test_the_agent_adds_and_searches_throughout_a_run(base, tmp_path, embedder):
     assert started.wait(120)
     store = MemoryStore(path, embedder=embedder, config=MemoryConfig(near_duplicate_threshold=None))
     t0 = time.time()
-    report = Consolidator(store, None, ConsolidationConfig(**CFG)).run()
+    report = Consolidator(store, SlowEchoLLM(), ConsolidationConfig(**CFG)).run()
     t1 = time.time()
     time.sleep(0.3)
     stop.set()
@@ -191,6 +202,7 @@ def test_the_agent_adds_and_searches_throughout_a_run(base, tmp_path, embedder):
     assert len(set(agent_ids)) == len(agent_ids)
     principles = _check(path, original + agent_ids)  # every original and every agent memory is there
     assert report.principles == len(principles) >= len(THEMES) and report.archived >= 8
+    assert report.llm_calls == report.clusters and t1 - t0 >= 0.6 * report.clusters
     rows = {r["id"]: r for r in _rows(path)}
     assert set(rows) == set(original) | set(agent_ids) | set(report.principle_ids)
     store.close()
