@@ -21,10 +21,14 @@ def peft_model(seed: int = 0, *, rank: int = 4) -> Any:
     """A tiny Llama (real LlamaConfig) with a peft LoRA on q/v, B initialised non-zero so it changes outputs."""
     from peft import LoraConfig, get_peft_model
 
-    torch.manual_seed(seed)
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"], lora_dropout=0.0,
-                        init_lora_weights="gaussian")
-    return get_peft_model(tiny_llama(seed), config)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    model = get_peft_model(tiny_llama(seed), config)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():  # peft starts B at zero (a no-op adapter); a trained one is not
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(0.1 * torch.randn(param.shape, generator=gen))
+    return model
 
 
 def tiny_card(seed: int = 0, *, rank: int = 4, adapter: str = ADAPTER) -> LoRACard:

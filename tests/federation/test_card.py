@@ -70,6 +70,7 @@ def test_apply_and_remove_on_a_loaded_llm_matches_peft_and_restores_the_base():
     llm = LLM.from_model(base_model, tokenizer=_NoTokenizer())  # peft wraps q/v; LLM reads the base weights
     before = llm.logits(ids)
     torch.testing.assert_close(before, base_logits, rtol=1e-5, atol=1e-5)
+    assert float((expected - base_logits).abs().max()) > 0.05  # the adapter really changes the outputs
     assert apply_card(llm, card) == 4
     torch.testing.assert_close(llm.logits(ids), expected, rtol=1e-4, atol=1e-4)
     assert apply_card(llm, card) == 4  # a second apply replaces, never stacks

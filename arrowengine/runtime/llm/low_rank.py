@@ -46,7 +46,8 @@ def resolve_projection(forward: LlamaForward, module: str) -> tuple[Projection, 
 
 
 def add_low_rank(forward: LlamaForward, key: str, module: str, down: torch.Tensor, up: torch.Tensor) -> None:
-    """Add ``x @ down.T @ up.T`` to the output of ``module`` under ``key`` (replacing an earlier one of ``key``)."""
+    """Add ``x @ down.T @ up.T`` to the output of ``module`` under ``key`` (replacing an earlier term of ``key`` on
+    the same module)."""
     if forward.options.weight_quant == "gguf":
         raise UnsupportedModelError("low-rank adapters need a torch forward; this LLM runs GGUF blocks natively "
                                     "(load it with precision='fp32' or 'bf16')")
@@ -58,7 +59,9 @@ def add_low_rank(forward: LlamaForward, key: str, module: str, down: torch.Tenso
             f"low-rank term for {module!r} has down {list(down.shape)} / up {list(up.shape)}; the projection needs "
             f"down [r, {proj.in_features}] and up [{rows.stop - rows.start}, r]")
     dtype = forward.dtype
-    proj.low_rank[key] = (down.detach().to(forward.device, dtype), up.detach().to(forward.device, dtype), rows)
+    # keyed by module too: a fused Q/K/V projection carries the q and the v term of one adapter side by side
+    proj.low_rank[(key, module)] = (down.detach().to(forward.device, dtype), up.detach().to(forward.device, dtype),
+                                    rows)
 
 
 def remove_low_rank(forward: LlamaForward, key: str) -> int:
@@ -66,5 +69,7 @@ def remove_low_rank(forward: LlamaForward, key: str) -> int:
     dropped = 0
     for layer in forward.layers:
         for proj in layer.projections():
-            dropped += proj.low_rank.pop(key, None) is not None
+            for term in [t for t in proj.low_rank if t[0] == key]:
+                del proj.low_rank[term]
+                dropped += 1
     return dropped

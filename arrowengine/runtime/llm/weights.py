@@ -77,8 +77,8 @@ class Projection:
         self.bias = None if bias is None else bias.detach().to(dtype)
         self.blocks: Any = None
         self.kernel: Any = None
-        # key -> (down [r, in], up [rows, r], output rows): added to y, the weights untouched (LoRA adapters)
-        self.low_rank: dict[str, tuple[torch.Tensor, torch.Tensor, slice]] = {}
+        # (adapter key, module) -> (down [r, in], up [rows, r], output rows): added to y, weights untouched (LoRA)
+        self.low_rank: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor, slice]] = {}
         if not isinstance(weight, torch.Tensor):  # GGUF blocks
             self._take_blocks(weight, dtype, name)
             return
