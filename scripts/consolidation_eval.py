@@ -135,18 +135,24 @@ def markdown(reports: list[dict]) -> str:
         rec = r["recall"]
         per = r["llm_calls_per_archived_memory"]
         lines.append(
-            f"| {r['llm']} | {', '.join(r['conversations'])} | {r['questions']} | {r['short_before']} -> "
+            f"| {r['llm']}, clusters of {r['config']['min_cluster_size']}-{r['config']['max_cluster_size']} at cosine "
+            f"{r['config']['similarity_threshold']} | {', '.join(r['conversations'])} | {r['questions']} | "
+            f"{r['short_before']} -> "
             f"{r['short_after']} ({r['short_shrink']:.1%}) | {r['principles']} | {r['llm_calls']} "
             f"({r['answers_accepted']} / {r['answers_repaired']} / {r['answers_rejected']}) | "
             f"{'-' if per is None else f'{per:.3f}'} | {rec['before']['all']['recall@10']:.3f} | "
             f"{rec['after_all_tiers']['all']['recall@10']:.3f} | {rec['after_active_tiers']['all']['recall@10']:.3f} | "
             f"{r['duration_s']:.0f} s |")
-    lines += ["", "Commands:", ""] + [f"    {r['command']}" for r in reports] + [""]
-    lines += ["Rejection reasons (first run of each report):", ""]
+    lines += ["", "Reading it: `extractive` keeps each cluster's most central turn as its principle (no LLM), so it "
+              "shows what the clustering and the archive step do to recall; with an LLM only accepted answers "
+              "archive anything (a rejected cluster stays in the short tier), so the shrink is bounded by the "
+              "share of answers that pass the checks. 'calls per archived' is LLM calls / archived memories.",
+              "", "Commands:", ""] + [f"    {r['command']}" for r in reports] + [""]
+    lines += ["Rejection reasons:", ""]
     for r in reports:
         reasons = [x["reason"].split(":")[0].split(" (")[0] for run in r["runs"] for x in run["reasons"]]
         counts = {k: reasons.count(k) for k in dict.fromkeys(reasons)}
-        lines.append(f"- {r['llm']}: {counts or 'none'}")
+        lines.append(f"- {r['llm']}, clusters of at most {r['config']['max_cluster_size']}: {counts or 'none'}")
     return "\n".join(lines) + "\n"
 
 
