@@ -40,8 +40,15 @@ def test_one_run_on_the_embedded_server_writes_linked_principles_and_archives_so
         llm.close()
     assert report.llm == f"embedded:{MODEL}" and report.extractive == 0 and report.llm_failures == 0
     assert report.clusters == 4 and report.llm_calls == report.clusters  # one call per cluster, no more
-    assert report.principles >= 1 and report.principles + report.rejected >= report.clusters
-    assert report.short_after == report.short_before - report.archived < report.short_before
+    assert report.principles + report.rejected >= report.clusters
+    # SmolLM2-135M writes an acceptable answer for about half the clusters, and which ones depends on float
+    # summation order (threads, CPU): the run must be right either way, not lucky. Linked principles from
+    # valid answers are also proven deterministically in test_consolidation_answers.py.
+    if report.principles == 0:
+        assert report.archived == 0 and report.short_after == report.short_before
+        assert report.rejected == len(report.reasons) == report.clusters  # every rejected cluster says why
+    else:
+        assert report.short_after == report.short_before - report.archived < report.short_before
     tiers = store.stats()["tiers"]
     assert tiers["long"] == report.principles and tiers["archived"] == report.archived
     assert tiers["short"] == report.short_after
