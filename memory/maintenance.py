@@ -23,7 +23,6 @@ import pyarrow.compute as pc
 from memory.lance_io import open_table
 from memory.policies import get_compression_policy, get_eviction_policy, select_evictions
 from memory.retrieval import quote
-from memory.schema import memory_schema
 from memory.tiering import TierChange, hot_mask, tfidf_salience
 
 __all__ = ["MaintenanceMixin"]
@@ -81,16 +80,11 @@ class MaintenanceMixin:
                 if not ids:
                     self._access.settle()
                     return 0
-                schema = memory_schema(1)
-                data = pa.table(
+                self._update_rows(
                     {"id": ids,
                      "access_count": [current[i]["access_count"] + pending[i][0] for i in ids],
                      "last_access": [max(current[i]["last_access"], pending[i][1]) for i in ids]},
-                    schema=pa.schema([schema.field("id"), schema.field("access_count"), schema.field("last_access")]),
-                )
-                table = self._table
-                self._commit(lambda: table.merge_insert("id").when_matched_update_all().execute(data),
-                             "flush access statistics")
+                    "flush access statistics")
                 self._access.settle()
             except BaseException:
                 self._access.restore(pending)  # a failed flush keeps its records for the next one
@@ -163,10 +157,7 @@ class MaintenanceMixin:
         updates = [{"id": i, **policy.compress(full[i])} for i in to_archive if i in full]
         updates += [{"id": i, **policy.restore(full[i])} for i in to_restore if i in full]
         keep = ["id", "content", "summary", "content_zstd", "embedding_q", "embedding_codec", "tier"]
-        schema = pa.schema([self._table.schema.field(c) for c in keep])
-        data = pa.Table.from_pylist([{c: u.get(c, full[u["id"]][c]) for c in keep} for u in updates], schema=schema)
-        table = self._table
-        self._commit(lambda: table.merge_insert("id").when_matched_update_all().execute(data), "apply tiering")
+        self._update_rows({c: [u.get(c, full[u["id"]][c]) for u in updates] for c in keep}, "apply tiering")
         return ([TierChange(i, "short", "archived", f"cold:{policy.name}", now) for i in to_archive]
                 + [TierChange(i, "archived", "short", "re-read", now) for i in to_restore])
 

@@ -48,6 +48,11 @@ _ITEM_KEYS = {"content", "modality", "session", "metadata", "links", "importance
               "source_ids"}
 
 
+def _check_tier(tier: object) -> None:
+    if tier not in TIERS:
+        raise InvalidMetadataError(f"memory tier {tier!r} is not one of {list(TIERS)}")
+
+
 def _check_k(k: object) -> None:
     """``k`` must be a positive int (numpy ints too); bools are ints to Python but never a meant count."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
@@ -170,16 +175,17 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
             raise MemoryNotFoundError(f"memory id(s) {missing} not found in store {str(self.path)!r}")
         return rows
 
+    def _update_rows(self, columns: Mapping[str, list[Any]], what: str) -> None:
+        """Overwrite the given columns of existing rows (``columns["id"]`` names them) in one merge commit."""
+        schema = pa.schema([self._table.schema.field(name) for name in columns])
+        data = pa.table(dict(columns), schema=schema)
+        table = self._table
+        self._commit(lambda: table.merge_insert("id").when_matched_update_all().execute(data), what)
+
     def _write_links(self, updates: Mapping[str, list[dict[str, Any]]]) -> None:
         """Replace the ``association_links`` of existing rows (one merge for all of them)."""
-        if not updates:
-            return
-        data = pa.table(
-            {"id": list(updates), "association_links": list(updates.values())},
-            schema=pa.schema([memory_schema(1).field("id"), memory_schema(1).field("association_links")]),
-        )
-        table = self._table
-        self._commit(lambda: table.merge_insert("id").when_matched_update_all().execute(data), "update links")
+        if updates:
+            self._update_rows({"id": list(updates), "association_links": list(updates.values())}, "update links")
 
     # ------------------------------------------------------------------ writes
     def _spec(self, item: str | Mapping[str, Any]) -> dict[str, Any]:
@@ -210,9 +216,7 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
             raise InvalidMetadataError(f"importance {importance} is outside [0, 1]")
         spec["importance"] = importance
         spec["links"] = coerce_links(spec.get("links"))
-        tier = spec.setdefault("tier", "short")
-        if tier not in TIERS:
-            raise InvalidMetadataError(f"memory tier {tier!r} is not one of {list(TIERS)}")
+        _check_tier(spec.setdefault("tier", "short"))
         mid = spec.get("id")
         if mid is not None and (not isinstance(mid, str) or not mid):
             raise InvalidMetadataError(f"memory id {mid!r} must be a non-empty string (or left out for a new uuid)")
@@ -358,17 +362,12 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
     def set_tier(self, ids: Sequence[str], tier: str) -> int:
         """Move the existing memories among ``ids`` to ``tier`` in one merge; returns how many exist (others are
         skipped: deleted meanwhile). Content is left as it is (``maintain()`` compresses cold archived rows)."""
-        if tier not in TIERS:
-            raise InvalidMetadataError(f"memory tier {tier!r} is not one of {list(TIERS)}")
+        _check_tier(tier)
         with self._lock:
             found = list(self._rows_by_id(list(dict.fromkeys(ids)), ["id"]))
             if not found:
                 return 0
-            schema = pa.schema([memory_schema(1).field("id"), memory_schema(1).field("tier")])
-            data = pa.table({"id": found, "tier": [tier] * len(found)}, schema=schema)
-            table = self._table
-            self._commit(lambda: table.merge_insert("id").when_matched_update_all().execute(data),
-                         f"move {len(found)} memories to tier {tier}")
+            self._update_rows({"id": found, "tier": [tier] * len(found)}, f"move {len(found)} memories to tier {tier}")
         logger.info("%d memories moved to tier %s", len(found), tier)
         return len(found)
 
