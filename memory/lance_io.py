@@ -30,7 +30,7 @@ from memory.errors import (
     StoreUnreachableError,
 )
 
-__all__ = ["commit_with_retry", "connect", "open_table"]
+__all__ = ["commit_with_retry", "connect", "open_table", "table_names"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,7 +67,7 @@ def _connect_uri(uri: str, read_consistency_s: float) -> Any:
     try:
         db = lancedb.connect(uri, read_consistency_interval=timedelta(seconds=read_consistency_s),
                              storage_options=options)
-        db.table_names()
+        table_names(db)
     except Exception as exc:  # lancedb raises OSError, RuntimeError or ValueError depending on the layer
         raise StoreUnreachableError(
             f"memory store URI {uri!r} cannot be reached ({str(exc).splitlines()[0][:200]}); check the endpoint "
@@ -128,12 +128,24 @@ def _manifests(table_dir: Path) -> list[Path]:
     return sorted(files, key=lambda p: int(p.stem), reverse=True)
 
 
+def table_names(db: Any) -> list[str]:
+    """Every table name in ``db``, following ``list_tables``' pages (``table_names()`` is deprecated)."""
+    names: list[str] = []
+    token = None
+    while True:
+        page = db.list_tables(page_token=token)
+        names.extend(page.tables)
+        token = page.page_token
+        if not token:
+            return names
+
+
 def open_table(db: Any, name: str, root: Path | str) -> Any | None:
     """Open table ``name`` (None if it does not exist), recovering from a half-written latest version.
 
     Recovery moves local manifest files; on an object-store URI an unreadable table is reported, not repaired.
     """
-    if name not in db.table_names():
+    if name not in table_names(db):
         return None
     if isinstance(root, str):
         try:

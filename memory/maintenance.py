@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from memory.config import MODALITIES, TIERS
 from memory.lance_io import open_table
 from memory.policies import get_compression_policy, get_eviction_policy, select_evictions
 from memory.retrieval import quote
@@ -168,15 +169,17 @@ class MaintenanceMixin:
 
     # ------------------------------------------------------------------ stats / close
     def stats(self) -> dict[str, Any]:
-        """Row counts by tier and modality, dimension, version, indexes, bytes on disk, pending accesses."""
+        """Row counts by tier and modality (every tier and modality listed, empty ones as 0), dimension,
+        version, indexes, bytes on disk, pending accesses."""
         out: dict[str, Any] = {"path": str(self.path), "rows": len(self), "dim": self.dim, "version": self.version,
-                               "pending_access": len(self._access), "tiers": {}, "modalities": {}, "indexes": []}
+                               "pending_access": len(self._access), "tiers": dict.fromkeys(TIERS, 0),
+                               "modalities": dict.fromkeys(MODALITIES, 0), "indexes": []}
         if self._table is None:
             return out
         rows = self._table.search().select(["tier", "modality"]).limit(None).to_arrow()
         for col in ("tier", "modality"):
             counts = pc.value_counts(rows.column(col)).to_pylist() if rows.num_rows else []
-            out[col + "s" if col == "tier" else "modalities"] = {d["values"]: d["counts"] for d in counts}
+            out["tiers" if col == "tier" else "modalities"].update({d["values"]: d["counts"] for d in counts})
         out["indexes"] = [f"{idx.name}:{idx.index_type}" for idx in self._table.list_indices()]
         if isinstance(self.path, Path):  # an object-store URI has no local files to count
             table_dir = self.path / f"{self.config.table}.lance"

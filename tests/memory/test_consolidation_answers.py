@@ -119,7 +119,7 @@ def test_a_bad_answer_writes_nothing_and_archives_nothing(themed, canned, answer
     assert (report.clusters, report.principles, report.archived, report.rejected) == (1, 0, 0, 1)
     assert report.llm_calls == 1 and len(handler.calls) == 1
     assert report.reasons[0]["reason"].startswith(why)
-    assert _tiers(themed) == before == {"short": 10}
+    assert _tiers(themed) == before == {"short": 10, "long": 0, "archived": 0}
     (logged,) = read_runs(connect(themed.path, 0.0))
     assert logged["reasons"][0]["reason"].startswith(why) and logged["archived"] == 0
 
@@ -176,7 +176,7 @@ def test_the_delete_policy_deletes_sources_once_the_principle_is_durable(themed,
     assert (report.principles, report.archived) == (1, 4)
     principle = themed.get(report.principle_ids[0])
     assert len(principle.source_ids) == 4 and not [link for link in principle.links if link.kind == "consolidated"]
-    assert _tiers(themed) == {"short": 6, "long": 1} and len(themed) == 7
+    assert _tiers(themed) == {"short": 6, "long": 1, "archived": 0} and len(themed) == 7
 
 
 def test_a_refused_request_is_not_retried_and_archives_nothing(themed, canned):

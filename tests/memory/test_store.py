@@ -181,4 +181,4 @@ def test_reopen_keeps_everything(tmp_path, embedder):
         s.get(ids[0])
     with MemoryStore(tmp_path / "m", embedder=embedder) as s:
         assert len(s) == 4 and s.get(ids[0]).access_count == 2  # the first read was flushed on close
-        assert s.stats()["tiers"] == {"short": 4}
+        assert s.stats()["tiers"] == {"short": 4, "long": 0, "archived": 0}
