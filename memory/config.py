@@ -124,6 +124,7 @@ class MemoryConfig:
     table: str = "memories"
     models_dir: Path | None = None  # None: the engine's store, arrowengine.config.resolve_models_dir()
     text_model: str = "all-MiniLM-L6-v2"
+    joint_model: str = "joint-fusion"  # multimodal heads for audio / image memories (arrowengine fusion train)
     near_duplicate_threshold: float | None = _rng(0.92, -1.0, 1.0)  # cosine linking new to existing; None: off
     session_link_weight: float = 0.8
     duplicate_link_weight: float = 1.0

@@ -37,6 +37,7 @@ from memory.index import MemoryIndex
 from memory.lance_io import commit_with_retry, connect, open_table
 from memory.links import coerce_links, merge_links, remove_links
 from memory.maintenance import MaintenanceMixin
+from memory.media import MediaEmbedder, media_content
 from memory.retrieval import SEARCH_MODES, quote, run_search
 from memory.schema import Hit, Link, Memory, decode_metadata, links_from_arrow, memory_schema, table_dimension
 from memory.tiering import AccessBuffer
@@ -45,7 +46,7 @@ __all__ = ["MemoryStore"]
 
 logger = logging.getLogger(__name__)
 _ITEM_KEYS = {"content", "modality", "session", "metadata", "links", "importance", "embedding", "id", "tier",
-              "source_ids"}
+              "source_ids", "data", "sampling_rate"}
 
 
 def _check_tier(tier: object) -> None:
@@ -71,10 +72,16 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
     in-process index (:class:`memory.index.MemoryIndex`) built on first use (or loaded from the copy the last
     ``close()`` saved beside the table) and kept in sync with the table. ``path`` may be an object-store URI
     (``s3://bucket/prefix``; endpoint and credentials from the usual ``AWS_*`` variables).
+
+    Audio and image memories (:meth:`add_audio`, :meth:`add_image`, or ``data=`` in :meth:`add_many`) and
+    audio, image or composite queries (``search(audio=..., image=...)``) are embedded by ``joint``, a
+    :class:`multimodal.JointEncoder` (default: ``models/joint-fusion``, loaded on first use) whose space is the
+    text space, so all modalities are searched together.
     """
 
     def __init__(
-        self, path: str | Path | None = None, embedder: Embedder | None = None, config: MemoryConfig | None = None
+        self, path: str | Path | None = None, embedder: Embedder | None = None, config: MemoryConfig | None = None,
+        *, joint: Any | None = None,
     ) -> None:
         cfg = config or load_memory_config()
         if path is not None:
@@ -84,6 +91,7 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
         self._db = connect(cfg.path, cfg.read_consistency_s)
         self._table = open_table(self._db, cfg.table, cfg.path)
         self._embedder = embedder
+        self._media = MediaEmbedder(joint, cfg.models_dir, cfg.joint_model)
         self._access = AccessBuffer(cfg.tiering.access_flush_every, cfg.tiering.access_flush_seconds)
         self._session_tail: dict[str, str] = {}
         self._lock = threading.RLock()
@@ -193,17 +201,21 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
         unknown = set(spec) - _ITEM_KEYS
         if unknown:
             raise InvalidMetadataError(f"memory item has unknown keys {sorted(unknown)}; allowed: {sorted(_ITEM_KEYS)}")
-        content = spec.get("content")
-        if not isinstance(content, str) or not content.strip():
-            raise EmptyContentError(f"memory content {content!r} is empty or not a string; give non-empty text")
         modality = spec.setdefault("modality", "text")
         if modality not in MODALITIES:
             raise UnknownModalityError(f"modality {modality!r} is not one of {list(MODALITIES)}")
         if modality != "text" and spec.get("embedding") is None:
-            raise UnknownModalityError(
-                f"a {modality} memory ({content!r}) needs embedding=...: the store embeds text only; "
-                f"encode the {modality} with its encoder and pass the vector"
-            )
+            if spec.get("data") is None:
+                raise UnknownModalityError(
+                    f"a {modality} memory ({spec.get('content')!r}) needs data=... (a WAV path or waveform for "
+                    f"audio, an image path or array for images) or embedding=... (a vector in the joint space)"
+                )
+            spec["content"] = media_content(modality, spec["data"], spec.get("content"))
+        elif modality == "text" and spec.get("data") is not None:
+            raise InvalidMetadataError("data= is for audio and image memories; a text memory's data is its content")
+        content = spec.get("content")
+        if not isinstance(content, str) or not content.strip():
+            raise EmptyContentError(f"memory content {content!r} is empty or not a string; give non-empty text")
         metadata = spec.get("metadata") or {}
         if not isinstance(metadata, Mapping):
             raise InvalidMetadataError(f"metadata {metadata!r} must be a dict")
@@ -231,12 +243,28 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
                 "links": links, "importance": importance, "embedding": embedding}
         return self.add_many([item])[0]
 
+    def add_audio(self, audio: Any, *, content: str | None = None, sampling_rate: int = 16_000,
+                  **fields: Any) -> str:
+        """Store speech (a WAV path or a 1-D waveform at ``sampling_rate``) embedded in the joint space.
+
+        ``content`` is what the memory shows (default: the path); ``fields`` as in :meth:`add` (session,
+        metadata, links, importance). The samples themselves are not stored.
+        """
+        return self.add_many([{"content": content, "modality": "audio", "data": audio, "sampling_rate": sampling_rate,
+                               **fields}])[0]
+
+    def add_image(self, image: Any, *, content: str | None = None, **fields: Any) -> str:
+        """Store an image (a path, PIL image or array) embedded in the joint space; see :meth:`add_audio`."""
+        return self.add_many([{"content": content, "modality": "image", "data": image, **fields}])[0]
+
     def add_many(self, items: Iterable[str | Mapping[str, Any]]) -> list[str]:
         """Store many memories with one embedding batch and one append; return their ids in order.
 
         Each item is a string or a dict with ``content`` and optionally ``modality``, ``session``, ``metadata``,
-        ``links``, ``importance``, ``embedding``. Consecutive memories of a session are linked, and so are
-        near-duplicates (cosine >= ``near_duplicate_threshold``); hand-given links are stored on both ends.
+        ``links``, ``importance``, ``embedding``; an ``audio`` or ``image`` item without ``embedding`` gives its
+        input as ``data`` (and ``sampling_rate`` for a waveform) and is embedded by the joint encoder.
+        Consecutive memories of a session are linked, and so are near-duplicates (cosine >=
+        ``near_duplicate_threshold``); hand-given links are stored on both ends.
         ``id``, ``tier`` (default ``short``) and ``source_ids`` are for writers that derive their own ids, such as
         the consolidator (an id that already exists is refused: check first).
         """
@@ -244,6 +272,14 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
         if not specs:
             return []
         vectors: list[np.ndarray | None] = [None] * len(specs)
+        media: dict[tuple[str, int], list[int]] = {}  # one joint-encoder batch per modality and sample rate
+        for i, s in enumerate(specs):
+            if s["modality"] != "text" and s.get("embedding") is None:
+                media.setdefault((s["modality"], int(s.get("sampling_rate") or 16_000)), []).append(i)
+        for (modality, rate), idx in media.items():  # before any text work: a missing joint model fails first
+            encoded = self._media.embed(modality, [specs[i]["data"] for i in idx], rate)
+            for row, i in enumerate(idx):
+                specs[i]["embedding"] = encoded[row]
         todo = [i for i, s in enumerate(specs) if s.get("embedding") is None]
         if todo:
             encoded = normalise_rows(self._embed([specs[i]["content"] for i in todo]), self.dim, "text embedder")
@@ -414,11 +450,15 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
         return [(link, self.get(link.target)) for link in links
                 if link.target in self._rows_by_id([link.target], ["id"])]
 
-    def search(self, query: str | np.ndarray, k: int = 10, *, modalities: Sequence[str] | None = None,
+    def search(self, query: str | np.ndarray | None = None, k: int = 10, *, audio: Any = None, image: Any = None,
+               sampling_rate: int = 16_000, modalities: Sequence[str] | None = None,
                tiers: Sequence[str] | None = None, session: str | None = None, mode: str = "hybrid",
                links: bool = True) -> list[Hit]:
-        """The ``k`` best memories for ``query`` (text, or an embedding from any encoder in the same space).
+        """The ``k`` best memories of any modality for a text, audio, image or composite query.
 
+        ``query`` is text or an embedding in the joint space; ``audio`` (a WAV path or waveform at
+        ``sampling_rate``) and ``image`` (a path, array or PIL image) are embedded by the joint encoder, fused
+        with the text when both are given. ``modalities`` keeps only memories of those modalities.
         ``mode="vector"`` skips full-text search; ``links=False`` skips the link re-ranking.
         """
         _check_k(k)
@@ -428,7 +468,14 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
                 raise UnknownModalityError(f"search {name} filter {bad} is not in {list(allowed)}")
         if mode not in SEARCH_MODES:
             raise UnknownModalityError(f"search mode {mode!r} is not one of {list(SEARCH_MODES)}")
-        if isinstance(query, str):
+        if audio is not None or image is not None:
+            if query is not None and not isinstance(query, str):
+                raise InvalidSearchError("a composite query takes text, not an embedding, beside audio= / image=")
+            text = query if isinstance(query, str) and query.strip() else None
+            qvec = normalise_rows(self._media.query(text, audio, image, sampling_rate), self.dim, "query")[0]
+        elif query is None:
+            raise EmptyContentError("search needs a query: text, an embedding, audio= or image=")
+        elif isinstance(query, str):
             if not query.strip():
                 raise EmptyContentError("search query is empty; give text or an embedding")
             qvec, text = normalise_rows(self._embed([query]), self.dim, "query")[0], query

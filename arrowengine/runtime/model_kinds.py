@@ -15,14 +15,19 @@ from arrowengine.errors import ModelTypeError
 __all__ = ["COMPONENTS", "model_kind", "require_kind"]
 
 # kind -> the component that runs it
-COMPONENTS = {"text": "TextEncoder", "audio": "AudioEncoder", "image": "ImageEncoder", "causal_lm": "LLM"}
+COMPONENTS = {"text": "arrowengine.TextEncoder", "audio": "arrowengine.AudioEncoder",
+              "image": "arrowengine.ImageEncoder", "causal_lm": "arrowengine.LLM", "joint": "multimodal.JointEncoder"}
 _AUDIO_TYPES = ("whisper",)
 _IMAGE_TYPES = ("dinov2",)
+_JOINT_TYPES = ("arrowengine-joint",)  # trained projection heads of multimodal (no encoder of their own)
 
 
 def model_kind(config: dict[str, Any]) -> str:
-    """``audio`` (Whisper), ``image`` (DINOv2), ``causal_lm`` (a ``*ForCausalLM`` architecture) or ``text``."""
+    """``audio`` (Whisper), ``image`` (DINOv2), ``joint`` (multimodal heads), ``causal_lm`` (a
+    ``*ForCausalLM`` architecture) or ``text``."""
     model_type = str(config.get("model_type", ""))
+    if model_type in _JOINT_TYPES:
+        return "joint"
     if model_type in _AUDIO_TYPES:
         return "audio"
     if model_type in _IMAGE_TYPES:
@@ -37,6 +42,6 @@ def require_kind(config: dict[str, Any], model_dir: Path, kind: str) -> None:
     found = model_kind(config)
     if found == kind:
         return
-    wanted, use = COMPONENTS[kind], COMPONENTS[found]
+    wanted, use = COMPONENTS[kind].rsplit(".", 1)[-1], COMPONENTS[found]
     raise ModelTypeError(f"{model_dir} holds a {config.get('model_type')!r} model ({found.replace('_', ' ')}), "
-                         f"which {wanted} cannot run; use arrowengine.{use}({str(model_dir)!r}) instead")
+                         f"which {wanted} cannot run; use {use}({str(model_dir)!r}) instead")
