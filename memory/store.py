@@ -207,8 +207,8 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
         if modality != "text" and spec.get("embedding") is None:
             if spec.get("data") is None:
                 raise UnknownModalityError(
-                    f"a {modality} memory ({spec.get('content')!r}) needs data=... (a WAV path or waveform for "
-                    f"audio, an image path or array for images) or embedding=... (a vector in the joint space)"
+                    f"an {modality} memory ({spec.get('content')!r}) needs its input or a vector: use "
+                    f"store.add_{modality}(...) (data=... in add_many), or pass embedding=... in the joint space"
                 )
             spec["content"] = media_content(modality, spec["data"], spec.get("content"))
         elif modality == "text" and spec.get("data") is not None:
@@ -349,8 +349,8 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
             else:
                 back.setdefault(b, []).append(Link(a, weight, kind))
 
-        targets = [link.target for s in specs for link in s["links"]]
-        if targets:
+        targets = [link.target for s in specs for link in s["links"] if link.target not in batch]
+        if targets:  # links between items of this batch need no lookup
             self._require(targets, ["id"])
         tails: dict[str, str] = {}
         for mid, s in zip(ids, specs, strict=True):

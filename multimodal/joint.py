@@ -157,10 +157,16 @@ class JointEncoder:
         """
         vectors = {}
         if text is not None:
+            if not isinstance(text, str):
+                raise ModalityInputError(f"text must be one string, got {type(text).__name__}; use encode_text for "
+                                         "many")
             vectors["text"] = self.encode_text(text)
         if audio is not None:
-            vectors["audio"] = self.encode_audio(audio, sampling_rate)
+            vectors["audio"] = self.encode_audio(load_audio(audio, sampling_rate))
         if image is not None:
+            if not _single_image(image):
+                raise ModalityInputError("image must be one image (a path, PIL image, HxW or HxWxC array); use "
+                                         "encode_image for many")
             vectors["image"] = self.encode_image(image)
         return self.fuse(vectors)[0]
 

@@ -130,8 +130,8 @@ def test_bad_input_errors(store, tmp_path):
     with pytest.raises(UnknownModalityError) as err:
         store.add("file:///a.png", modality="image")
     assert str(err.value) == (
-        "a image memory ('file:///a.png') needs embedding=...: the store embeds text only; "
-        "encode the image with its encoder and pass the vector")
+        "an image memory ('file:///a.png') needs its input or a vector: use store.add_image(...) (data=... in "
+        "add_many), or pass embedding=... in the joint space")
     store.add("a first memory fixes the table dimension")
     with pytest.raises(EmbeddingDimensionError) as err:
         store.add("wrong size", embedding=np.ones(512, dtype=np.float32))

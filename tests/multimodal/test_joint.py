@@ -251,3 +251,48 @@ def test_the_docs_example_runs_as_written(trained, tmp_path):
     assert lines[0].startswith("(384,)")
     assert "my locker number is seven" in lines[1] and "image" in lines[1]
     assert lines[2].startswith("my locker number is seven") and lines[2].endswith("['audio']")
+
+
+def test_cognitive_loop_answers_with_the_llm_grounded_in_what_it_recalled(joint, tmp_path):
+    from arrowengine import LLM
+    from memory import MemoryStore
+    from multimodal import CognitiveLoop, LoopConfig
+
+    model = MODELS / "smollm2-135m-instruct"
+    if not (model / "weights.parquet").is_file():
+        pytest.skip("models/smollm2-135m-instruct is missing; run python scripts/fetch_models.py")
+    with MemoryStore(tmp_path / "mem", joint=joint) as store:
+        store.add_many(["Alice's locker number is 42", "the cafeteria serves pasta on Fridays"])
+        prompts = []
+
+        class Recording:  # the real LLM, with the messages it was given kept for the assertion
+            def __init__(self):
+                self.llm = LLM(model)
+
+            def chat(self, messages, **kw):
+                prompts.append(messages)
+                return self.llm.chat(messages, **kw)
+
+        loop = CognitiveLoop(store, joint, llm=Recording(), config=LoopConfig(k=2, max_new_tokens=24))
+        step = loop.step(text="What is Alice's locker number?")
+    assert isinstance(step.response, str) and step.response
+    assert "Alice's locker number is 42" in prompts[0][0]["content"]  # the recalled memory grounds the answer
+    assert step.stored == {"text": step.stored["text"]}
+
+
+def test_training_is_deterministic_for_a_seed(trained):
+    import dataclasses
+
+    import torch
+
+    from multimodal.config import TrainConfig
+    from multimodal.train import train_heads
+
+    _, _, ts = trained
+    config = TrainConfig(epochs=2, fusion_epochs=1)
+    first, _ = train_heads(ts, config)
+    second, _ = train_heads(ts, config)
+    other, _ = train_heads(ts, dataclasses.replace(config, seed=1))
+    for name, value in first.state_dict().items():
+        assert torch.equal(value, second.state_dict()[name]), name
+    assert not torch.equal(first.audio.fc1.weight, other.audio.fc1.weight)

@@ -77,7 +77,7 @@ def test_joint_config_round_trips_and_checks_windows():
     with pytest.raises(ConfigError, match="audio_windows must be increasing"):
         JointConfig(audio_windows=(5, 2))
     heads = JointHeads(c)
-    assert heads.audio.norm.normalized_shape == (c.audio_dim * 4,)
+    assert heads.audio.norm.normalized_shape == (c.audio_dim * 4 + c.dim,)  # + the transcript's embedding
 
 
 def test_joint_models_are_their_own_kind():
