@@ -9,8 +9,10 @@ used (R1.7); the chosen backend is always reported.
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,11 +157,14 @@ def prepare_backend(model: nn.Module, backend: str = "eager") -> BackendChoice:
         import onnxruntime  # noqa: F401 - presence check; used in _export_onnx
     except ImportError:
         return _fallback(model, backend, "onnxruntime is not installed (pip install arrowengine[onnx])")
+    directory = Path(tempfile.mkdtemp(prefix="arrowengine-onnx-"))
     try:
-        directory = Path(tempfile.mkdtemp(prefix="arrowengine-onnx-"))
         session, names = _export_onnx(model, directory)
     except Exception as exc:  # the exporter raises many types for unsupported graphs
+        shutil.rmtree(directory, ignore_errors=True)
         return _fallback(model, backend, f"ONNX export failed: {type(exc).__name__}: {str(exc)[:200]}")
     logger.info("exported %s to ONNX at %s", type(model).__name__, directory)
     encoder = _OnnxRuntimeEncoder(model, session, names, directory / "model.onnx")
+    # the export (~90 MB for MiniLM) lives as long as the encoder, not forever in the temp dir
+    weakref.finalize(encoder, shutil.rmtree, directory, True)
     return BackendChoice(encoder, "onnxruntime", "onnxruntime")
