@@ -1,7 +1,8 @@
-"""Install the Debian package whose files the tests read: real speech with transcripts.
+"""Install the Debian packages the tests use: real speech with transcripts, and a speech synthesiser.
 
 ``pocketsphinx-testdata`` ships LibriVox clips with transcripts (the audio encoder and Whisper tests, and the
-benchmark's audio suite). (``espeak-ng`` and ``sox``, which CI used to install, are used by no test.)
+benchmark's audio suite); ``espeak-ng`` speaks real chat sentences for the joint space's speech-sentence pairs
+(``multimodal``'s training and tests/multimodal/test_joint.py).
 Installed with apt-get when it exists and we are root;
 otherwise (another OS, no root, no network) this says what it skipped and which tests will skip because of it,
 and exits 0, so the README's test command runs the same everywhere.
@@ -17,10 +18,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-PACKAGES = ("pocketsphinx-testdata",)
+PACKAGES = ("pocketsphinx-testdata", "espeak-ng")
 # a file of each package: present means installed, so a second run does nothing
-MARKERS = {"pocketsphinx-testdata": Path("/usr/share/pocketsphinx/test/data/librivox/transcription")}
-SKIPPED_TESTS = "the 9 audio tests that read LibriVox speech (tests/arrowengine/test_audio_encoder.py)"
+MARKERS = {"pocketsphinx-testdata": Path("/usr/share/pocketsphinx/test/data/librivox/transcription"),
+           "espeak-ng": Path("/usr/bin/espeak-ng")}
+SKIPPED_TESTS = ("the audio tests that read LibriVox speech (tests/arrowengine/test_audio_encoder.py) and the "
+                 "joint-space tests that speak sentences (tests/multimodal/test_joint.py)")
 
 
 def missing() -> list[str]:
