@@ -51,7 +51,7 @@ async def _run(request: Request, *, chat: bool) -> Response:
     key_id = state.admit(request)
     body = await state.body(request)
     model = _model_field(body)
-    reject_unsupported(body, ("tools", "format", "images", "suffix", "logprobs"))
+    reject_unsupported(body, ("tools", "images", "suffix", "logprobs"))
     stream = get_bool(body, "stream", True)
     keep_alive = parse_keep_alive(body.get("keep_alive"))
     params, num_ctx = ollama_sampling(body, state.config)

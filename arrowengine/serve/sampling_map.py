@@ -6,12 +6,19 @@ Ollama (``options``): ``temperature`` (default 0.8), ``top_k`` (40), ``top_p`` (
 ``presence_penalty``, ``frequency_penalty``, ``num_ctx``. OpenAI: ``max_tokens`` / ``max_completion_tokens``,
 ``temperature`` (1.0), ``top_p`` (1.0), ``seed``, ``stop``, ``presence_penalty``, ``frequency_penalty``, ``n``
 (1 only), and the vLLM extensions ``top_k``, ``min_p``, ``repetition_penalty``. Temperature 0 is greedy.
+
+JSON output: Ollama's top-level ``format`` (``"json"`` or a JSON schema) and OpenAI's ``response_format``
+(``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema": {"schema": ...}}``) constrain decoding
+(:mod:`arrowengine.runtime.llm.json_constraint`).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from arrowengine.errors import ConfigError
+from arrowengine.runtime.llm.json_constraint import parse_format
 from arrowengine.runtime.llm.sampling import SamplingParams
 from arrowengine.serve.config import ServeConfig
 from arrowengine.serve.errors import BadRequestError
@@ -46,8 +53,33 @@ def ollama_sampling(body: dict[str, Any], config: ServeConfig) -> tuple[Sampling
                                     label="options.frequency_penalty"),
         seed=get_int(options, "seed", None, -_SEED_MAX, _SEED_MAX, label="options.seed"),
         stop=get_stop(options, label="options.stop"),
+        json_schema=_schema_text(body.get("format"), "format"),
     )
     return params, num_ctx
+
+
+def _schema_text(value: Any, label: str) -> str | None:
+    """A JSON format field as ``SamplingParams.json_schema`` (a 400 naming the field when it is malformed)."""
+    try:
+        schema = parse_format(value)
+    except ConfigError as exc:
+        raise BadRequestError(f'"{label}": {exc}', code="invalid_value") from exc
+    return None if schema is None else json.dumps(schema, sort_keys=True)
+
+
+def _openai_format(body: dict[str, Any]) -> str | None:
+    fmt = body.get("response_format")
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return "{}"
+    if kind == "json_schema" and isinstance(fmt.get("json_schema"), dict):
+        return _schema_text(fmt["json_schema"].get("schema") or {}, "response_format.json_schema.schema")
+    raise BadRequestError('"response_format" must be {"type": "text"}, {"type": "json_object"} or {"type": '
+                          '"json_schema", "json_schema": {"schema": {...}}}', code="invalid_value")
 
 
 def openai_sampling(body: dict[str, Any], config: ServeConfig) -> SamplingParams:
@@ -69,4 +101,5 @@ def openai_sampling(body: dict[str, Any], config: ServeConfig) -> SamplingParams
         frequency_penalty=get_float(body, "frequency_penalty", 0.0, -2.0, 2.0),
         seed=get_int(body, "seed", None, -_SEED_MAX, _SEED_MAX),
         stop=get_stop(body),
+        json_schema=_openai_format(body),
     )

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from arrowengine.runtime.llm.generate import GenerationRun
-from arrowengine.runtime.llm.sampling import PenaltyState, SamplingParams, sample_next
+from arrowengine.runtime.llm.sampling import PenaltyState, SamplingParams, sample_constrained, sample_next
 from arrowengine.serve.batch import BatchedDecoder
 from arrowengine.serve.errors import OverloadedError
 
@@ -240,7 +240,10 @@ class Scheduler:
 
     def _accept(self, seq: _Sequence, logits: torch.Tensor) -> None:
         req, p = seq.request, seq.request.params
-        token = sample_next(logits, p, seq.generator, seq.penalties)
+        if seq.run.constraints is not None:  # format= (JSON): the run holds the row's constraint
+            token = sample_constrained(logits, p, seq.generator, seq.penalties, seq.run.constraints)
+        else:
+            token = sample_next(logits, p, seq.generator, seq.penalties)
         if seq.penalties is not None:
             seq.penalties.update(token)
         if req.first_token_at is None:

@@ -101,3 +101,29 @@ def test_long_history_truncated_like_llm_chat(client, tiny_llm):
     out = client.chat(model=TINY, messages=history, options=GREEDY)
     assert out.prompt_eval_count <= 512 - 12
     assert out.message.content == tiny_llm.chat(history, temperature=0.0, max_new_tokens=12)
+
+
+FORMAT = {"type": "object", "required": ["ok", "mood"],
+          "properties": {"ok": {"type": "boolean"}, "mood": {"enum": ["happy", "sad", "calm"]}}}
+
+
+def test_format_schema_constrains_the_answer_like_llm_chat(client, tiny_llm):
+    import json
+
+    import jsonschema
+
+    options = {**GREEDY, "num_predict": 96}
+    out = client.chat(model=TINY, messages=MESSAGES, options=options, format=FORMAT)
+    jsonschema.validate(json.loads(out.message.content), FORMAT)  # even a random 2-layer model answers in shape
+    assert out.message.content == tiny_llm.chat(MESSAGES, temperature=0.0, max_new_tokens=96, json_schema=FORMAT)
+    assert out.done_reason == "stop"
+
+
+
+def test_bad_format_is_a_400_naming_the_field(server):
+    import httpx
+
+    body = {"model": TINY, "messages": MESSAGES, "stream": False, "format": "yaml"}
+    reply = httpx.post(f"{server.url}/api/chat", json=body, timeout=120)  # the client refuses to send it
+    assert reply.status_code == 400
+    assert reply.json() == {"error": '"format": format must be "json" or a JSON schema object, got \'yaml\''}

@@ -57,3 +57,20 @@ def test_embeddings_base64_and_float_equal_text_encoder(client, minilm_reference
 
 def test_models_list(client):
     assert sorted(m.id for m in client.models.list().data) == [EMBED, REAL, TINY]
+
+
+def test_response_format_json_schema(client, tiny_llm):
+    import json
+
+    import jsonschema
+
+    from tests.serve.test_ollama_api import FORMAT, MESSAGES
+
+    out = client.chat.completions.create(
+        model=TINY, messages=MESSAGES, temperature=0, max_tokens=48,
+        response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": FORMAT}})
+    text = out.choices[0].message.content
+    jsonschema.validate(json.loads(text), FORMAT)
+    assert text == tiny_llm.chat(MESSAGES, temperature=0.0, max_new_tokens=48, json_schema=FORMAT)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=TINY, messages=MESSAGES, response_format={"type": "xml"})

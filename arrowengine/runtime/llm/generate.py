@@ -8,6 +8,7 @@ until every row is done, so the batch shape never changes mid-run.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -16,8 +17,9 @@ from typing import Any
 import torch
 
 from arrowengine.runtime.llm.detokenize import IncrementalDetokenizer, StopStringMatcher
+from arrowengine.runtime.llm.json_constraint import JsonConstraint
 from arrowengine.runtime.llm.llama import LlamaForward
-from arrowengine.runtime.llm.sampling import PenaltyState, SamplingParams, sample_next
+from arrowengine.runtime.llm.sampling import PenaltyState, SamplingParams, sample_constrained, sample_next
 
 __all__ = ["GenerationRun", "RowOutput"]
 
@@ -52,6 +54,9 @@ class GenerationRun:
         self._text = [""] * len(prompts)
         self._matcher = StopStringMatcher(params.stop)
         self._prompts = prompts
+        self.constraints = None if params.json_schema is None else [
+            JsonConstraint(tokenizer, json.loads(params.json_schema), set(stop_token_ids) | self.stop_ids)
+            for _ in prompts]
         self.prefill_seconds = 0.0
         self.decode_steps = 0
 
@@ -82,7 +87,10 @@ class GenerationRun:
         next_pos = positions[:, -1] + 1
         done = torch.zeros(bsz, dtype=torch.bool)
         for step in range(params.max_new_tokens):
-            chosen = sample_next(logits, params, generator, penalties)
+            if self.constraints is not None:
+                chosen = sample_constrained(logits, params, generator, penalties, self.constraints)
+            else:
+                chosen = sample_next(logits, params, generator, penalties)
             if penalties is not None:
                 penalties.update(chosen)
             chosen_list = chosen.tolist()

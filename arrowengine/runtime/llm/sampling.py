@@ -8,13 +8,19 @@ frequency penalties count generated tokens only (as the OpenAI API and vLLM defi
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from arrowengine.errors import ConfigError
 from arrowengine.runtime.llm.errors import SamplingConfigError
+
+if TYPE_CHECKING:
+    from arrowengine.runtime.llm.json_constraint import JsonConstraint
 
 __all__ = [
     "PenaltyState",
@@ -25,6 +31,7 @@ __all__ = [
     "apply_repetition_penalty",
     "apply_top_k",
     "apply_top_p",
+    "sample_constrained",
     "sample_next",
 ]
 
@@ -45,11 +52,22 @@ class SamplingParams:
     stop: tuple[str, ...] = field(default_factory=tuple)
     stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
     ignore_eos: bool = False
+    # constrain the output to JSON: a schema (dict or its JSON text), "json" / {} for any JSON object. Tokens are
+    # chosen among those that keep the text a valid prefix (temperature applies; top-k/p and min-p do not)
+    json_schema: str | None = None
 
     def __post_init__(self) -> None:
         # accept a single string / lists from callers, store tuples (the dataclass stays hashable)
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
         object.__setattr__(self, "stop", stop)
+        if self.json_schema is not None:
+            from arrowengine.runtime.llm.json_constraint import parse_format
+
+            try:
+                schema = parse_format(self.json_schema)
+            except ConfigError as exc:
+                raise SamplingConfigError(f"SamplingParams.json_schema: {exc}") from exc
+            object.__setattr__(self, "json_schema", None if schema is None else json.dumps(schema, sort_keys=True))
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
         checks = [
             ("max_new_tokens", self.max_new_tokens >= 1, "an integer >= 1"),
@@ -147,6 +165,17 @@ class PenaltyState:
         if params.frequency_penalty != 0.0:
             logits = apply_frequency_penalty(logits, self.counts, params.frequency_penalty)
         return logits
+
+
+def sample_constrained(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None,
+                       penalties: PenaltyState | None, constraints: Sequence[JsonConstraint]) -> torch.Tensor:
+    """Like :func:`sample_next`, each row's token chosen (and recorded) by its JSON constraint."""
+    if penalties is not None:
+        logits = penalties.apply(logits, params)
+    chosen = [c.choose(logits[r], params.temperature, generator) for r, c in enumerate(constraints)]
+    for c, token in zip(constraints, chosen, strict=True):
+        c.advance(token)
+    return torch.tensor(chosen, dtype=torch.long)
 
 
 def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None,
