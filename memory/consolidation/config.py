@@ -47,7 +47,7 @@ class LLMConfig:
     backoff_s: float = _rng(1.0, 0.0, 600.0)  # doubled per retry
     max_tokens: int = _rng(96, 8, 8192)
     temperature: float = _rng(0.0, 0.0, 2.0)
-    json_format: bool = False  # send Ollama's format=<schema> (real Ollama only; the embedded server has none)
+    json_format: bool = True  # ollama / embedded: send format=<answer schema>: decoding constrained to its JSON
     fallback_extractive: bool = True  # no LLM reachable: keep the most central source as the principle
 
     def __post_init__(self) -> None:

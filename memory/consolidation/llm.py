@@ -131,7 +131,8 @@ class EmbeddedLLM:
     """
 
     def __init__(self, model: str, models_dir: Path | None = None, *, threads: int | None = None,
-                 timeout_s: float = 120.0, max_tokens: int = 96, temperature: float = 0.0) -> None:
+                 timeout_s: float = 120.0, max_tokens: int = 96, temperature: float = 0.0,
+                 json_format: bool = True) -> None:
         if models_dir is None:
             from arrowengine.config import load_config, resolve_models_dir
 
@@ -140,6 +141,7 @@ class EmbeddedLLM:
         self.model = model
         self.name = f"embedded:{model}"
         self._threads, self._timeout, self._max_tokens, self._temperature = threads, timeout_s, max_tokens, temperature
+        self._json_format = json_format
         self._server: Any = None
         self._client: OllamaLLM | None = None
 
@@ -154,7 +156,7 @@ class EmbeddedLLM:
                                                 llm_options=options)).start()
         logger.info("embedded LLM server for %s on %s", self.model, self._server.url)
         return OllamaLLM(self.model, self._server.url, timeout_s=self._timeout, max_tokens=self._max_tokens,
-                         temperature=self._temperature)
+                         temperature=self._temperature, json_format=self._json_format)
 
     @property
     def url(self) -> str | None:
@@ -183,4 +185,5 @@ def open_llm(config: LLMConfig) -> LLMClient | None:
         return OllamaLLM(config.model, config.host, json_format=config.json_format, **common)
     if config.provider == "openai":
         return OpenAILLM(config.model, config.base_url, os.environ.get(config.api_key_env), **common)
-    return EmbeddedLLM(config.model, config.models_dir, threads=config.server_threads, **common)
+    return EmbeddedLLM(config.model, config.models_dir, threads=config.server_threads,
+                       json_format=config.json_format, **common)
