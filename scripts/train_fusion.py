@@ -60,7 +60,8 @@ def _plot(report: dict, path: Path) -> None:
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("held-out recall")
-    ax.set_title("arrowengine joint space: cross-modal retrieval on held-out speakers, voices, sentences, images")
+    ax.set_title("joint space: held-out cross-modal recall\n(unseen speakers, voices, sentences and images)",
+                 fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
