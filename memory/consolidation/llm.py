@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from memory.consolidation.config import LLMConfig
 from memory.consolidation.errors import LLMRequestError, LLMTransportError, LLMUnavailableError
-from memory.consolidation.validation import ANSWER_SCHEMA
+from memory.consolidation.validation import answer_format
 
 __all__ = ["EmbeddedLLM", "LLMClient", "OllamaLLM", "OpenAILLM", "call_with_retry", "open_llm"]
 
@@ -77,7 +77,7 @@ class OllamaLLM:
         self._client = ollama.Client(host=self.host, timeout=timeout_s)
         self._errors = ollama.ResponseError
         self._options = {"temperature": temperature, "num_predict": max_tokens}
-        self._format = ANSWER_SCHEMA if json_format else None
+        self._format = answer_format(max_tokens) if json_format else None
 
     def chat(self, messages: list[dict[str, str]]) -> str:
         """One non-streaming ``/api/chat`` call."""

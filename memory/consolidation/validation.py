@@ -16,7 +16,7 @@ from typing import Any
 import jsonschema
 import numpy as np
 
-__all__ = ["ANSWER_SCHEMA", "Verdict", "check_answer", "parse_json_object"]
+__all__ = ["ANSWER_SCHEMA", "Verdict", "answer_format", "check_answer", "parse_json_object"]
 
 ANSWER_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -29,6 +29,16 @@ ANSWER_SCHEMA: dict[str, Any] = {
         },
     },
 }
+
+
+def answer_format(max_tokens: int) -> dict[str, Any]:
+    """:data:`ANSWER_SCHEMA` tightened for constrained decoding (Ollama ``format``): few enough principles, short
+    enough, that a whole answer fits ``max_tokens`` (~3 characters a token) and is never cut off mid-string."""
+    items = 2 if max_tokens < 160 else 3
+    length = max(20, min(200, (max_tokens - 16) * 3 // items))
+    principles = {**ANSWER_SCHEMA["properties"]["principles"], "maxItems": items,
+                  "items": {**ANSWER_SCHEMA["properties"]["principles"]["items"], "maxLength": length}}
+    return {**ANSWER_SCHEMA, "properties": {"principles": principles}}
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,13 @@ def test_schema_prefixes(text, verdict):
     assert check_prefix(text, SCHEMA) == verdict
 
 
+def test_max_length_leaves_only_the_closing_quote():
+    schema = {"type": "object", "properties": {"s": {"type": "string", "maxLength": 3}}}
+    assert check_prefix('{"s": "abc', schema) == (True, False)
+    assert check_prefix('{"s": "abcd', schema) == (False, False)
+    assert check_prefix('{"s": "abc"}', schema) == (True, True)
+
+
 def test_enum_numbers_and_literals():
     schema = {"type": "object", "properties": {"mood": {"enum": ["happy", "sad"]}, "n": {"type": "integer"},
                                                "x": {"type": "number"}, "ok": {"type": "boolean"}}}

@@ -2,9 +2,9 @@
 
 :func:`check_prefix` parses a text and says whether it is a valid prefix of a JSON value matching a schema
 subset (``type`` object / array / string / number / integer / boolean / null, ``properties``, ``required``,
-``items``, ``minItems``, ``maxItems``, ``minLength``, ``enum`` of strings; no schema: any JSON value whose top
-level is an object, as Ollama's ``format: "json"``). Objects with ``properties`` admit only those keys; a
-closing ``}`` waits for every ``required`` key, a closing ``]`` for ``minItems``.
+``items``, ``minItems``, ``maxItems``, ``minLength``, ``maxLength``, ``enum`` of strings; no schema: any JSON
+value whose top level is an object, as Ollama's ``format: "json"``). Objects with ``properties`` admit only
+those keys; a closing ``}`` waits for every ``required`` key, a closing ``]`` for ``minItems``.
 
 :class:`JsonConstraint` picks each token as the sampler would, but among the tokens that keep the text a valid
 prefix (candidates in order of logit, so greedy decoding checks only a few), and allows end of sequence only
@@ -120,6 +120,8 @@ class _Parser:
                 continue
             if ord(c) < 0x20:
                 raise _Invalid  # raw control characters (a newline) are not allowed inside a JSON string
+            if "maxLength" in schema and len(out) >= int(schema["maxLength"]):
+                raise _Invalid  # only the closing quote fits now
             out.append(c)
             self.i += 1
             self._check_partial("".join(out), choices)
