@@ -103,6 +103,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "data": str(args.locomo), "conversations": [c["name"] for c in convs], "questions": len(questions),
         "llm": runs[0]["llm"] if runs else args.llm,
         "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("llm", "triggers", "journal_dir")},
+        "json_format": cfg.llm.json_format and args.llm in ("embedded", "ollama"),
         "short_before": sum(r["short_before"] for r in runs), "short_after": sum(r["short_after"] for r in runs),
         "short_shrink": 1 - sum(r["short_after"] for r in runs) / max(1, sum(r["short_before"] for r in runs)),
         "archived": archived, "principles": sum(r["principles"] for r in runs), "llm_calls": calls,
@@ -136,7 +137,8 @@ def markdown(reports: list[dict]) -> str:
         per = r["llm_calls_per_archived_memory"]
         lines.append(
             f"| {r['llm']}, clusters of {r['config']['min_cluster_size']}-{r['config']['max_cluster_size']} at cosine "
-            f"{r['config']['similarity_threshold']} | {', '.join(r['conversations'])} | {r['questions']} | "
+            f"{r['config']['similarity_threshold']}{', JSON-constrained (format)' if r.get('json_format') else ''} | "
+            f"{', '.join(r['conversations'])} | {r['questions']} | "
             f"{r['short_before']} -> "
             f"{r['short_after']} ({r['short_shrink']:.1%}) | {r['principles']} | {r['llm_calls']} "
             f"({r['answers_accepted']} / {r['answers_repaired']} / {r['answers_rejected']}) | "
@@ -146,13 +148,17 @@ def markdown(reports: list[dict]) -> str:
     lines += ["", "Reading it: `extractive` keeps each cluster's most central turn as its principle (no LLM), so it "
               "shows what the clustering and the archive step do to recall; with an LLM only accepted answers "
               "archive anything (a rejected cluster stays in the short tier), so the shrink is bounded by the "
-              "share of answers that pass the checks. 'calls per archived' is LLM calls / archived memories.",
+              "share of answers that pass the checks. 'calls per archived' is LLM calls / archived memories. "
+              "LLM rows without 'JSON-constrained' ran before the embedded server constrained decoding to the "
+              "answer schema (Ollama's `format`; `memory.consolidation.llm.json_format`, now on by default).",
               "", "Commands:", ""] + [f"    {r['command']}" for r in reports] + [""]
     lines += ["Rejection reasons:", ""]
     for r in reports:
         reasons = [x["reason"].split(":")[0].split(" (")[0] for run in r["runs"] for x in run["reasons"]]
         counts = {k: reasons.count(k) for k in dict.fromkeys(reasons)}
-        lines.append(f"- {r['llm']}, clusters of at most {r['config']['max_cluster_size']}: {counts or 'none'}")
+        constrained = ", JSON-constrained" if r.get("json_format") else ""
+        lines.append(f"- {r['llm']}, clusters of at most {r['config']['max_cluster_size']}{constrained}: "
+                     f"{counts or 'none'}")
     return "\n".join(lines) + "\n"
 
 
