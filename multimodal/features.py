@@ -138,13 +138,15 @@ class FrozenEncoders:
             frames = enc.hidden_states([waves[i] for i in idx], SAMPLE_RATE, window_s=window)
             for i, f in zip(idx, frames, strict=True):
                 out[i, :pooled] = pool_frames(f, c.audio_segments)
-                if c.audio_transcript and len(waves[i]) >= c.transcript_min_seconds * SAMPLE_RATE:
-                    # ~4 tokens per second of speech; a cap stops a rare repetition loop on noise
-                    transcripts[i] = enc.transcribe(waves[i], SAMPLE_RATE, window_s=window,
-                                                    max_new_tokens=12 * window).strip()
-        said = [i for i, t in enumerate(transcripts) if t]
-        if said:  # silence or noise gives no words: its transcript part stays zero
-            out[said, pooled:] = self.text([transcripts[i] for i in said])
+            said = [i for i in idx if c.audio_transcript and len(waves[i]) >= c.transcript_min_seconds * SAMPLE_RATE]
+            if said:  # ~4 tokens per second of speech; the cap stops a rare repetition loop on noise
+                texts = enc.transcribe_many([waves[i] for i in said], SAMPLE_RATE, window_s=window,
+                                            max_new_tokens=12 * window)
+                for i, text in zip(said, texts, strict=True):
+                    transcripts[i] = text.strip()
+        worded = [i for i, t in enumerate(transcripts) if t]
+        if worded:  # silence or noise gives no words: its transcript part stays zero
+            out[worded, pooled:] = self.text([transcripts[i] for i in worded])
         self.last_transcripts = transcripts
         return out
 

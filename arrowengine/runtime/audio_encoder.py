@@ -248,32 +248,62 @@ class AudioEncoder:
             texts.append(self.tokenizer.decode(tokens, skip_special_tokens=True).strip())
         return " ".join(t for t in texts if t)
 
+    def transcribe_many(self, waveforms: Sequence[Waveform], sampling_rate: int = WHISPER_SAMPLE_RATE, *,
+                        language: str | None = "en", task: str = "transcribe", max_new_tokens: int = 224,
+                        window_s: int | None = None) -> list[str]:
+        """Greedy transcripts of many clips, decoded ``batch_size`` at a time (one window each: a clip longer
+        than the window is cut, with a warning). Faster than :meth:`transcribe` per clip by about the batch size
+        on CPU, where one decoder step costs nearly the same for 1 row as for 8."""
+        config = self._window(window_s)
+        waves = self._prepare(waveforms, sampling_rate, config)
+        prompt = self._prompt(language, task)
+        out: list[str] = []
+        for start in range(0, len(waves), self.batch_size):
+            features, _ = log_mel(waves[start : start + self.batch_size], config)
+            for tokens in self.generate_batch(features, prompt, max_new_tokens):
+                out.append(self.tokenizer.decode(tokens, skip_special_tokens=True).strip())
+        return out
+
     def generate_tokens(self, features: torch.Tensor, prompt: list[int], max_new_tokens: int = 224) -> list[int]:
         """Greedy decoding of one window's features ``(1, n_mels, frames)``; returns the new tokens (no EOS)."""
+        return self.generate_batch(features, prompt, max_new_tokens)[0]
+
+    def generate_batch(self, features: torch.Tensor, prompt: list[int], max_new_tokens: int = 224
+                       ) -> list[list[int]]:
+        """Greedy decoding of windows ``(B, n_mels, frames)`` together; each row's new tokens (no EOS)."""
         g = self.generation
         eos = int(g["eos_token_id"])
         suppress = torch.tensor(g.get("suppress_tokens", []), dtype=torch.long)
         begin_suppress = torch.tensor(g.get("begin_suppress_tokens", []), dtype=torch.long)
         limit = min(max_new_tokens, int(self.model.config.max_target_positions) - len(prompt))
         model = self.model
-        out: list[int] = []
+        rows = features.shape[0]
+        out: list[list[int]] = [[] for _ in range(rows)]
+        done = [False] * rows
         with torch.inference_mode(), self._autocast():
             encoded = self._encoder(features.to(self.device)).last_hidden_state
             if self.precision is not None:
                 encoded = encoded.to(next(model.parameters()).dtype)
             cache = None  # the decoder creates its self- and cross-attention cache on the first call
-            ids = torch.tensor([prompt], device=self.device)
+            ids = torch.tensor([prompt] * rows, device=self.device)
             for i in range(limit):
                 dec = model.model.decoder(input_ids=ids, encoder_hidden_states=encoded, past_key_values=cache,
                                           use_cache=True)
                 cache = dec.past_key_values
-                logits = model.proj_out(dec.last_hidden_state[:, -1]).float()[0]
-                logits[suppress] = -math.inf  # Whisper's non-speech symbols, as generate() suppresses them
+                logits = model.proj_out(dec.last_hidden_state[:, -1]).float()
+                logits[:, suppress] = -math.inf  # Whisper's non-speech symbols, as generate() suppresses them
                 if i == 0:
-                    logits[begin_suppress] = -math.inf  # no blank or EOS as the first token
-                token = int(logits.argmax())
-                if token == eos:
+                    logits[:, begin_suppress] = -math.inf  # no blank or EOS as the first token
+                tokens = logits.argmax(dim=-1).tolist()
+                for r, token in enumerate(tokens):
+                    if done[r]:
+                        continue
+                    if token == eos:
+                        done[r] = True
+                    else:
+                        out[r].append(token)
+                if all(done):
                     break
-                out.append(token)
-                ids = torch.tensor([[token]], device=self.device)
+                # a finished row keeps feeding EOS: its further tokens are ignored, the batch shape stays fixed
+                ids = torch.tensor([[eos if done[r] else t] for r, t in enumerate(tokens)], device=self.device)
         return out

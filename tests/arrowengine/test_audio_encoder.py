@@ -157,6 +157,8 @@ def test_transcribe_librivox_word_error_rate(encoder, librivox):
     assert hypotheses[0] == ("And Mr. John Dashwood had then leisure to consider how much there might be "
                              "prudently in his power to do for them.")
     assert wer <= 0.08, (wer, hypotheses)
+    # decoding the clips together (batch_size 4: one batch of 4, one of 1) gives the same greedy transcripts
+    assert encoder.transcribe_many([w for w, _ in librivox]) == hypotheses
 
 
 @pytest.mark.slow
