@@ -104,6 +104,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "llm": runs[0]["llm"] if runs else args.llm,
         "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("llm", "triggers", "journal_dir")},
         "json_format": cfg.llm.json_format and args.llm in ("embedded", "ollama"),
+        "per_principle_relevance": True,  # an off-topic principle is dropped, its on-topic siblings written
         "short_before": sum(r["short_before"] for r in runs), "short_after": sum(r["short_after"] for r in runs),
         "short_shrink": 1 - sum(r["short_after"] for r in runs) / max(1, sum(r["short_before"] for r in runs)),
         "archived": archived, "principles": sum(r["principles"] for r in runs), "llm_calls": calls,
@@ -137,7 +138,8 @@ def markdown(reports: list[dict]) -> str:
         per = r["llm_calls_per_archived_memory"]
         lines.append(
             f"| {r['llm']}, clusters of {r['config']['min_cluster_size']}-{r['config']['max_cluster_size']} at cosine "
-            f"{r['config']['similarity_threshold']}{', JSON-constrained (format)' if r.get('json_format') else ''} | "
+            f"{r['config']['similarity_threshold']}{', JSON-constrained (format)' if r.get('json_format') else ''}"
+            f"{', off-topic principles dropped one by one' if r.get('per_principle_relevance', True) else ''} | "
             f"{', '.join(r['conversations'])} | {r['questions']} | "
             f"{r['short_before']} -> "
             f"{r['short_after']} ({r['short_shrink']:.1%}) | {r['principles']} | {r['llm_calls']} "
@@ -150,7 +152,9 @@ def markdown(reports: list[dict]) -> str:
               "archive anything (a rejected cluster stays in the short tier), so the shrink is bounded by the "
               "share of answers that pass the checks. 'calls per archived' is LLM calls / archived memories. "
               "LLM rows without 'JSON-constrained' ran before the embedded server constrained decoding to the "
-              "answer schema (Ollama's `format`; `memory.consolidation.llm.json_format`, now on by default).",
+              "answer schema (Ollama's `format`; `memory.consolidation.llm.json_format`, now on by default). Rows "
+              "without 'dropped one by one' rejected a whole answer when any of its principles was off-topic; "
+              "now an off-topic principle is dropped and the answer's on-topic principles are written.",
               "", "Commands:", ""] + [f"    {r['command']}" for r in reports] + [""]
     lines += ["Rejection reasons:", ""]
     for r in reports:

@@ -2,7 +2,8 @@
 
 A rejected answer writes nothing and archives nothing; its reason goes to the journal and the run log:
 ``empty answer``, ``non-JSON answer``, ``wrong JSON shape (...)``, ``principle longer than its sources``,
-``off-topic principle (cosine ...)``.
+``off-topic principle (cosine ...)`` (every principle is off-topic; off-topic principles beside an on-topic one
+are dropped, and only the on-topic ones are written).
 """
 
 from __future__ import annotations
@@ -98,7 +99,9 @@ def check_answer(answer: str, sources: list[str], centroid: np.ndarray, embed: C
     vectors = embed(principles)
     norm = float(np.linalg.norm(centroid)) or 1.0
     cosines = vectors @ (centroid / norm)
-    if float(cosines.min()) < min_relevance:
-        return Verdict(reason=f"off-topic principle (cosine {float(cosines.min()):.2f} to its sources < "
+    # an off-topic principle is dropped, not written; the answer counts only if one about the sources remains
+    kept = tuple(p for p, c in zip(principles, cosines.tolist(), strict=True) if c >= min_relevance)
+    if not kept:
+        return Verdict(reason=f"off-topic principle (cosine {float(cosines.max()):.2f} to its sources < "
                               f"{min_relevance})", repaired=repaired)
-    return Verdict(principles=tuple(principles), repaired=repaired)
+    return Verdict(principles=kept, repaired=repaired)

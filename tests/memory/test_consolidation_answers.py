@@ -146,6 +146,16 @@ def test_a_valid_answer_becomes_a_linked_principle_and_archives_its_sources(them
         themed.get(p).content for p in again.principle_ids)
 
 
+def test_an_off_topic_principle_beside_an_on_topic_one_is_dropped_not_written(themed, canned):
+    url, handler = canned
+    handler.replies = [(200, json.dumps({"principles": ["Tectonic plates drift a few centimetres per year.",
+                                                        "I rely on coffee every day to stay alert."]}))]
+    report = Consolidator(themed, OllamaLLM("smollm2", url), CFG).run()
+    assert (report.principles, report.archived, report.rejected) == (1, 4, 0), report.reasons
+    assert themed.get(report.principle_ids[0]).content == "I rely on coffee every day to stay alert."
+    assert not any("Tectonic" in h.content for h in themed.search("tectonic plates drift", k=20))
+
+
 def test_an_answer_with_junk_inside_the_object_is_repaired_from_its_principles_array(themed, canned):
     url, handler = canned
     handler.replies = [(200, GOOD[:-1] + ', "and also"]')]  # SmolLM2's habit: text after the array, no "}"
