@@ -131,38 +131,32 @@ class _Parser:
         if choices is not None and not any(c.startswith(prefix) for c in choices):
             raise _Invalid
 
+    def _digits(self) -> int:
+        """Consume a run of digits (at least one, else the text is incomplete or invalid); return where it began."""
+        begin = self.i
+        while self.i < len(self.s) and self.s[self.i].isdigit():
+            self.i += 1
+        if self.i == begin:
+            raise _Incomplete if self.i == len(self.s) else _Invalid
+        return begin
+
     def number(self, integer: bool) -> None:
-        start = self.i
         s = self.s
         if s[self.i] == "-":
             self.i += 1
-        digits = self.i
-        while self.i < len(s) and s[self.i].isdigit():
-            self.i += 1
-        if self.i == digits:
-            raise _Incomplete if self.i == len(s) else _Invalid
+        digits = self._digits()
         if s[digits] == "0" and self.i - digits > 1:
             raise _Invalid
         if not integer and self.i < len(s) and s[self.i] == ".":
             self.i += 1
-            frac = self.i
-            while self.i < len(s) and s[self.i].isdigit():
-                self.i += 1
-            if self.i == frac:
-                raise _Incomplete if self.i == len(s) else _Invalid
+            self._digits()
         if not integer and self.i < len(s) and s[self.i] in "eE":
             self.i += 1
             if self.i < len(s) and s[self.i] in "+-":
                 self.i += 1
-            exp = self.i
-            while self.i < len(s) and s[self.i].isdigit():
-                self.i += 1
-            if self.i == exp:
-                raise _Incomplete if self.i == len(s) else _Invalid
+            self._digits()
         if self.i == len(s):
             raise _Incomplete  # more digits may follow: a number is complete only at its delimiter
-        if self.i == start:
-            raise _Invalid
 
     def value(self, schema: Mapping[str, Any], top: bool = False) -> None:
         if top and self.s[:1] in tuple(_WS):
