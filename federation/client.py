@@ -23,7 +23,7 @@ import pyarrow.flight as flight
 from federation.auth import auth_headers
 from federation.card import CardMeta, LoRACard
 from federation.delta import DeltaConfig, ErrorFeedback, apply_delta, encode_delta
-from federation.errors import FederationError, SyncRejectedError, SyncUnavailableError
+from federation.errors import DeltaError, FederationError, SyncRejectedError, SyncUnavailableError
 from federation.protocol import SyncReply, SyncRequest, Ticket, batch_bytes, schema_bytes
 from federation.synclog import SyncLog, SyncRecord
 from federation.wire import META_KIND, WireLimits, card_batches, card_from_batches, delta_batches, delta_from_batches
@@ -52,19 +52,34 @@ class ClientConfig:
 @dataclass(frozen=True)
 class SyncResult:
     """The outcome of :meth:`SyncClient.sync`: the node's new base card (equal to the server's), how it got it
-    (``ok``: the merged update; ``full_sync``: the base was stale and the current card was fetched) and the
-    bytes moved."""
+    and the bytes moved (every exchange and pull of the call, fallbacks included).
+
+    ``status`` is ``ok`` (the merged update, as asked) or ``full_sync`` (a fallback ran). ``fallback`` says which:
+    ``full_update`` (the delta failed on the server, R5.6: the whole card was sent instead and the merged card
+    received whole) or ``pull`` (the base was stale, R5.8, or an update failed on receipt: the node's update is
+    dropped and the current card fetched); ``reason`` says why.
+    """
 
     card: LoRACard
     status: str
     bytes_sent: int
     bytes_received: int
     seconds: float
+    fallback: str = ""
+    reason: str = ""
 
 
 class _Counter:
+    """Bytes (IPC message sizes) and messages (Flight's own ``stats.num_messages``) of one call."""
+
     def __init__(self) -> None:
         self.sent = self.received = self.messages_sent = self.messages_received = 0
+
+    def add(self, other: _Counter) -> None:
+        self.sent += other.sent
+        self.received += other.received
+        self.messages_sent += other.messages_sent
+        self.messages_received += other.messages_received
 
 
 class SyncClient:
@@ -92,9 +107,9 @@ class SyncClient:
 
     # ------------------------------------------------------------------ errors and records
     @contextlib.contextmanager
-    def _call(self, op: str, adapter: str, method: str, base_version: int | None) -> Iterator[dict]:
-        started, counter, state = time.perf_counter(), _Counter(), {"status": "ok", "new_version": None}
-        state["counter"] = counter
+    def _call(self, op: str, adapter: str, method: str, base_version: int | None) -> Iterator[dict[str, Any]]:
+        started, counter = time.perf_counter(), _Counter()
+        state: dict[str, Any] = {"status": "ok", "new_version": None, "counter": counter, "error": ""}
         error = ""
         try:
             yield state
@@ -108,6 +123,12 @@ class SyncClient:
                     "; check the certificate (tls_root_cert) and that the server offers TLS")
             raise SyncUnavailableError(f"cannot reach the sync server at {self.config.location}: {_short(exc)}"
                                        f"{hint}") from exc
+        except flight.FlightCancelledError as exc:  # gRPC cancels a call whose message is over the receive limit
+            state["status"], error = "error", str(exc)
+            raise SyncRejectedError(
+                f"{op} of {adapter!r} was cancelled by gRPC: usually a message over this client's limit of "
+                f"{self.config.max_message_bytes} bytes; raise ClientConfig.max_message_bytes (gRPC's default is "
+                f"4 MiB) or have the server send smaller batches (WireLimits)") from exc
         except flight.FlightError as exc:
             state["status"], error = "rejected", str(exc)
             raise SyncRejectedError(f"the sync server refused {op} of {adapter!r}: {_short(exc)}") from exc
@@ -121,7 +142,7 @@ class SyncClient:
                     status=state["status"], base_version=base_version, new_version=state["new_version"],
                     bytes_sent=counter.sent, bytes_received=counter.received, messages_sent=counter.messages_sent,
                     messages_received=counter.messages_received, seconds=time.perf_counter() - started,
-                    error=error))
+                    error=error or state["error"]))
 
     # ------------------------------------------------------------------ whole cards
     def list_cards(self) -> list[CardMeta]:
@@ -149,6 +170,8 @@ class SyncClient:
             writer, _ = self._client.do_put(flight.FlightDescriptor.for_path(card.meta.adapter), schema,
                                             options=self._options)
             _write_all(writer, batches, state["counter"], schema, begin=False)
+            writer.done_writing()
+            state["counter"].messages_sent = writer.stats.num_messages
             writer.close()
 
     # ------------------------------------------------------------------ sync
@@ -156,48 +179,77 @@ class SyncClient:
              feedback: ErrorFeedback | None = None) -> SyncResult:
         """Send ``local`` (trained from ``base``, the last version this node got from the server) and return the
         merged version. ``mode="delta"`` sends ``encode_delta(base, local)`` (with ``feedback``'s residuals) and
-        receives the merged delta; ``"full"`` sends and receives whole cards. A stale ``base`` gets the current
-        card by a full sync (R5.6 / R5.8): the result's status is then ``full_sync`` and ``feedback`` is reset."""
+        receives the merged delta; ``"full"`` sends and receives whole cards.
+
+        Fallbacks (the result's status is then ``full_sync``; ``feedback`` is reset): a delta the server could
+        not apply (damaged, or ``base`` is not the server's card of that version) is sent again as the whole card
+        (R5.6) when ``base`` is the server's current card, else the current card is fetched; a stale ``base``
+        (R5.8), or a merged update that fails here, gets the current card by ``do_get``."""
         started = time.perf_counter()
+        totals = _Counter()
+        outcome = self._exchange(local, base, samples, mode, feedback, totals)
+        fallback, reason = "", ""
+        if isinstance(outcome, SyncReply) and mode == "delta" and outcome.version == base.meta.version \
+                and outcome.checksum == base.checksum:
+            fallback, reason = "full_update", outcome.reason
+            logger.warning("node %s: the server could not apply the delta (%s); sending the whole card",
+                           self.config.node, reason)
+            outcome = self._exchange(local, base, samples, "full", None, totals)
+        if not isinstance(outcome, LoRACard):
+            failed = outcome.reason if isinstance(outcome, SyncReply) else outcome
+            fallback, reason = "pull", f"{reason}; then: {failed}" if reason else failed
+            logger.warning("node %s: %s; fetching the current card of %s", self.config.node, failed,
+                           base.meta.adapter)
+            outcome, pulled = self._pull(base.meta.adapter, None)
+            totals.add(pulled)
+        if fallback and feedback is not None:
+            feedback.reset()  # the residuals belong to deltas from a base this node no longer builds on
+        return SyncResult(outcome, "full_sync" if fallback else "ok", totals.sent, totals.received,
+                          time.perf_counter() - started, fallback, reason)
+
+    def _update_batches(self, local: LoRACard, base: LoRACard, mode: str, feedback: ErrorFeedback | None
+                        ) -> tuple[pa.Schema, list[pa.RecordBatch]]:
+        """The stream a sync sends: ``encode_delta(base, local)`` (``mode="delta"``) or the whole ``local`` card."""
+        if mode == "delta":
+            delta = encode_delta(base, local, config=self.config.delta, feedback=feedback)
+            return delta_batches(delta, self.config.limits)
+        return card_batches(local, self.config.limits)
+
+    def _exchange(self, local: LoRACard, base: LoRACard, samples: int, mode: str, feedback: ErrorFeedback | None,
+                  totals: _Counter) -> LoRACard | SyncReply | str:
+        """One ``do_exchange``: the merged card, the server's ``full_sync_required`` reply, or why the merged
+        update failed here (a string)."""
         request = SyncRequest(self.config.node, base.meta.adapter, base.meta.version, mode, samples)
         with self._call("sync", base.meta.adapter, mode, base.meta.version) as state:
             counter = state["counter"]
-            if mode == "delta":
-                delta = encode_delta(base, local, config=self.config.delta, feedback=feedback)
-                schema, batches = delta_batches(delta, self.config.limits)
-            else:
-                schema, batches = card_batches(local, self.config.limits)
+            schema, batches = self._update_batches(local, base, mode, feedback)
             writer, reader = self._client.do_exchange(flight.FlightDescriptor.for_command(request.to_bytes()),
                                                       options=self._options)
             _write_all(writer, batches, counter, schema, begin=True)
             commit = f'{{"batches":{len(batches)},"commit":true}}'.encode()
             writer.write_metadata(pa.py_buffer(commit))
             counter.sent += len(commit)
-            counter.messages_sent += 1
             writer.done_writing()
+            counter.messages_sent = writer.stats.num_messages
             reply, schema_in, batches_in = _read_reply(reader, counter)
             writer.close()
-            if reply.status == "ok":
-                if mode == "delta":
-                    card = apply_delta(base, delta_from_batches(schema_in, batches_in), version=reply.version)
-                else:
-                    card = card_from_batches(schema_in, batches_in)
-                if card.checksum != reply.checksum:
-                    raise SyncRejectedError(f"the merged card does not match the server's checksum {reply.checksum}:"
-                                            f" do a full sync (pull)")
-                status = "ok"
-            else:
-                logger.warning("node %s: %s (%s); fetching version %d", self.config.node, reply.status, reply.reason,
-                               reply.version)
-                status = "full_sync"
             state["status"], state["new_version"] = reply.status, reply.version
-        sent, received = counter.sent, counter.received
-        if status == "full_sync":
-            card, pulled = self._pull(base.meta.adapter, None)
-            sent, received = sent + pulled.sent, received + pulled.received  # the fallback's bytes count too
-            if feedback is not None:
-                feedback.reset()
-        return SyncResult(card, status, sent, received, time.perf_counter() - started)
+            outcome: LoRACard | SyncReply | str = reply
+            if reply.status == "ok":
+                try:
+                    if mode == "delta":
+                        card = apply_delta(base, delta_from_batches(schema_in, batches_in), version=reply.version)
+                    else:
+                        card = card_from_batches(schema_in, batches_in)
+                    if card.checksum != reply.checksum:
+                        raise DeltaError(f"the merged card's checksum {card.checksum} is not the server's "
+                                         f"{reply.checksum}")
+                    outcome = card
+                except FederationError as exc:  # R5.6 on receipt: nothing was applied here, fetch the card
+                    state["status"], state["error"] = "apply_failed", str(exc)
+                    outcome = f"the merged update failed here: {exc}"
+        totals.add(counter)
+        return outcome
 
 
 def _short(exc: Exception) -> str:
@@ -211,23 +263,20 @@ def _write_all(writer: Any, batches: list[pa.RecordBatch], counter: _Counter, sc
     if begin:  # do_put's writer was opened with the schema already
         writer.begin(schema)
     counter.sent += schema_bytes(schema)
-    counter.messages_sent += 1
     for batch in batches:
         writer.write_batch(batch)
         counter.sent += batch_bytes(batch)
-        counter.messages_sent += 1
 
 
 def _read_all(reader: Any, counter: _Counter) -> tuple[pa.Schema, list[pa.RecordBatch]]:
     schema = reader.schema
     counter.received += schema_bytes(schema)
-    counter.messages_received += 1
     batches = []
     for chunk in reader:
         if chunk.data is not None:
             batches.append(chunk.data)
             counter.received += batch_bytes(chunk.data)
-            counter.messages_received += 1
+    counter.messages_received = reader.stats.num_messages
     return schema, batches
 
 
@@ -238,7 +287,6 @@ def _read_reply(reader: Any, counter: _Counter) -> tuple[SyncReply, pa.Schema | 
             chunk = reader.read_chunk()
         except StopIteration:
             break
-        counter.messages_received += 1
         if chunk.data is not None:
             batches.append(chunk.data)
             counter.received += batch_bytes(chunk.data)
@@ -247,10 +295,10 @@ def _read_reply(reader: Any, counter: _Counter) -> tuple[SyncReply, pa.Schema | 
             reply = SyncReply.from_bytes(chunk.app_metadata.to_pybytes())
     if reply is None:
         raise SyncRejectedError("the sync server closed the exchange without a reply; retry")
-    if batches:
+    if batches:  # without a schema message there are no stats to read (pyarrow aborts): no IPC message came
+        counter.messages_received = reader.stats.num_messages
         schema = reader.schema
         counter.received += schema_bytes(schema)
-        counter.messages_received += 1
     if reply.status == "ok" and (schema is None or (schema.metadata or {}).get(META_KIND.encode()) is None):
         raise SyncRejectedError("the sync reply says ok but carries no update; retry")
     return reply, schema, batches

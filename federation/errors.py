@@ -8,6 +8,7 @@ __all__ = [
     "BaseVersionMismatchError",
     "CardError",
     "DeltaError",
+    "DeltaIntegrityError",
     "FederationError",
     "SyncRejectedError",
     "SyncUnavailableError",
@@ -28,6 +29,11 @@ class DeltaError(FederationError, ValueError):
 
 class BaseVersionMismatchError(DeltaError):
     """A delta was made against another version of the adapter than the one it is applied to: full sync."""
+
+
+class DeltaIntegrityError(DeltaError):
+    """A delta arrived damaged (a row checksum failed, parts are missing): nothing was applied, and the sender
+    falls back to a full sync (R5.6)."""
 
 
 class SyncRejectedError(FederationError, PermissionError):

@@ -3,7 +3,9 @@
 * ``do_exchange``: a node streams its update (a delta, or its whole card for a full sync) made on a base
   version; the server checks it completely (checksums, parts, shapes, NaN / Inf, size limits, the commit
   message) before anything changes, adds it to the round (``RoundAggregator``) and streams the merged update
-  back. A stale base gets ``full_sync_required`` and no change.
+  back. A stale base (R5.8) or a delta that fails (damaged in transit, or made against another card of the
+  same version; R5.6) gets ``full_sync_required`` and no change; an invalid update (NaN / Inf, wrong shape,
+  oversized) is refused with a Flight error and no change.
 * ``do_get`` / ``do_put`` / ``list_flights``: whole cards.
 * Bearer-token middleware (``federation.auth``) and TLS when a certificate is given.
 """
@@ -23,11 +25,11 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import torch
 
-from federation.aggregate import RoundAggregator
+from federation.aggregate import RoundAggregator, RoundResult
 from federation.auth import TokenMiddlewareFactory
 from federation.card import LoRACard
 from federation.delta import DeltaConfig, decode_delta
-from federation.errors import FederationError
+from federation.errors import BaseVersionMismatchError, DeltaIntegrityError, FederationError
 from federation.protocol import SyncReply, SyncRequest, Ticket, batch_bytes, schema_bytes
 from federation.store import CardStore
 from federation.synclog import SyncLog, SyncRecord
@@ -106,17 +108,19 @@ class SyncServer(flight.FlightServerBase):
 
     # ------------------------------------------------------------------ reading with limits
     def _read_stream(self, reader: Any) -> tuple[pa.Schema, list[pa.RecordBatch], list[bytes], int, int]:
-        """Every batch and metadata message of an incoming stream, refused past the size limits."""
-        schema = reader.schema
+        """Every batch and metadata message of an incoming stream, refused past the size limits. Returns the
+        schema, batches, metadata, bytes (IPC message sizes) and Flight's own count of IPC messages read."""
+        try:
+            schema = reader.schema
+        except (OSError, pa.ArrowException) as exc:  # a stream of metadata only: Flight has no schema to give
+            raise _reject("the stream has no schema message; begin it with the delta or card stream schema") from exc
         batches, metadata = [], []
         total = schema_bytes(schema)
-        messages = 1
         while True:
             try:
                 chunk = reader.read_chunk()
             except StopIteration:
                 break
-            messages += 1
             if chunk.data is not None:
                 size = batch_bytes(chunk.data)
                 if size > self.config.max_message_bytes:
@@ -129,7 +133,7 @@ class SyncServer(flight.FlightServerBase):
                 metadata.append(chunk.app_metadata.to_pybytes())
             if total > self.config.max_stream_bytes:
                 raise _reject(f"the stream exceeds the server's limit of {self.config.max_stream_bytes} bytes")
-        return schema, batches, metadata, total, messages
+        return schema, batches, metadata, total, reader.stats.num_messages
 
     # ------------------------------------------------------------------ exchange: sync
     def do_exchange(self, context: Any, descriptor: flight.FlightDescriptor, reader: Any, writer: Any) -> None:
@@ -144,38 +148,49 @@ class SyncServer(flight.FlightServerBase):
         if not _committed(metadata, batches):
             raise _reject(f"the stream of {len(batches)} batches did not end with its commit message "
                           f'{{"batches":{len(batches)},"commit":true}} (cut short?)')
-        sent, messages_out = 0, 0
+        sent = 0
         record = dict(role="server", node=request.node, adapter=request.adapter, op="sync", method=request.mode,
                       base_version=request.base_version)
-        if request.base_version != base.meta.version:
+        error = ""
+        if request.base_version != base.meta.version:  # R5.8: the node trained on an old version
             reply = SyncReply("full_sync_required", base.meta.version, base.checksum,
                               reason=f"base version {request.base_version} is not current ({base.meta.version})")
         else:
             try:
                 tensors = self._contribution(request, base, schema, batches)
+            except (BaseVersionMismatchError, DeltaIntegrityError) as exc:  # R5.6: the delta failed, nothing changed
+                tensors, error = None, str(exc)
+                reply = SyncReply("full_sync_required", base.meta.version, base.checksum,
+                                  reason=f"the delta failed: {exc}")
+                logger.warning("sync server: %s's delta of %s failed (%s); asked for a full sync", request.node,
+                               request.adapter, exc)
             except FederationError as exc:
                 self._log(record, "rejected", None, received, 0, messages_in, 0, started, str(exc))
                 raise _reject(str(exc)) from exc
-            result = self.aggregator.submit(base, request.node, tensors, request.samples)
-            if result is None:
+            result = None if tensors is None else self.aggregator.submit(base, request.node, tensors,
+                                                                         request.samples)
+            if tensors is not None and result is None:
                 current = self.store.current(request.adapter)
                 reply = SyncReply("full_sync_required", current.meta.version, current.checksum,
                                   reason="the round closed before this update arrived")
-            else:
-                if request.mode == "delta":
-                    out_schema, out = delta_batches(result.delta, self.config.limits)
-                else:
-                    out_schema, out = card_batches(result.card, self.config.limits)
+            elif result is not None:
+                out_schema, out = self._reply_batches(result, request.mode)
                 writer.begin(out_schema)
                 for batch in out:
                     writer.write_batch(batch)
                 sent = schema_bytes(out_schema) + sum(batch_bytes(b) for b in out)
-                messages_out = 1 + len(out)
                 reply = SyncReply("ok", result.card.meta.version, result.card.checksum, result.contributors)
         payload = reply.to_bytes()
         writer.write_metadata(pa.py_buffer(payload))
-        self._log(record, reply.status, reply.version, received, sent + len(payload), messages_in, messages_out + 1,
-                  started)
+        # a writer never begun has no stats (pyarrow aborts on reading them): no IPC message was sent
+        self._log(record, reply.status, reply.version, received, sent + len(payload), messages_in,
+                  writer.stats.num_messages if sent else 0, started, error)
+
+    def _reply_batches(self, result: RoundResult, mode: str) -> tuple[pa.Schema, list[pa.RecordBatch]]:
+        """The merged update as sent back: the round's delta (``mode="delta"``) or the new card."""
+        if mode == "delta":
+            return delta_batches(result.delta, self.config.limits)
+        return card_batches(result.card, self.config.limits)
 
     def _contribution(self, request: SyncRequest, base: LoRACard, schema: pa.Schema,
                       batches: list[pa.RecordBatch]) -> dict[str, torch.Tensor]:
@@ -234,6 +249,7 @@ class SyncServer(flight.FlightServerBase):
             raise flight.FlightServerError(str(exc)) from exc
         schema, batches = card_batches(card, self.config.limits)
         sent = schema_bytes(schema) + sum(batch_bytes(b) for b in batches)
+        # RecordBatchStream writes after this returns; its message count is the schema and the batches
         self._log(dict(role="server", node="", adapter=request.adapter, op="pull", method="full",
                        base_version=None), "ok", card.meta.version, 0, sent, 0, 1 + len(batches), started)
         return flight.RecordBatchStream(pa.Table.from_batches(batches, schema=schema))

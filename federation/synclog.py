@@ -23,14 +23,14 @@ __all__ = ["SYNC_LOG_SCHEMA", "SyncLog", "SyncRecord"]
 
 @dataclass(frozen=True)
 class SyncRecord:
-    """One sync as seen by one side. Bytes are IPC message bytes through Flight (``federation.counters``)."""
+    """One sync as seen by one side. Bytes: the IPC messages through Flight; messages: Flight's own counters."""
 
     role: str  # client | server
     node: str
     adapter: str
     op: str  # sync | pull | push | list
     method: str  # delta | full
-    status: str  # ok | full_sync_required | rejected | error
+    status: str  # ok | full_sync_required | rejected | error | apply_failed
     base_version: int | None
     new_version: int | None
     bytes_sent: int

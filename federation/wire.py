@@ -3,7 +3,8 @@
 A tensor's payload is cut into parts of at most ``max_part_bytes`` (one row each) and rows are packed into
 batches of at most ``max_batch_bytes``, so no Flight message nears gRPC's message size limit however large the
 card. Every row carries the xxh64 of its payload; the reader checks it, the part numbering and the shapes
-before anything is built, and raises :class:`DeltaError` / :class:`CardError` naming the row.
+before anything is built, and raises :class:`DeltaError` / :class:`CardError` naming the row (a damaged delta:
+:class:`DeltaIntegrityError`, which the sync protocol answers with a full sync).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from federation.card import META_CARD, CardMeta, LoRACard
 from federation.checksum import bytes_checksum
 from federation.delta import Delta
 from federation.encoding import VALUE_DTYPES, EncodedTensor
-from federation.errors import CardError, DeltaError
+from federation.errors import CardError, DeltaError, DeltaIntegrityError
 
 __all__ = ["CARD_SCHEMA", "DELTA_SCHEMA", "META_DELTA", "META_KIND", "WireLimits", "card_batches",
            "card_from_batches", "card_schema", "delta_batches", "delta_from_batches", "delta_schema"]
@@ -105,7 +106,9 @@ def _schema_json(schema: pa.Schema, key: str, kind: str, error: type[Exception])
     return metadata[key]
 
 
-def _grouped(batches: Iterable[pa.RecordBatch], schema: pa.Schema, error: type[Exception]) -> dict[str, list[dict]]:
+def _grouped(batches: Iterable[pa.RecordBatch], schema: pa.Schema, error: type[Exception],
+             damaged: type[Exception]) -> dict[str, list[dict]]:
+    """Rows by tensor name; ``error`` for a malformed stream, ``damaged`` for a failed checksum or missing parts."""
     parts: dict[str, list[dict]] = {}
     for batch in batches:
         if not batch.schema.equals(schema, check_metadata=False):
@@ -113,13 +116,13 @@ def _grouped(batches: Iterable[pa.RecordBatch], schema: pa.Schema, error: type[E
         for row in batch.to_pylist():
             payload = b"".join(row[c] for c in ("indices", "values", "data") if c in row)
             if bytes_checksum(payload) != row["checksum"]:
-                raise error(f"{row['name']} part {row['part']}: checksum mismatch (payload damaged in transit); "
+                raise damaged(f"{row['name']} part {row['part']}: checksum mismatch (payload damaged in transit); "
                             f"nothing was applied, send it again")
             parts.setdefault(row["name"], []).append(row)
     for name, rows in parts.items():
         if [r["part"] for r in rows] != list(range(rows[0]["parts"])) or any(r["parts"] != rows[0]["parts"]
                                                                               for r in rows):
-            raise error(f"{name}: parts {[r['part'] for r in rows]} of {rows[0]['parts']} are missing or out of "
+            raise damaged(f"{name}: parts {[r['part'] for r in rows]} of {rows[0]['parts']} are missing or out of "
                         f"order; the stream was cut short")
     return parts
 
@@ -130,7 +133,7 @@ def card_from_batches(schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> L
 
     meta = CardMeta.from_json(_schema_json(schema, META_CARD, "card", CardError))
     tensors = {}
-    for name, rows in _grouped(batches, CARD_SCHEMA, CardError).items():
+    for name, rows in _grouped(batches, CARD_SCHEMA, CardError, CardError).items():
         dtype = dtype_from_name(rows[0]["dtype"], tensor=name)
         shape = tuple(rows[0]["shape"])
         data = bytearray(b"".join(r["data"] for r in rows))
@@ -175,7 +178,7 @@ def delta_from_batches(schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> 
     except (KeyError, TypeError, ValueError) as exc:
         raise DeltaError(f"the delta stream's {META_DELTA} metadata is malformed ({exc})") from exc
     tensors = {}
-    for name, rows in _grouped(batches, DELTA_SCHEMA, DeltaError).items():
+    for name, rows in _grouped(batches, DELTA_SCHEMA, DeltaError, DeltaIntegrityError).items():
         first = rows[0]
         method = first["method"]
         if method not in VALUE_DTYPES or first["index_bits"] not in (16, 32):

@@ -34,8 +34,9 @@ def peft_model(seed: int = 0, *, rank: int = 4) -> Any:
 def tiny_card(seed: int = 0, *, rank: int = 4, adapter: str = ADAPTER) -> LoRACard:
     """The LoRA card of :func:`peft_model`."""
     model = peft_model(seed, rank=rank)
+    # the base's identity, taken before peft wraps its projections (the wrapped state dict holds the LoRA too)
     return LoRACard.from_peft(model, adapter=adapter, base_model="tiny-llama",
-                              base_checksum=model_checksum(model.get_base_model()))
+                              base_checksum=model_checksum(tiny_llama(seed)))
 
 
 def nudged(card: LoRACard, seed: int, scale: float = 0.01) -> LoRACard:
@@ -45,9 +46,9 @@ def nudged(card: LoRACard, seed: int, scale: float = 0.01) -> LoRACard:
 
 
 @contextlib.contextmanager
-def running_server(config: ServerConfig) -> Iterator[SyncServer]:
-    """A :class:`SyncServer` serving on its own thread for the duration of the block, then shut down."""
-    server = SyncServer(config)
+def running_server(config: ServerConfig, server_class: type[SyncServer] = SyncServer) -> Iterator[SyncServer]:
+    """A :class:`SyncServer` (or ``server_class``) serving on its own thread for the block, then shut down."""
+    server = server_class(config)
     thread = threading.Thread(target=server.serve, name="test-sync-server", daemon=True)
     thread.start()
     try:

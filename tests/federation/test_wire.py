@@ -9,10 +9,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from federation.card import CardMeta, LoRACard
-from federation.delta import Delta, encode_delta
-from federation.encoding import EncodedTensor
+from federation.delta import Delta, decode_delta, encode_delta
+from federation.encoding import LOSSLESS_METHODS, EncodedTensor
 from federation.errors import CardError, DeltaError
 from federation.wire import WireLimits, card_batches, card_from_batches, delta_batches, delta_from_batches
 from tests.federation.support import nudged, tiny_card
@@ -89,3 +92,28 @@ def test_damage_is_detected_before_anything_is_built():
 # sha256 of the serialized schema message followed by every record batch message (Arrow IPC format, stable)
 GOLDEN_CARD_STREAM = "bdf6f47041209e07c7dc4f38454222f4c8935f61137012a2d4e1f0fa34b3e1d2"
 GOLDEN_DELTA_STREAM = "19a4d1bd4ccc0f06d136675224dc4f7621611c3c0d97f5f2c7e605b6352b6bde"
+
+
+_values = st.one_of(st.just(0.0), st.just(-0.0), st.floats(width=32, allow_nan=False, allow_infinity=False))
+
+
+@st.composite
+def _lossless_case(draw):
+    rank, fan_in, fan_out = draw(st.integers(1, 4)), draw(st.integers(1, 40)), draw(st.integers(1, 40))
+    arrays = {name: draw(hnp.arrays(np.float32, shape, elements=_values))
+              for name, shape in ((A, (rank, fan_in)), (B, (fan_out, rank)))}
+    part = draw(st.integers(4, 200))
+    return rank, arrays, WireLimits(max_part_bytes=part, max_batch_bytes=part * draw(st.integers(1, 4)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=_lossless_case(), method=st.sampled_from(LOSSLESS_METHODS))
+def test_lossless_deltas_survive_the_wire_bit_for_bit(case, method):
+    rank, changes, limits = case
+    meta = CardMeta("chat", "tiny", "00ff", rank, 2.0, ("q_proj",))
+    old = LoRACard(meta, {name: torch.zeros(v.shape) for name, v in changes.items()})
+    delta = encode_delta(old, {name: torch.from_numpy(v) for name, v in changes.items()}, method)
+    schema, batches = delta_batches(delta, limits)
+    received = decode_delta(old, delta_from_batches(schema, batches))
+    for name, values in changes.items():  # -0.0, subnormals and extremes arrive as they were sent
+        assert received[name].numpy().view(np.uint32).tolist() == values.view(np.uint32).tolist()
