@@ -99,3 +99,27 @@ def test_bad_cards_are_refused(tmp_path):
 class _NoTokenizer:
     pad_token_id = 0
     eos_token_id = 2
+
+
+def test_card_of_a_peft_training_step_matches_the_trained_model():
+    from peft import LoraConfig, get_peft_model
+
+    from tests.arrowengine.llm_support import tiny_llama
+
+    model = get_peft_model(tiny_llama(0), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                     lora_dropout=0.0))
+    before = LoRACard.from_peft(model, adapter="chat", base_model="tiny", base_checksum="x")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    batch = torch.tensor([list(range(3, 19))])
+    for _ in range(3):
+        model(input_ids=batch, labels=batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    card = LoRACard.from_peft(model, adapter="chat", base_model="tiny", base_checksum="x", version=1,
+                              parent_version=0)
+    assert card.checksum != before.checksum and all(float(b.abs().max()) > 0 for _, b in card.modules().values())
+    llm = LLM.from_model(model.get_base_model(), tokenizer=_NoTokenizer())
+    apply_card(llm, card)
+    with torch.no_grad():
+        expected = model(input_ids=batch).logits[0]
+    torch.testing.assert_close(llm.logits(batch[0].tolist()), expected, rtol=1e-4, atol=1e-4)
