@@ -1,5 +1,6 @@
-"""``arrowengine sync serve|push|list|pull|daemon`` through the real console entry: a server process on port 0
-with the token from the environment, the client verbs with the token from a file, and the sync logs."""
+"""``arrowengine sync serve|push|list|pull|daemon``: a server process started by ``scripts/flight_sync_daemon.py``
+on 127.0.0.1 port 0 with the token from the environment, the client verbs through the ``arrowengine`` console
+entry with the token from a file, and the sync logs."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from arrowengine.cli import main
+from arrowengine.cli import build_parser, main
 from federation.card import LoRACard
 from tests.federation.support import nudged, tiny_card
 
@@ -20,7 +22,8 @@ TOKEN = "cli-token"
 
 def test_sync_verbs_end_to_end(tmp_path, capsys):
     env = dict(os.environ, ARROWENGINE_SYNC_TOKEN=TOKEN)
-    server = subprocess.Popen([sys.executable, "-m", "arrowengine", "sync", "serve", "--port", "0", "--dir",
+    script = Path(__file__).resolve().parents[2] / "scripts" / "flight_sync_daemon.py"
+    server = subprocess.Popen([sys.executable, str(script), "serve", "--host", "127.0.0.1", "--port", "0", "--dir",
                                str(tmp_path / "srv")], env=env, stdout=subprocess.PIPE, text=True)
     try:
         line = server.stdout.readline()
@@ -62,3 +65,11 @@ def test_sync_verbs_end_to_end(tmp_path, capsys):
             server.wait(10)
     server_log = pq.read_table(tmp_path / "srv" / "_synclog").to_pylist()
     assert {r["op"] for r in server_log} >= {"push", "pull", "sync"}
+
+
+def test_sync_serve_arguments():
+    args = build_parser(plugins=["sync"]).parse_args(["sync", "serve", "--host", "127.0.0.1", "--port", "8815",
+                                                      "--dir", "adapters", "--token-file", "token"])
+    assert (args.host, args.port, args.dir, args.token_file) == ("127.0.0.1", 8815, "adapters", "token")
+    defaults = build_parser(plugins=["sync"]).parse_args(["sync", "serve", "--dir", "d"])
+    assert (defaults.host, defaults.round_size) == ("127.0.0.1", 1)  # this machine only, unless asked
