@@ -360,6 +360,16 @@ def test_a_card_larger_than_grpc_default_limit_travels_in_batches(tmp_path):
         assert result.status == "ok" and result.card.checksum == _state(srv)[1]
         batches = card_batches(big)[1]
         assert len(batches) >= 3 and max(batch_bytes(b) for b in batches) < 4 << 20
+        # gRPC's server side takes any size (pyarrow sets no limit there); the server's own limit refuses it clearly
+        before = _state(srv)
+        whole = WireLimits(max_part_bytes=8 << 20, max_batch_bytes=8 << 20)
+        one_batch = card_batches(result.card, whole)
+        size = batch_bytes(one_batch[1][0])
+        message = (f"a message of {size} bytes exceeds the server's limit of 4194304 bytes; split the stream into "
+                   f"smaller batches")
+        with pytest.raises(flight.FlightServerError, match=_rejected(message)):
+            _raw_exchange(srv, stream=one_batch, mode="full")
+        assert _state(srv) == before
         tiny_limit = SyncClient(ClientConfig(srv.location, token=TOKEN, max_message_bytes=1 << 20))
         with pytest.raises(SyncRejectedError, match=re.escape("pull of 'chat' was cancelled by gRPC: usually a "
                                                                "message over this client's limit of 1048576 bytes")):
