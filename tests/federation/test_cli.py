@@ -23,8 +23,10 @@ TOKEN = "cli-token"
 def test_sync_verbs_end_to_end(tmp_path, capsys):
     env = dict(os.environ, ARROWENGINE_SYNC_TOKEN=TOKEN)
     script = Path(__file__).resolve().parents[2] / "scripts" / "flight_sync_daemon.py"
+    err_file = (tmp_path / "server.err").open("w")  # its log lines and the last one, "interrupted"
     server = subprocess.Popen([sys.executable, str(script), "serve", "--host", "127.0.0.1", "--port", "0", "--dir",
-                               str(tmp_path / "srv")], env=env, stdout=subprocess.PIPE, text=True)
+                               str(tmp_path / "srv")], env=env, stdout=subprocess.PIPE, text=True,
+                              stderr=err_file)
     try:
         line = server.stdout.readline()
         assert line.startswith("sync server listening on grpc+tcp://127.0.0.1:"), line
@@ -63,6 +65,10 @@ def test_sync_verbs_end_to_end(tmp_path, capsys):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait(10)
+        err_file.close()
+        server.stdout.close()
+    err = (tmp_path / "server.err").read_text()
+    assert server.returncode == 130 and err.rstrip().endswith("interrupted"), err  # Ctrl-C: one line, exit 130
     server_log = pq.read_table(tmp_path / "srv" / "_synclog").to_pylist()
     assert {r["op"] for r in server_log} >= {"push", "pull", "sync"}
 
