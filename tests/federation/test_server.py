@@ -88,7 +88,8 @@ def test_delta_sync_merges_and_node_matches_server_bit_for_bit(server, tmp_path)
     assert server_rows[-1]["op"] == "sync" and server_rows[-1]["bytes_received"] == result.bytes_sent
 
 
-def test_round_is_sample_weighted_fedavg(tmp_path):
+@pytest.mark.parametrize("mode", ["full", "delta"])
+def test_round_is_sample_weighted_fedavg(tmp_path, mode):
     config = ServerConfig(root=tmp_path / "srv", token=TOKEN, round_size=2, round_timeout_s=20)
     with running_server(config) as srv:
         _client(srv).push(tiny_card())
@@ -98,7 +99,8 @@ def test_round_is_sample_weighted_fedavg(tmp_path):
 
         def run(node):
             card, samples = locals_[node]
-            results[node] = _client(srv, node).sync(card, base, samples=samples, mode="full")
+            client = _client(srv, node, delta=DeltaConfig(method="dense"))  # lossless both ways (dense broadcast)
+            results[node] = client.sync(card, base, samples=samples, mode=mode)
 
         threads = [threading.Thread(target=run, args=(n,)) for n in locals_]
         for t in threads:
@@ -110,7 +112,10 @@ def test_round_is_sample_weighted_fedavg(tmp_path):
         for name, t in merged.tensors.items():
             expected = 0.25 * locals_["a"][0].tensors[name] + 0.75 * locals_["b"][0].tensors[name]
             torch.testing.assert_close(t, expected, rtol=0, atol=1e-6)
-        assert {r.card.checksum for r in results.values()} == {merged.checksum}
+        assert {(r.status, r.card.checksum) for r in results.values()} == {("ok", merged.checksum)}
+        rows = [r for r in srv.log.table().to_pylist() if r["op"] == "sync"]
+        assert sorted((r["node"], r["method"], r["status"], r["new_version"]) for r in rows) == [
+            ("a", mode, "ok", 1), ("b", mode, "ok", 1)]
 
 
 def test_stale_base_is_told_to_full_sync_and_ends_consistent(server):
