@@ -23,7 +23,7 @@ import torch
 
 from quant.errors import QuantModeError, QuantShapeError
 
-__all__ = ["BLOCK_SIZE", "GGUF_TYPES", "GGUFBlocks", "GGUFType", "gguf_type"]
+__all__ = ["BLOCK_SIZE", "GGUF_TYPES", "GGUFBlocks", "GGUFType", "gguf_type", "quantize_q8_0"]
 
 BLOCK_SIZE = 32  # elements per block for every type here
 
@@ -112,3 +112,24 @@ class GGUFBlocks:
                 m = blocks[:, 2:4].contiguous().view(torch.float16).float()
                 values = d * codes.float() + m
         return values.reshape(data.shape[0], self.shape[1])
+
+
+def quantize_q8_0(weight: torch.Tensor, *, name: str = "weight") -> GGUFBlocks:
+    """Q8_0 blocks of a float matrix ``[rows, k]`` (``k`` a multiple of 32), byte for byte what llama.cpp's
+    reference quantizer and ``gguf.quants.quantize`` make: per block ``d = amax / 127``, codes
+    ``roundf(x / d)`` (half away from zero) computed in float32, ``d`` stored as float16.
+
+    Raises:
+        QuantShapeError: ``weight`` is not 2-D with a multiple of 32 columns.
+    """
+    if weight.dim() != 2 or weight.shape[1] % BLOCK_SIZE:
+        raise QuantShapeError(f"{name}: Q8_0 quantizes a 2-D matrix whose rows hold a multiple of {BLOCK_SIZE} "
+                              f"elements, got shape {list(weight.shape)}")
+    rows, k = weight.shape
+    x = weight.detach().float().reshape(rows, k // BLOCK_SIZE, BLOCK_SIZE)
+    d = x.abs().amax(dim=-1, keepdim=True) / 127
+    inverse = torch.where(d == 0, torch.zeros_like(d), 1 / d)
+    scaled = x * inverse
+    codes = (torch.sign(scaled) * torch.floor(scaled.abs() + 0.5)).to(torch.int8)
+    data = torch.cat([d.to(torch.float16).view(torch.uint8), codes.view(torch.uint8)], dim=-1)
+    return GGUFBlocks("gguf_q8_0", (rows, k), data.reshape(rows, -1).contiguous())

@@ -30,13 +30,14 @@ encoder = TextEncoder(sys.argv[1], **json.loads(sys.argv[2]))
 built = status()
 encoder.encode(texts)
 gc.collect()
-print(json.dumps({"before": before, "built": built, "after": status()}))
+print(json.dumps({"before": before, "built": built, "after": status(), "precision": encoder.precision}))
 """
 
 
 def main() -> None:
     int8_dir, rounds = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 1
-    configs = [(path, kwargs) for path in ("models/all-MiniLM-L6-v2", int8_dir) for kwargs in ({}, {"precision": None})]
+    configs = [(path, kwargs) for path in ("models/all-MiniLM-L6-v2", int8_dir)
+               for kwargs in ({}, {"precision": "fp32"}, {"precision": None})]
     for _ in range(rounds):
         for path, kwargs in configs:
             done = subprocess.run([sys.executable, "-c", CHILD, path, json.dumps(kwargs)], capture_output=True,
@@ -48,7 +49,7 @@ def main() -> None:
             result = json.loads(lines[-1])
             row = {f"{key} {stage}": round((result[stage][key] - result["before"][key]) / 2**20, 1)
                    for stage in ("built", "after") for key in result["after"]}
-            print(path, kwargs, row, flush=True)
+            print(path, kwargs, result["precision"], row, flush=True)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@ layers of a V2 file), so it needs no file of its own. Precisions (``precision=``
 
 * ``float32``: exact up to summation order; Q/K/V are concatenated once, the other weights stay zero-copy views
   of the file mapping.
+* ``int8-weights``: every projection's weight as Q8_0 blocks (int8, one float16 scale per 32 inputs) run by
+  the native AVX2 block kernel, activations float32 (quantized to int16 per block inside the kernel): a quarter
+  of the float32 weight memory, no calibration, no VNNI needed; the residual stream stays float32.
 * ``bfloat16``: matmuls in bf16 (AVX512-BF16 / AMX), LayerNorm statistics in fp32 inside ``layer_norm``.
 * ``int8-mixed``: Q/K/V, attention output and FFN up-projection as dynamic per-token int8 activations x
   per-channel int8 weights through ``torch._int_mm`` (VNNI), SmoothQuant-ed (per-input-channel scales
@@ -16,8 +19,8 @@ layers of a V2 file), so it needs no file of its own. Precisions (``precision=``
 * ``int8``: every Linear through ``_int_mm``, the down-projection smoothed too: faster on some CPUs, lower cosine
   (the errors of four int8 projections add up; the worst sentences are short ones such as "Thank you").
 
-Except in ``float32`` the residual stream, LayerNorm, GELU and attention run in bf16 (faster than an fp32 stream
-with casts around each matmul, at unchanged cosine). Measured speed and fidelity per precision:
+Except in ``float32`` and ``int8-weights`` the residual stream, LayerNorm, GELU and attention run in bf16 (faster
+than an fp32 stream with casts around each matmul, at unchanged cosine). Measured speed and fidelity per precision:
 ``docs/benchmarks/`` (``text_encoder.json``, ``baseline_advanced/``).
 """
 
@@ -40,7 +43,7 @@ __all__ = ["PRECISIONS", "FastBert", "FastBertConfig", "unsupported_reason"]
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("float32", "bfloat16", "int8-mixed", "int8")
+PRECISIONS = ("float32", "int8-weights", "bfloat16", "int8-mixed", "int8")
 
 
 @dataclass
@@ -55,6 +58,8 @@ class FastBertConfig:
 def _kinds(precision: str) -> dict[str, str]:
     if precision == "float32":
         return dict.fromkeys(("qkv", "out", "up", "down"), "float32")
+    if precision == "int8-weights":
+        return dict.fromkeys(("qkv", "out", "up", "down"), "q8_0")
     if precision == "bfloat16":
         return dict.fromkeys(("qkv", "out", "up", "down"), "bfloat16")
     if precision == "int8-mixed":
@@ -117,17 +122,23 @@ class FastBert:
         self.token_type = emb.token_type_embeddings.weight
         self.emb_norm = (emb.LayerNorm.weight, emb.LayerNorm.bias)
         kinds = _kinds(self.config.precision) | (self.config.kinds or {})
-        # the residual stream, LayerNorm, GELU and attention run in bf16 unless every projection is float32:
-        # measured faster than an fp32 stream with casts around each bf16/int8 matmul (see the module docstring)
-        self.stream_dtype = torch.float32 if set(kinds.values()) == {"float32"} else torch.bfloat16
-        # each projection kind's weights fused once: the SmoothQuant calibration and the FixedLinears share them
-        fused = {(index, kind): fused_weight(modules) for index, layer in enumerate(bert.encoder.layer)
-                 for kind, modules in _projections(layer).items()}
+        # the residual stream, LayerNorm, GELU and attention run in bf16 unless every projection takes float32
+        # (float32, q8_0): measured faster than an fp32 stream with casts around each bf16/int8 matmul
+        self.stream_dtype = torch.float32 if set(kinds.values()) <= {"float32", "q8_0"} else torch.bfloat16
+        # each projection kind's weights fused once: the SmoothQuant calibration and the FixedLinears share them.
+        # Only the int8 kinds' are fused up front (the calibration needs them all); the others one layer at a
+        # time, so a quantized model never holds all its float weights at once
+        layers = list(bert.encoder.layer)
+        fused = {(index, kind): fused_weight(modules) for index, layer in enumerate(layers)
+                 for kind, modules in _projections(layer).items() if kinds[kind].startswith("int8")}
         smooth = self._smooth_scales(bert, calibration, kinds, fused)
         self.layers = []
-        for index, layer in enumerate(bert.encoder.layer):
-            linears = {kind: FixedLinear(*fused[(index, kind)], kinds[kind], smooth.get((index, kind)))
-                       for kind in _projections(layer)}
+        for index, layer in enumerate(layers):
+            linears = {}
+            for kind, modules in _projections(layer).items():
+                weight, bias = fused.pop((index, kind)) if (index, kind) in fused else fused_weight(modules)
+                linears[kind] = FixedLinear(weight, bias, kinds[kind], smooth.get((index, kind)))
+                del weight  # a dequantized or concatenated copy: freed before the next one is made
             self.layers.append(SimpleNamespace(
                 **linears,
                 norm1=self._norm(layer.attention.output.LayerNorm),

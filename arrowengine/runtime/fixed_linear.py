@@ -1,14 +1,22 @@
 """Fixed-precision projections shared by the lean encoder forwards (:mod:`bert_fast`, :mod:`whisper_fast`).
 
 A :class:`FixedLinear` holds one ``nn.Linear``'s (or ``QuantLinear``'s) weight in ``float32``, ``bfloat16``,
-``int8`` or ``int8-tensor`` and computes ``act(x W^T + b) + residual`` on 2-D activations:
+``int8``, ``int8-tensor`` or ``q8_0`` and computes ``act(x W^T + b) + residual`` on 2-D activations:
 
 * ``bfloat16`` runs oneDNN's fused linear on a prepacked weight (bias, GELU or the residual add in the epilogue);
 * ``int8`` quantizes the activation per token (row) at run time and multiplies through ``torch._int_mm`` (VNNI
   on x86);
 * ``int8-tensor`` quantizes the activation per tensor (asymmetric uint8, one scale and zero point) and runs
   oneDNN's quantized linear with the dequantization, bias and GELU fused, bf16 out: fewer passes over the
-  activations than ``int8``, for inputs without per-token outliers (LayerNorm outputs after SmoothQuant).
+  activations than ``int8``, for inputs without per-token outliers (LayerNorm outputs after SmoothQuant);
+* ``q8_0`` keeps the weight as llama.cpp's Q8_0 blocks (int8 codes, one float16 scale per 32 inputs: 8.5 bits a
+  weight, a quarter of float32) and multiplies through the native block kernel
+  (:mod:`arrowengine.runtime.native.gguf`: AVX2 integer dot products with each activation row quantized to int16
+  per block), float32 in and out. Weight-only quantization: it needs no calibration and no VNNI. The kernel
+  reads the weight once per pair of rows, so it wins at few rows (a query: 0.7-0.84x the time of float32 at 16
+  rows on an AVX2-only EPYC) and loses at many (1.2-1.7x at 64-1024 rows, measured); above
+  ``kernel_max_rows`` the blocks are dequantized into a scratch float32 weight (about 2% of the matmul's time)
+  and the float GEMM runs, so a batch is as fast as float32 and only the blocks stay resident.
 
 An optional SmoothQuant vector, calibrated on real inputs, moves activation outliers into the weight first
 (:func:`smooth_scales` computes it); the caller may fold its inverse into the op that produces the input (a
@@ -30,7 +38,7 @@ from arrowengine.hardware import cpu_info
 __all__ = ["LINEAR_ACTIVATIONS", "LINEAR_KINDS", "FixedLinear", "calibrated_smooth_scales", "float_weight",
            "fused_weight", "input_channel_amax", "onednn_int8_available", "smooth_scales"]
 
-LINEAR_KINDS = ("float32", "bfloat16", "int8", "int8-tensor")
+LINEAR_KINDS = ("float32", "bfloat16", "int8", "int8-tensor", "q8_0")
 LINEAR_ACTIVATIONS = (None, "gelu", "gelu_tanh")
 
 
@@ -142,10 +150,13 @@ class FixedLinear:
         kind: the precision.
         smooth: SmoothQuant scales ``[in]`` for the int8 kinds (the weight's input channels are multiplied by it).
         input_smoothed: the caller already divides the input by ``smooth`` (folded into a LayerNorm).
+        kernel_max_rows: ``q8_0``: inputs of at most this many rows run the block kernel, larger ones the float
+            GEMM over the dequantized blocks (the crossover measured on MiniLM's shapes lies at 40-60 rows).
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, kind: str,
-                 smooth: torch.Tensor | None = None, *, input_smoothed: bool = False) -> None:
+                 smooth: torch.Tensor | None = None, *, input_smoothed: bool = False,
+                 kernel_max_rows: int = 40) -> None:
         if kind not in LINEAR_KINDS:
             raise ConfigError(f"kind must be one of {', '.join(LINEAR_KINDS)}, got {kind!r}")
         if kind == "int8-tensor" and not onednn_int8_available():
@@ -154,7 +165,17 @@ class FixedLinear:
         self.kind = kind
         self.bias = None if bias is None else bias.float().contiguous()
         self.smooth_inv = None
-        if kind.startswith("int8"):
+        if kind == "q8_0":
+            from arrowengine.runtime.native.gguf import block_kernels
+            from quant.gguf import quantize_q8_0
+
+            self.kernel = block_kernels()
+            if self.kernel is None:
+                raise DeviceUnavailableError("q8_0 needs the native block kernels (AVX2 + FMA and a C compiler; "
+                                             "the reason is logged); use kind='float32'")
+            self.blocks = quantize_q8_0(weight)
+            self.kernel_max_rows = int(kernel_max_rows)
+        elif kind.startswith("int8"):
             if smooth is not None:
                 weight = weight * smooth[None, :]
                 self.smooth_inv = None if input_smoothed else (1.0 / smooth).float().contiguous()
@@ -210,6 +231,8 @@ class FixedLinear:
                                                   self.bias, 1.0, 0, out_dtype, *_onednn_post_op(activation))
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "q8_0":
+            return self._blocks_matmul(x)
         if self.kind == "float32":
             return F.linear(x.float(), self.weight, self.bias).to(x.dtype)
         if self.kind == "bfloat16":
@@ -223,4 +246,14 @@ class FixedLinear:
         y = torch._int_mm(xq, self.codes).float()
         y = y.mul_(xs).mul_(self.out_scale)
         y = y.add_(self.bias) if self.bias is not None else y
+        return y.to(x.dtype)
+
+    def _blocks_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        from arrowengine.runtime.native.gguf import blocks_dequantize, blocks_matmul
+
+        if x.shape[0] > self.kernel_max_rows:
+            return F.linear(x.float(), blocks_dequantize(self.kernel, self.blocks), self.bias).to(x.dtype)
+        y = blocks_matmul(self.kernel, self.blocks, x)
+        if self.bias is not None:
+            y.add_(self.bias)
         return y.to(x.dtype)

@@ -74,7 +74,8 @@ class TextEncoder:
     By default (``precision="auto"``) a BERT-style model on CPU runs the lean forward
     (:class:`arrowengine.runtime.bert_fast.FastBert`) in the fastest precision that holds cosine >= 0.99 to
     float32 on this CPU (:func:`arrowengine.runtime.precision.select_precision`: ``int8-mixed`` with int8 dot
-    products and native bf16, ``bfloat16`` with native bf16 only, else ``float32``; the choice is logged).
+    products and native bf16, ``bfloat16`` with native bf16 only, ``int8-weights`` with AVX2 + FMA, else
+    ``float32``; the choice is logged).
     ``precision="fp32"`` gives float32 embeddings. Naming ``backend``, ``dtype`` or ``quant_mode`` asks for
     the ``transformers`` module forward instead, as does a model the lean forward cannot run (logged).
 
@@ -82,7 +83,8 @@ class TextEncoder:
         model_dir: a converted model directory (``models/all-MiniLM-L6-v2``).
         device: ``cpu``, ``auto`` or a device name (see :func:`arrowengine.runtime.devices.select_device`); the
             lean forward runs on CPU, other devices use the module forward.
-        precision: ``auto``, ``float32`` (``fp32``), ``bfloat16`` (``bf16``), ``int8-mixed`` (int8 matmuls for
+        precision: ``auto``, ``float32`` (``fp32``), ``int8-weights`` (Q8_0 weight blocks run by the native
+            AVX2 kernel, float32 activations, no calibration), ``bfloat16`` (``bf16``), ``int8-mixed`` (int8 matmuls for
             Q/K/V, attention output and FFN up, SmoothQuant-calibrated; bf16 FFN down) or ``int8`` (every
             projection int8, lower cosine); ``None`` for the module forward. Trade-offs measured in
             ``docs/benchmarks/``.
@@ -189,11 +191,18 @@ class TextEncoder:
             logger.info("TextEncoder: precision auto runs the transformers module forward in float32 for %s (%s)",
                         self.model_dir.name, lean_problem)
             return None
-        return select_precision("text", "auto", component=f"TextEncoder({self.model_dir.name})").precision
+        choice = select_precision("text", "auto", component=f"TextEncoder({self.model_dir.name})").precision
+        if choice == "int8-weights":
+            from arrowengine.runtime.native.gguf import block_kernels
+
+            if block_kernels() is None:  # no compiler, a failed build or runtime.native_kernels off (logged)
+                logger.info("TextEncoder: the native block kernel is unavailable, so precision auto runs float32")
+                return "float32"
+        return choice
 
     def _fast_backend(self, precision: str, calibration_texts: Sequence[str] | None) -> BackendChoice:
         calibration, key = [], None
-        if precision.startswith("int8"):
+        if precision in ("int8", "int8-mixed"):  # SmoothQuant scales; int8-weights needs no calibration
             texts = list(calibration_texts) if calibration_texts is not None else default_calibration_texts()
             if not texts:
                 raise ConfigError("calibration_texts is empty; pass a few hundred sentences or leave it unset for "

@@ -86,6 +86,6 @@ def test_fast_int8_needs_calibration_and_a_known_precision(minilm_dir):
     encoder = TextEncoder(minilm_dir, precision="fp32")
     with pytest.raises(ConfigError, match=r"^int8 projections need calibration batches"):
         FastBert(encoder.model, FastBertConfig("int8"))
-    with pytest.raises(ConfigError, match=r"^precision must be 'auto' or one of float32, bfloat16, int8-mixed, int8 "
-                                          r"\(aliases fp32, bf16\), got 'int4'$"):
+    with pytest.raises(ConfigError, match=r"^precision must be 'auto' or one of float32, int8-weights, bfloat16, "
+                                          r"int8-mixed, int8 \(aliases fp32, bf16\), got 'int4'$"):
         TextEncoder(minilm_dir, precision="int4")

@@ -68,8 +68,8 @@ def test_module_forward_options_select_the_module_forward(minilm_dir, kwargs, pr
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"precision": "int4"}, "precision must be 'auto' or one of float32, bfloat16, int8-mixed, int8 (aliases fp32, "
-                            "bf16), got 'int4'"),
+    ({"precision": "int4"}, "precision must be 'auto' or one of float32, int8-weights, bfloat16, int8-mixed, "
+                            "int8 (aliases fp32, bf16), got 'int4'"),
     ({"precision": "bfloat16", "backend": "onnxruntime"}, "precision='bfloat16' runs the lean forward, which takes "
                                                           "no backend; pass precision=None to use them"),
     ({"precision": "int8", "dtype": "bfloat16", "quant_mode": "int8-kernel"},
@@ -148,3 +148,21 @@ def test_cached_scales_computes_once_and_survives_a_damaged_entry(cache_dir, cap
     assert caplog.records[0].getMessage().startswith(f"calibration cache entry {cache_dir / 'smooth-k1.pt'} is "
                                                      "unreadable")
     assert cached_scales(None, compute) and len(calls) == 3  # no key: no cache
+
+
+def test_int8_weights_keeps_only_q8_0_blocks_within_cosine_of_fp32(minilm_dir, text_encoder):
+    from arrowengine.runtime.native.gguf import block_kernels
+
+    if block_kernels() is None:
+        pytest.skip("the native block kernels do not run here (no AVX2 + FMA or no C compiler)")
+    texts = default_calibration_texts()[:48]
+    encoder = TextEncoder(minilm_dir, precision="int8-weights")
+    exact = text_encoder.encode(texts)
+    batched = encoder.encode(texts)  # many rows per projection: the float GEMM over dequantized blocks
+    single = np.stack([encoder.encode(text)[0] for text in texts[:8]])  # few rows: the block kernel
+    assert float((exact * batched).sum(1).min()) >= 0.999
+    assert float((exact[:8] * single).sum(1).min()) >= 0.999
+    fast = encoder.backend.forward
+    linears = [getattr(layer, kind) for layer in fast.layers for kind in ("qkv", "out", "up", "down")]
+    assert {linear.kind for linear in linears} == {"q8_0"} and fast.stream_dtype == torch.float32
+    assert not any(hasattr(linear, "weight") for linear in linears)  # a quarter of the float32 bytes, no copy kept

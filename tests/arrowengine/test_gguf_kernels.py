@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from arrowengine.hardware import CpuInfo
 from arrowengine.runtime.llm.weights import Projection
 from arrowengine.runtime.native import gguf as native_gguf
-from quant.gguf import GGUF_TYPES, GGUFBlocks
+from quant.gguf import GGUF_TYPES, GGUFBlocks, quantize_q8_0
 
 TYPES = sorted(GGUF_TYPES)
 
@@ -125,3 +125,25 @@ def test_bad_blocks_are_refused() -> None:
         GGUFBlocks("gguf_q4_1", (2, 64), torch.zeros(2, 20, dtype=torch.uint8))
     assert str(info.value) == "gguf_q4_1 blocks of shape [2, 64] are uint8 [2, 40], got torch.uint8 [2, 20]"
     assert isinstance(info.value, ValueError)
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(1, 9), blocks=st.integers(1, 5), scale=st.floats(1e-6, 1e4), seed=st.integers(0, 999),
+       zero_block=st.booleans())
+def test_quantize_q8_0_is_byte_identical_to_gguf(rows, blocks, scale, seed, zero_block) -> None:
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+
+    rng = np.random.default_rng(seed)
+    weights = (rng.standard_normal((rows, blocks * 32)) * scale).astype(np.float32)
+    if zero_block:
+        weights[0, :32] = 0.0  # d = 0: codes 0, no division by zero
+    ours = quantize_q8_0(torch.from_numpy(weights))
+    assert ours.shape == (rows, blocks * 32)
+    assert np.array_equal(ours.data.numpy(), quantize(weights, GGMLQuantizationType.Q8_0))
+
+
+def test_native_blocks_dequantize_matches_torch() -> None:
+    kernels = kernels_or_skip()
+    blocks = random_blocks("gguf_q8_0", 5, 96, seed=4)
+    assert torch.equal(native_gguf.blocks_dequantize(kernels, blocks), blocks.dequantize())

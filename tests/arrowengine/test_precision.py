@@ -11,7 +11,8 @@ from arrowengine.errors import ConfigError, EngineError
 from arrowengine.runtime.precision import CpuCapabilities, PrecisionChoice, select_precision
 
 AVX2 = CpuCapabilities(isa=("SSE4.2", "AVX", "AVX2", "FMA"), onednn_int8=True)
-SKYLAKE_SP = CpuCapabilities(isa=("AVX2", "AVX-512F", "AVX-512BW", "AVX-512VL"), onednn_int8=True)
+SKYLAKE_SP = CpuCapabilities(isa=("AVX2", "FMA", "AVX-512F", "AVX-512BW", "AVX-512VL"), onednn_int8=True)
+AVX_NO_FMA = CpuCapabilities(isa=("SSE4.2", "AVX", "AVX2"), onednn_int8=False)
 CASCADE_LAKE = CpuCapabilities(isa=(*SKYLAKE_SP.isa, "AVX512-VNNI"), onednn_int8=True)
 ZEN4 = CpuCapabilities(isa=(*CASCADE_LAKE.isa, "AVX512-BF16"), onednn_int8=True)
 ZEN4_NO_ONEDNN_INT8 = CpuCapabilities(isa=ZEN4.isa, onednn_int8=False)
@@ -19,6 +20,8 @@ SAPPHIRE_RAPIDS = CpuCapabilities(isa=(*ZEN4.isa, "AMX-TILE", "AMX-BF16", "AMX-I
 GRAVITON3 = CpuCapabilities(isa=("NEON", "SVE"), onednn_int8=False)
 BF16_ONLY = CpuCapabilities(isa=("AVX2", "AVX512-BF16"), onednn_int8=True)
 
+BLOCKS = ("AVX2 + FMA Q8_0 block kernel; no native bfloat16 (AVX512-BF16 or AMX-BF16) or int8 dot products "
+          "(AVX512-VNNI or AVX-VNNI or AMX-INT8)")
 NO_BF16 = ("this CPU has no native bfloat16 (AVX512-BF16 or AMX-BF16): reduced precisions would be emulated, "
            "slower than float32")
 
@@ -34,10 +37,12 @@ NO_BF16 = ("this CPU has no native bfloat16 (AVX512-BF16 or AMX-BF16): reduced p
         "bfloat16", "auto", "AVX512-BF16; int8-mixed needs oneDNN's quantized linear in this torch build", True)),
     (BF16_ONLY, "text", PrecisionChoice(
         "bfloat16", "auto", "AVX512-BF16; int8-mixed needs AVX512-VNNI or AVX-VNNI or AMX-INT8", True)),
-    (CASCADE_LAKE, "text", PrecisionChoice("float32", "auto", NO_BF16, True)),
+    (CASCADE_LAKE, "text", PrecisionChoice("int8-weights", "auto", BLOCKS, True)),
     (CASCADE_LAKE, "audio", PrecisionChoice("float32", "auto", NO_BF16, True)),
     (SKYLAKE_SP, "image", PrecisionChoice("float32", "auto", NO_BF16, True)),
-    (AVX2, "text", PrecisionChoice("float32", "auto", NO_BF16, True)),
+    (AVX2, "text", PrecisionChoice("int8-weights", "auto", BLOCKS, True)),
+    (AVX_NO_FMA, "text", PrecisionChoice("float32", "auto", NO_BF16, True)),
+    (GRAVITON3, "text", PrecisionChoice("float32", "auto", NO_BF16, True)),
     (GRAVITON3, "audio", PrecisionChoice("float32", "auto", NO_BF16, True)),
 ])
 def test_auto_picks_the_fastest_precision_the_cpu_runs_natively(caps, kind, expected):
@@ -69,8 +74,8 @@ def test_explicit_precision_is_kept_even_where_emulated(requested, kind, precisi
 
 
 @pytest.mark.parametrize("kind, requested, message", [
-    ("text", "int4", "precision must be 'auto' or one of float32, bfloat16, int8-mixed, int8 (aliases fp32, bf16), "
-                     "got 'int4'"),
+    ("text", "int4", "precision must be 'auto' or one of float32, int8-weights, bfloat16, int8-mixed, int8 "
+                     "(aliases fp32, bf16), got 'int4'"),
     ("audio", "int8", "precision must be 'auto' or one of float32, bfloat16, int8-mixed (aliases fp32, bf16), "
                       "got 'int8'"),
     ("image", "int8-mixed", "precision must be 'auto' or one of float32, bfloat16 (aliases fp32, bf16), got "

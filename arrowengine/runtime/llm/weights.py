@@ -165,20 +165,9 @@ class Projection:
 
     def blocks_matmul(self, x2d: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``x2d [M, in] @ W^T`` over the GGUF blocks through the native kernel (fp32 in and out)."""
-        from arrowengine.runtime.native.gguf import threads
+        from arrowengine.runtime.native.gguf import blocks_matmul
 
-        if x2d.dtype != torch.float32 or x2d.stride(-1) != 1:
-            x2d = x2d.float().contiguous()
-        rows = x2d.shape[0]
-        if out is None:
-            out = torch.empty(rows, self.out_features)
-        data = self.blocks.data
-        status = self.kernel.matmul(self.blocks.kind.ggml_type, data.data_ptr(), self.out_features,
-                                    self.in_features, data.stride(0), x2d.data_ptr(), rows, x2d.stride(0),
-                                    out.data_ptr(), out.stride(0), threads())
-        if status != 0:
-            raise MemoryError(f"the GGUF block kernel failed with status {status} (scratch allocation)")
-        return out
+        return blocks_matmul(self.kernel, self.blocks, x2d, out)
 
     def dense_weight(self) -> torch.Tensor:
         """The float32 weight this projection computes with (exactly dequantized for int8 / int4; for tests)."""

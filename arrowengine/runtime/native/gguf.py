@@ -23,8 +23,10 @@ import torch
 from arrowengine.config import load_config
 from arrowengine.hardware import cpu_info
 from arrowengine.runtime.native import _build, native_cache_dir
+from quant.gguf import GGUFBlocks
 
-__all__ = ["REQUIRED_ISA", "BlockKernels", "LayerArgs", "block_kernels", "missing_isa", "read_bandwidth", "threads"]
+__all__ = ["REQUIRED_ISA", "BlockKernels", "LayerArgs", "block_kernels", "blocks_dequantize", "blocks_matmul",
+           "missing_isa", "read_bandwidth", "threads"]
 
 logger = logging.getLogger(__name__)
 
@@ -135,3 +137,34 @@ def read_bandwidth(nbytes: int = 256 * 2**20, repeats: int = 5, threads: int | N
 def threads() -> int:
     """Threads the kernels use: torch's intra-op setting (``LLM(threads=...)`` sets it)."""
     return torch.get_num_threads()
+
+
+def blocks_matmul(kernels: BlockKernels, blocks: GGUFBlocks, x2d: torch.Tensor,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+    """``x2d [M, k] @ W^T`` over GGUF blocks ``W [n, k]`` through the native kernel: float32 ``[M, n]`` (into
+    ``out`` when given; rows of ``out`` may be strided)."""
+    if x2d.dtype != torch.float32 or x2d.stride(-1) != 1:
+        x2d = x2d.float().contiguous()
+    rows = x2d.shape[0]
+    n, k = blocks.shape
+    if out is None:
+        out = torch.empty(rows, n)
+    data = blocks.data
+    status = kernels.matmul(blocks.kind.ggml_type, data.data_ptr(), n, k, data.stride(0), x2d.data_ptr(), rows,
+                            x2d.stride(0), out.data_ptr(), out.stride(0), threads())
+    if status != 0:
+        raise MemoryError(f"the GGUF block kernel failed with status {status} (scratch allocation)")
+    return out
+
+
+def blocks_dequantize(kernels: BlockKernels, blocks: GGUFBlocks, out: torch.Tensor | None = None) -> torch.Tensor:
+    """float32 ``[n, k]`` of GGUF blocks through the native kernel (bit-identical to
+    :meth:`quant.gguf.GGUFBlocks.dequantize`, some 20x faster)."""
+    n, k = blocks.shape
+    if out is None:
+        out = torch.empty(n, k)
+    data = blocks.data
+    status = kernels.dequantize(blocks.kind.ggml_type, data.data_ptr(), n, k, data.stride(0), out.data_ptr())
+    if status != 0:
+        raise MemoryError(f"the GGUF block dequantization failed with status {status}")
+    return out
