@@ -33,7 +33,7 @@ __all__ = ["LoadedModel", "ModelEntry", "ModelRegistry"]
 logger = logging.getLogger(__name__)
 
 # a tag other than "latest" is an LLM precision (arrowengine.runtime.llm.precision), replacing the server's own
-_TAGS = ("latest", "fp32", "bf16", "int8", "int4", "gguf")
+_TAGS = ("latest", "fp32", "bf16", "int8", "int4", "gguf", "q8_0")
 _KINDS = {"llama": "llm", "bert": "embed"}
 
 

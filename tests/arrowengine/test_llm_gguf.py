@@ -179,3 +179,79 @@ def test_llm_dir_without_avx2_dequantizes_once(block_model_dir, monkeypatch, cap
     assert ("LLM: precision auto -> fp32 (the native block kernels are unavailable here; the blocks are "
             "dequantized once)") in caplog.text
     assert llm.forward.lm_head.kind == "dense" and llm.decode_step._step == llm.decode_step._eager
+
+
+@pytest.fixture(scope="module")
+def float_model_dir(tmp_path_factory, block_model_dir):
+    """The same tiny Llama as a float model directory (what ``arrowengine convert`` writes for a float source)."""
+    from arrowengine.converters import ConvertedModel, write_model_dir
+
+    _, float_model = block_and_float_models(4)
+    state = {k: v.detach().clone() for k, v in float_model.state_dict().items() if k != "lm_head.weight"}
+    files = {p.name: p for p in block_model_dir.iterdir() if p.name.startswith(("tokenizer", "special_tokens"))}
+    dst = tmp_path_factory.mktemp("tiny-float") / "model"
+    config = {**float_model.config.to_dict(), "architectures": ["LlamaForCausalLM"]}
+    write_model_dir(ConvertedModel(state_dict=state, config=config, files=files, source="test",
+                                   source_format="safetensors"), dst)
+    return dst
+
+
+def test_float_llm_dir_defaults_to_q8_0_blocks_made_at_load(float_model_dir) -> None:
+    from arrowengine.hardware import cpu_info
+    from arrowengine.runtime.llm import LLM
+    from arrowengine.runtime.llm.precision import auto_precision
+
+    if block_kernels() is None:
+        pytest.skip("the native block kernels do not run here (no AVX2 + FMA or no C compiler)")
+    # q8_0 where the CPU lacks native bf16 (this CI class), int8 with bf16 activations where it has it
+    assert LLM(float_model_dir).precision == auto_precision(cpu_info().isa, has_blocks=False, block_kernels=True).name
+    q8 = LLM(float_model_dir, precision="q8_0")
+    assert q8.precision == "q8_0" and q8.forward.lm_head.kind == "gguf"
+    assert q8.forward.lm_head.blocks.quant_type == "gguf_q8_0" and isinstance(q8.decode_step._step, NativeBlockStep)
+    fp32 = LLM(float_model_dir, precision="fp32")
+    text = "w5 w17 w300 w41 w9 w8 w7 w3 w77 w12 w140 w6"
+    assert abs(q8.perplexity(text) / fp32.perplexity(text) - 1) < 0.01
+    prompts = [[5, 17, 300, 41], [9, 8, 7]]
+    ours = [r.token_ids for r in q8.generate_ids(prompts, max_new_tokens=6, ignore_eos=True)]
+    assert all(len(r) == 6 for r in ours)
+
+
+def test_q8_0_without_the_native_kernels_is_refused(float_model_dir, monkeypatch) -> None:
+    from arrowengine.hardware import CpuInfo
+    from arrowengine.runtime.llm import LLM, UnsupportedModelError, engine
+    from arrowengine.runtime.native import gguf as native_gguf
+
+    monkeypatch.setattr(native_gguf, "block_kernels", lambda isa=None: None)
+    monkeypatch.setattr(engine, "cpu_info", lambda: CpuInfo("simulated", "x86_64", 2, 2**30, ("SSE4.2", "AVX")))
+    assert LLM(float_model_dir).precision == "fp32"  # auto falls back
+    with pytest.raises(UnsupportedModelError) as info:
+        LLM(float_model_dir, precision="q8_0")
+    assert str(info.value) == ("precision='q8_0' needs the native block kernels (AVX2 + FMA and a C compiler; the "
+                               "reason is logged); use precision='fp32'")
+
+
+def test_low_rank_terms_on_blocks_decode_through_the_torch_step(float_model_dir) -> None:
+    """A LoRA term on a Q8_0 / GGUF model: prefill and decode both see it (the native layer step steps aside
+    while it is applied), and removing it restores the native step and the base outputs exactly."""
+    from arrowengine.runtime.llm import LLM
+
+    if block_kernels() is None:
+        pytest.skip("the native block kernels do not run here (no AVX2 + FMA or no C compiler)")
+    llm = LLM(float_model_dir, precision="q8_0")
+    proj = llm.forward.layers[0].o
+    prompt = [[5, 17, 300, 41]]
+    base = [r.token_ids for r in llm.generate_ids(prompt, max_new_tokens=5, ignore_eos=True)]
+    base_logits = llm.logits(prompt[0])
+    gen = torch.Generator().manual_seed(1)
+    down = torch.randn(4, proj.in_features, generator=gen)
+    up = torch.randn(proj.out_features, 4, generator=gen)
+    llm.add_low_rank("test", "model.layers.0.self_attn.o_proj", down, up)
+    assert llm.forward.low_rank_terms == 1
+    assert not torch.allclose(llm.logits(prompt[0]), base_logits)
+    with_term = [r.token_ids for r in llm.generate_ids(prompt, max_new_tokens=5, ignore_eos=True)]
+    # decoding token by token must equal re-running the whole sequence through the prefill (which has the term)
+    full = llm.logits(prompt[0] + with_term[0][:-1])
+    assert with_term[0] == full[len(prompt[0]) - 1:].argmax(-1).tolist()
+    assert llm.remove_low_rank("test") == 1 and llm.forward.low_rank_terms == 0
+    assert torch.equal(llm.logits(prompt[0]), base_logits)
+    assert [r.token_ids for r in llm.generate_ids(prompt, max_new_tokens=5, ignore_eos=True)] == base

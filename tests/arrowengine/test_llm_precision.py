@@ -21,6 +21,9 @@ AVX512 = (*AVX2, "AVX-512F", "AVX-512BW", "AVX-512VL", "AVX512-VNNI")
     (AVX2, True, True, ("gguf", "float32", "gguf")),
     ((*AVX512, "AVX512-BF16"), True, True, ("gguf", "float32", "gguf")),
     (AVX2, True, False, ("fp32", "float32", None)),
+    (AVX2, False, True, ("q8_0", "float32", "q8_0")),
+    (AVX512, False, True, ("q8_0", "float32", "q8_0")),
+    ((*AVX512, "AVX512-BF16"), False, True, ("int8", "bfloat16", "int8")),
     ((*AVX512, "AVX512-BF16"), True, False, ("int8", "bfloat16", "int8")),
 ])
 def test_auto_picks_by_cpu_and_model(isa, blocks, kernels, expect) -> None:
@@ -49,7 +52,7 @@ def test_bad_precision_arguments_are_refused() -> None:
     with pytest.raises(UnsupportedModelError) as info:
         resolve_precision("fp64", None, None, default="auto")
     assert str(info.value) == "precision='fp64' is not supported; use one of ['auto', 'fp32', 'bf16', 'int8', " \
-                              "'int4', 'gguf']"
+                              "'int4', 'gguf', 'q8_0']"
     with pytest.raises(UnsupportedModelError) as info:
         resolve_precision("gguf", None, None, default="auto", has_blocks=False)
     assert str(info.value) == ("precision='gguf' needs a model converted from a GGUF file with its blocks kept "

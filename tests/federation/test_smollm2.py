@@ -1,7 +1,7 @@
 """A peft LoRA card on the real SmolLM2-135M of ``models/`` (30 layers, grouped-query v_proj): the card file, and
-the card applied to / removed from ``arrowengine.LLM("models/smollm2-135m-instruct")`` without reloading the
-base, matching peft's own outputs. (Training is covered on the tiny model in test_card.py and at full scale by
-scripts/federation_eval.py.)"""
+the card applied to / removed from ``arrowengine.LLM("models/smollm2-135m-instruct", precision="fp32")`` without
+reloading the base, matching peft's own outputs. (Training is covered on the tiny model in test_card.py and at
+full scale by scripts/federation_eval.py.)"""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def test_card_on_smollm2_applies_to_the_mapped_llm_and_comes_off(tmp_path):
     from arrowengine.runtime.llm import LLM
     from arrowengine.runtime.loading import load_model
 
-    llm = LLM(MODEL)  # mapped once; the card comes and goes on top of it
+    llm = LLM(MODEL, precision="fp32")  # mapped once (fp32: compared with peft's fp32 forward); the card comes and goes
     ids = llm.tokenizer("Hi! How was your weekend? I went hiking with my dog.")["input_ids"]
     base_logits = llm.logits(ids)
     model = get_peft_model(load_model(MODEL), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],

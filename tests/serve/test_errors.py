@@ -67,7 +67,7 @@ def _cases(tiny_llm) -> list[tuple[str, object, int, str]]:
         ("/v1/chat/completions", {"model": TINY, "messages": msgs, "tools": [{"type": "function"}]}, 400,
          '"tools" is not supported by this server; remove it from the request'),
         ("/v1/chat/completions", {"model": f"{TINY}:q9", "messages": msgs}, 404,
-         "model 'tiny-chat:q9': unknown tag 'q9'; use one of bf16, fp32, gguf, int4, int8, latest"),
+         "model 'tiny-chat:q9': unknown tag 'q9'; use one of bf16, fp32, gguf, int4, int8, latest, q8_0"),
     ]
 
 

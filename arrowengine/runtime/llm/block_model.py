@@ -13,9 +13,11 @@ import os
 from types import SimpleNamespace
 from typing import Any
 
+import torch
+
 from arrowengine.runtime.llm.errors import UnsupportedModelError
 
-__all__ = ["build_block_model", "holds_blocks", "load_block_model"]
+__all__ = ["build_block_model", "holds_blocks", "load_block_model", "quantize_q8_0_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +41,25 @@ def _linear(state: dict[str, Any], prefix: str) -> SimpleNamespace:
     return SimpleNamespace(weight=state[f"{prefix}.weight"], bias=state.get(f"{prefix}.bias"))
 
 
-def load_block_model(model_dir: str | os.PathLike[str], weights: Any) -> SimpleNamespace:
-    """The model tree over ``weights`` (an open ``WeightFile`` of ``model_dir``) with its config."""
+def quantize_q8_0_state(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with every Llama matrix and the token embedding / lm_head as Q8_0 blocks (norms stay float).
+
+    The float tensors are read once (from the mapping) and only the blocks are kept: a quarter of the bytes.
+    """
+    from quant.gguf import quantize_q8_0
+
+    matrices = tuple(f".{group}.{p}.weight" for group, names in _LAYER_PARTS.items() for p in names)
+    out = dict(state)
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor) and value.dim() == 2 and (
+                name.endswith(matrices) or name in ("model.embed_tokens.weight", "lm_head.weight")):
+            out[name] = quantize_q8_0(value, name=name)
+    return out
+
+
+def load_block_model(model_dir: str | os.PathLike[str], weights: Any, *, quantize: bool = False) -> SimpleNamespace:
+    """The model tree over ``weights`` (an open ``WeightFile`` of ``model_dir``) with its config; ``quantize``
+    turns a float model's matrices into Q8_0 blocks first (:func:`quantize_q8_0_state`)."""
     from transformers import AutoConfig, GenerationConfig
 
     config = AutoConfig.from_pretrained(os.fspath(model_dir), local_files_only=True)
@@ -48,9 +67,13 @@ def load_block_model(model_dir: str | os.PathLike[str], weights: Any) -> SimpleN
         generation = GenerationConfig.from_pretrained(os.fspath(model_dir), local_files_only=True)
     except OSError:  # no generation_config.json: the config's eos is enough
         generation = None
-    model = build_block_model(config, weights.state_dict(), generation)
+    state = weights.state_dict()
+    model = build_block_model(config, quantize_q8_0_state(state) if quantize else state, generation)
     model.arrowengine_weights = weights
-    logger.info("LLM: %s holds GGUF blocks; matrices stay in the mapping", model_dir)
+    if quantize:
+        logger.info("LLM: %s quantized to Q8_0 blocks at load", model_dir)
+    else:
+        logger.info("LLM: %s holds GGUF blocks; matrices stay in the mapping", model_dir)
     return model
 
 

@@ -63,7 +63,9 @@ class DecodeStep:
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, slot: int,
                  mask: torch.Tensor | None = None) -> torch.Tensor:
         """Feed one token per row at cache slot ``slot``; return the next-token logits."""
-        return self._step(tokens, positions, cache.layers, slot, mask)
+        # the native layer call knows nothing of low-rank (LoRA) terms: the torch step runs while any is applied
+        step = self._eager if self.forward.low_rank_terms else self._step
+        return step(tokens, positions, cache.layers, slot, mask)
 
     def _eager(self, tokens: torch.Tensor, positions: torch.Tensor, caches: list[torch.Tensor], slot: int,
                mask: torch.Tensor | None) -> torch.Tensor:

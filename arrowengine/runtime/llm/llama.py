@@ -161,6 +161,7 @@ class LlamaForward:
             self.lm_head = Projection(self.embed if tied else head, None, dtype=dtype, name="lm_head")
         self.norm = inner.norm.weight.detach().to(dtype)
         self.layers = [self._layer(i, layer) for i, layer in enumerate(inner.layers)]
+        self.low_rank_terms = 0  # low-rank (LoRA) terms applied on top of the weights (low_rank.add_low_rank)
         length = max_positions or self.spec.max_position_embeddings
         cos, sin = rope_tables(self.config, length, self.device)
         self.cos, self.sin = cos.to(dtype), sin.to(dtype)

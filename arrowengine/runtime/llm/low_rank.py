@@ -48,9 +48,6 @@ def resolve_projection(forward: LlamaForward, module: str) -> tuple[Projection, 
 def add_low_rank(forward: LlamaForward, key: str, module: str, down: torch.Tensor, up: torch.Tensor) -> None:
     """Add ``x @ down.T @ up.T`` to the output of ``module`` under ``key`` (replacing an earlier term of ``key`` on
     the same module)."""
-    if forward.options.weight_quant == "gguf":
-        raise UnsupportedModelError("low-rank adapters need a torch forward; this LLM runs GGUF blocks natively "
-                                    "(load it with precision='fp32' or 'bf16')")
     proj, rows = resolve_projection(forward, module)
     rank = down.shape[0]
     if down.dim() != 2 or up.dim() != 2 or down.shape[1] != proj.in_features or up.shape != (rows.stop - rows.start,
@@ -62,6 +59,11 @@ def add_low_rank(forward: LlamaForward, key: str, module: str, down: torch.Tenso
     # keyed by module too: a fused Q/K/V projection carries the q and the v term of one adapter side by side
     proj.low_rank[(key, module)] = (down.detach().to(forward.device, dtype), up.detach().to(forward.device, dtype),
                                     rows)
+    forward.low_rank_terms = _count(forward)  # the decode step takes the torch path while any term is on
+
+
+def _count(forward: LlamaForward) -> int:
+    return sum(len(proj.low_rank) for layer in forward.layers for proj in layer.projections())
 
 
 def remove_low_rank(forward: LlamaForward, key: str) -> int:
@@ -72,4 +74,5 @@ def remove_low_rank(forward: LlamaForward, key: str) -> int:
             for term in [t for t in proj.low_rank if t[0] == key]:
                 del proj.low_rank[term]
                 dropped += 1
+    forward.low_rank_terms = _count(forward)
     return dropped

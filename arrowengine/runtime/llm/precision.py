@@ -7,6 +7,8 @@
 * ``"int8"`` / ``"int4"``: weight-only integer matrices with bf16 activations (``weight_quant``);
 * ``"gguf"``: the model file's own GGUF blocks (Q8_0 / Q4_0 / Q4_1) through the native block kernels, fp32
   activations: exactly the source weights, so perplexity is the dequantized reference's;
+* ``"q8_0"``: a float model's matrices (and token embedding) quantized to Q8_0 blocks at load, then run as
+  ``"gguf"``: a quarter of the float bytes read per token, perplexity within a fraction of a percent;
 * ``"auto"`` (``LLM(dir)``'s default): the fastest of those that holds the reference fidelity (perplexity within
   +1%) on this CPU, see :func:`auto_precision`.
 """
@@ -23,7 +25,7 @@ __all__ = ["PRECISIONS", "Precision", "auto_precision", "resolve_precision"]
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "int8", "int4", "gguf")
+PRECISIONS = ("auto", "fp32", "bf16", "int8", "int4", "gguf", "q8_0")
 
 # ISA names as arrowengine.hardware.cpu_info() reports them. bf16 activations only pay with native bf16 dot
 # products: without them torch's int8 / bf16 kernels convert every element and run slower than fp32.
@@ -46,6 +48,7 @@ _FIXED = {
     "int8": Precision("int8", "bfloat16", "int8"),
     "int4": Precision("int4", "bfloat16", "int4"),
     "gguf": Precision("gguf", "float32", "gguf"),
+    "q8_0": Precision("q8_0", "float32", "q8_0"),
 }
 
 
@@ -55,13 +58,17 @@ def auto_precision(isa: Collection[str], *, has_blocks: bool, block_kernels: boo
     ``has_blocks``: the model file holds GGUF blocks; ``block_kernels``: the native block kernels built and
     run here. Measured on SmolLM2-135M (docs/benchmarks/llm.json): GGUF block kernels run the source weights
     themselves (no fidelity lost); int8 weights with bf16 activations hold perplexity within 1% and are the
-    fastest float-file mode where the CPU has bf16 dot products; elsewhere fp32.
+    fastest float-file mode where the CPU has bf16 dot products; elsewhere a float file is quantized to Q8_0
+    blocks at load for the same kernels (perplexity within 1%); fp32 where those kernels cannot run.
     """
     if has_blocks and block_kernels:
         return Precision("gguf", "float32", "gguf", "the model holds GGUF blocks and the native kernels run here")
     bf16 = [name for name in _BF16_ISA if name in isa]
     if bf16:
         return Precision("int8", "bfloat16", "int8", f"the CPU has {bf16[0]} (int8 weights, bf16 activations)")
+    if block_kernels and not has_blocks:
+        return Precision("q8_0", "float32", "q8_0", "no native bf16 on this CPU; the native block kernels run here "
+                         "(the float matrices become Q8_0 blocks at load)")
     why = "no native bf16 on this CPU (needs AVX512-BF16 or AMX-BF16)"
     if has_blocks:
         why = "the native block kernels are unavailable here; the blocks are dequantized once"
