@@ -124,3 +124,22 @@ def test_guard_without_a_baseline_file_names_the_command(tmp_path, capsys):
     assert main(["--guard", str(missing), "--models-dir", str(models)]) == 2
     assert capsys.readouterr().err == (f"guard baseline {missing} does not exist; create it with "
                                        f"--write-guard-baseline {missing}\n")
+
+
+def test_every_metric_a_suite_records_is_one_the_report_schema_accepts():
+    """A suite recording a metric the schema lacks fails at the end of a long run and loses every result:
+    check the literal metric of each ``record`` / ``attempt`` call in the suites against the schema instead."""
+    import ast
+
+    from arrowengine.bench import schema
+
+    allowed = set(schema.SCHEMA["properties"]["results"]["items"]["properties"]["metric"]["enum"])
+    used = {}
+    for path in Path(schema.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("record", "attempt") and len(node.args) > 4
+                    and isinstance(node.args[4], ast.Constant) and isinstance(node.args[4].value, str)):
+                used.setdefault(node.args[4].value, path.name)
+    assert used and "decode" in used  # the scan finds the suites' calls
+    assert {metric: where for metric, where in used.items() if metric not in allowed} == {}
