@@ -40,7 +40,6 @@ ENCODER_PRECISIONS = {
 _ALIASES = {"fp32": "float32", "bf16": "bfloat16"}
 _INT8_DOT_ISA = ("AVX512-VNNI", "AVX-VNNI", "AMX-INT8")
 _BF16_ISA = ("AVX512-BF16", "AMX-BF16")
-_BLOCK_KERNEL_ISA = ("AVX2", "FMA")  # the native Q8_0 block kernel (arrowengine.runtime.native.gguf)
 
 
 @dataclass(frozen=True)
@@ -74,8 +73,10 @@ class CpuCapabilities:
 
     @property
     def block_kernels(self) -> bool:
-        """Whether the CPU runs the native Q8_0 block kernel (AVX2 and FMA)."""
-        return all(isa in self.isa for isa in _BLOCK_KERNEL_ISA)
+        """Whether the CPU runs the native Q8_0 block kernel (:data:`arrowengine.runtime.native.gguf.REQUIRED_ISA`)."""
+        from arrowengine.runtime.native.gguf import missing_isa
+
+        return not missing_isa(self.isa)
 
 
 @dataclass(frozen=True)

@@ -70,9 +70,10 @@ class LLM:
         # verify: checksums at load (None = runtime.verify_checksums); checked once here for either build path
         weights = WeightFile.open(model_dir, verify=resolve_verify_checksums(verify))
         blocks = holds_blocks(weights)
+        kernels = block_kernels() is not None
         mode = resolve_precision(precision, dtype, weight_quant, default="auto", isa=cpu_info().isa,
-                                 has_blocks=blocks, block_kernels=block_kernels() is not None)
-        if mode.weight_quant == "q8_0" and block_kernels() is None:
+                                 has_blocks=blocks, block_kernels=kernels)
+        if mode.weight_quant == "q8_0" and not kernels:
             raise UnsupportedModelError("precision='q8_0' needs the native block kernels (AVX2 + FMA and a C "
                                         "compiler; the reason is logged); use precision='fp32'")
         if mode.weight_quant in ("gguf", "q8_0"):
