@@ -140,7 +140,8 @@ def _quant_options(args: argparse.Namespace) -> Any:
 
     return QuantizeOptions(bits=args.bits, group_size=args.group_size, method=args.method, calib=args.calib,
                            mixed_target=args.mixed, min_cosine=args.min_cosine,
-                           max_ppl_increase=args.max_ppl_increase, act_order=args.act_order, clip=args.clip)
+                           max_ppl_increase=args.max_ppl_increase, act_order=args.act_order, clip=args.clip,
+                           weight_format=args.weight_format)
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
@@ -188,6 +189,9 @@ def _add_quant_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mixed", type=float, default=None, metavar="TARGET",
                    help="keep the most sensitive Linears FP16 until this holds: mean cosine (encoders, e.g. 0.98) "
                         "or relative perplexity increase on the calibration text (causal LMs, e.g. 0.10)")
+    p.add_argument("--format", dest="weight_format", default="auto", choices=["auto", "q8_0", "rows"],
+                   help="8-bit storage: q8_0 = llama.cpp Q8_0 blocks run in place by the native kernel (schema V3), "
+                        "rows = per-channel/group rows (schema V2); auto: q8_0 for encoders at 8-bit RTN")
     p.add_argument("--min-cosine", type=float, default=0.99, help="encoder threshold (mean cosine)")
     p.add_argument("--max-ppl-increase", type=float, default=0.10, help="causal LM threshold (relative)")
 
@@ -227,8 +231,8 @@ def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("path", help="weights.parquet or a model directory")
     p.set_defaults(func=_cmd_verify)
 
-    p = sub.add_parser("quantize", help="quantize model SRC into model directory DST (schema V2), refused under "
-                                        "threshold")
+    p = sub.add_parser("quantize", help="quantize model SRC into model directory DST (schema V2, or V3 for Q8_0 "
+                                        "blocks), refused under threshold")
     p.add_argument("src")
     p.add_argument("dst", help="new model directory (refused if it exists, unless --force; never SRC)")
     p.add_argument("--force", action="store_true",

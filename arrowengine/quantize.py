@@ -62,6 +62,11 @@ class QuantizeOptions:
     # encoders: the input embedding table as int8 rows with per-row scales too (a vocabulary table is most of a
     # small encoder's bytes); causal LMs keep theirs, often tied to the output head
     quantize_embeddings: bool = True
+    # how 8-bit RTN Linears are stored: "q8_0" as llama.cpp's Q8_0 blocks (int8 codes, one float16 scale per 32
+    # weights; schema V3 rows that the native kernel runs in place, so memory stays at the file's quarter),
+    # "rows" as schema V2 per-channel / per-group rows; "auto" is q8_0 for encoders at 8 bits, RTN, group 0 or 32
+    # and no --mixed, else rows (causal LMs get Q8_0 blocks at load: LLM precision "q8_0")
+    weight_format: str = "auto"
 
     def __post_init__(self) -> None:
         from quant.errors import GroupSizeError, QuantOptionError, UnsupportedBitsError
@@ -76,6 +81,19 @@ class QuantizeOptions:
             raise QuantOptionError(f"clip must be 'auto', 'minmax' or 'mse', got {self.clip!r}")
         if self.calib_seq_len < 16:
             raise QuantOptionError(f"calib_seq_len must be >= 16 tokens, got {self.calib_seq_len}")
+        if self.weight_format not in ("auto", "q8_0", "rows"):
+            raise QuantOptionError(f"weight_format must be 'auto', 'q8_0' or 'rows', got {self.weight_format!r}")
+        if self.weight_format == "q8_0" and (self.bits != 8 or self.method != "rtn" or self.group_size not in (0, 32)
+                                             or self.mixed_target is not None):
+            raise QuantOptionError("weight_format 'q8_0' stores 8-bit RTN weights in blocks of 32: use --bits 8 "
+                                   "--method rtn, group size 0 or 32 and no --mixed, or --format rows")
+
+    def q8_0_blocks(self, causal: bool) -> bool:
+        """Whether the Linears are written as Q8_0 blocks (see ``weight_format``)."""
+        if self.weight_format == "auto":
+            return (not causal and self.bits == 8 and self.method == "rtn" and self.group_size in (0, 32)
+                    and self.mixed_target is None)
+        return self.weight_format == "q8_0"
 
     @property
     def group_clip(self) -> str:
@@ -186,7 +204,7 @@ def evaluate_accuracy(model_dir: str | os.PathLike[str], reference_dir: str | os
     config = load_config_dict(reference_dir)
     _, held_out = _calibration_and_eval(options)
     tokenizer = _tokenizer(reference_dir)
-    reference = load_model(reference_dir)
+    reference = load_model(reference_dir, gguf_linears="dequantize")
     candidate = load_model(model_dir, quant_mode=quant_mode)
     timestamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     if _is_causal(config):
@@ -249,10 +267,13 @@ def _quantize_weights(model: nn.Module, src: Path, options: QuantizeOptions, cal
             batches = [dict(tokenizer(calib[i : i + 8], padding=True, truncation=True, max_length=128,
                                       return_tensors="pt")) for i in range(0, len(calib), 8)]
             qweights = gptq_quantize_model(model, batches, config, layers=layers)
+    elif options.q8_0_blocks(causal):
+        qweights = {name: _q8_0_or_rows(model.get_submodule(name).weight.detach(), name, clip) for name in layers}
     else:
         qweights = {name: quantize(model.get_submodule(name).weight.detach(), options.bits, options.group_size,
                                    clip=clip, name=name) for name in layers}
     recipe: dict[str, Any] = {"method": options.method, "bits": options.bits, "group_size": options.group_size,
+                              "weight_format": "q8_0" if options.q8_0_blocks(causal) else "rows",
                               "clip": clip, "act_order": options.act_order,
                               "calibration": options.calib or "chitchat-dataset messages", "fp16_layers": []}
     if options.mixed_target is not None and causal:
@@ -265,6 +286,18 @@ def _quantize_weights(model: nn.Module, src: Path, options: QuantizeOptions, cal
         recipe["fp16_layers"] = list(mixed.fp16_layers)
         recipe["mixed_target"] = options.mixed_target
     return qweights, recipe
+
+
+def _q8_0_or_rows(weight: torch.Tensor, name: str, clip: str) -> Any:
+    """Q8_0 blocks of a Linear weight, or per-channel int8 rows when its rows do not split into blocks of 32."""
+    from quant import quantize
+    from quant.gguf import BLOCK_SIZE, quantize_q8_0
+
+    if weight.shape[1] % BLOCK_SIZE:
+        logger.info("%s: %d inputs are not a multiple of %d, kept as per-channel int8 rows", name, weight.shape[1],
+                    BLOCK_SIZE)
+        return quantize(weight, 8, 0, clip=clip, name=name)
+    return quantize_q8_0(weight, name=name)
 
 
 def _quantized_embeddings(model: nn.Module, causal: bool, options: QuantizeOptions) -> dict[str, Any]:
@@ -317,7 +350,7 @@ def quantize_model(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     src, dst = Path(src), check_destination(dst, sources=(src,), force=force)
     start = time.perf_counter()
     calib, held_out = _calibration_and_eval(options, causal=_is_causal(load_config_dict(src)))
-    model = load_model(src)
+    model = load_model(src, gguf_linears="dequantize")  # float Linears to quantize
     qweights, recipe = _quantize_weights(model, src, options, calib, held_out)
     state: dict[str, Any] = dict(model.state_dict())
     quant_types = {}
@@ -326,7 +359,8 @@ def quantize_model(src: str | os.PathLike[str], dst: str | os.PathLike[str],
             state[f"{path}.weight"] = state[f"{path}.weight"].half()
         else:
             state[f"{path}.weight"] = qt
-            quant_types[f"{path}.weight"] = f"{'gptq_' if options.method == 'gptq' else ''}int{options.bits}"
+            quant_types[f"{path}.weight"] = (qt.quant_type if hasattr(qt, "quant_type") else
+                                             f"{'gptq_' if options.method == 'gptq' else ''}int{options.bits}")
     embeddings = _quantized_embeddings(model, _is_causal(load_config_dict(src)), options)
     for path, qt in embeddings.items():  # gathered rows are dequantized at lookup (quant.QuantEmbedding)
         state[f"{path}.weight"], quant_types[f"{path}.weight"] = qt, "int8"

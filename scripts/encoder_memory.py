@@ -1,8 +1,9 @@
 """Resident memory of TextEncoder: construction + encoding 2,000 chat messages, fp32 vs an INT8 file, one fresh
-process per configuration (VmRSS, RssAnon, RssFile deltas from after the imports, MiB).
+process per configuration (VmRSS, RssAnon, RssFile deltas from after the imports, and the resident pages of the
+mapped weights.parquet from /proc/self/smaps, MiB).
 
 Usage: python scripts/encoder_memory.py INT8_MODEL_DIR [ROUNDS]
-(the INT8 directory from ``arrowengine quantize models/all-MiniLM-L6-v2 INT8_MODEL_DIR --bits 8``)
+(the INT8 directory from ``arrowengine quantize models/all-MiniLM-L6-v2 INT8_MODEL_DIR --bits 8``: Q8_0 blocks)
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ def status():
         key, _, value = line.partition(":")
         if key in ("VmRSS", "RssAnon", "RssFile"):
             out[key] = int(value.split()[0]) * 1024
+    out["WeightsFile"], inside = 0, False  # resident pages of the mapped weights.parquet (smaps, all mappings)
+    for line in open("/proc/self/smaps"):
+        first = line.split(maxsplit=1)[0]
+        if "-" in first and not first.endswith(":"):
+            inside = line.rstrip().endswith("weights.parquet")
+        elif inside and first == "Rss:":
+            out["WeightsFile"] += int(line.split()[1]) * 1024
     return out
 from arrowengine.datasets import chitchat_messages
 from arrowengine.runtime.text_encoder import TextEncoder

@@ -36,8 +36,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from arrowengine.errors import ConfigError, ModelConfigError
+from arrowengine.runtime.block_linear import BlockLinear
 from arrowengine.runtime.calibration import cached_scales
-from arrowengine.runtime.fixed_linear import FixedLinear, calibrated_smooth_scales, fused_weight
+from arrowengine.runtime.fixed_linear import FixedLinear, calibrated_smooth_scales, fused_bias, fused_weight
 
 __all__ = ["PRECISIONS", "FastBert", "FastBertConfig", "unsupported_reason"]
 
@@ -136,6 +137,11 @@ class FastBert:
         for index, layer in enumerate(layers):
             linears = {}
             for kind, modules in _projections(layer).items():
+                if kinds[kind] == "q8_0" and all(isinstance(m, BlockLinear) for m in modules):
+                    # a file's own blocks (arrowengine quantize --bits 8), run in place: no float copy at all
+                    linears[kind] = FixedLinear(None, fused_bias(modules), "q8_0",
+                                                blocks=[m.blocks for m in modules])
+                    continue
                 weight, bias = fused.pop((index, kind)) if (index, kind) in fused else fused_weight(modules)
                 linears[kind] = FixedLinear(weight, bias, kinds[kind], smooth.get((index, kind)))
                 del weight  # a dequantized or concatenated copy: freed before the next one is made

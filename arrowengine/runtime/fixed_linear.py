@@ -34,9 +34,11 @@ from torch import nn
 
 from arrowengine.errors import ConfigError, DeviceUnavailableError
 from arrowengine.hardware import cpu_info
+from arrowengine.runtime.block_linear import KERNEL_MAX_ROWS, blocks_linear
+from quant.gguf import GGUFBlocks
 
 __all__ = ["LINEAR_ACTIVATIONS", "LINEAR_KINDS", "FixedLinear", "calibrated_smooth_scales", "float_weight",
-           "fused_weight", "input_channel_amax", "onednn_int8_available", "smooth_scales"]
+           "fused_bias", "fused_weight", "input_channel_amax", "onednn_int8_available", "smooth_scales"]
 
 LINEAR_KINDS = ("float32", "bfloat16", "int8", "int8-tensor", "q8_0")
 LINEAR_ACTIVATIONS = (None, "gelu", "gelu_tanh")
@@ -76,20 +78,24 @@ def onednn_int8_available() -> bool:
 
 
 def float_weight(linear: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(float32 weight, bias) of an ``nn.Linear`` or a ``QuantLinear`` (dequantized: a new tensor)."""
+    """(float32 weight, bias) of an ``nn.Linear``, a ``QuantLinear`` or a ``BlockLinear`` (dequantized: a new
+    tensor)."""
     weight = linear.weight if isinstance(linear, nn.Linear) else linear.dequantized_weight(torch.float32)
     bias = None if linear.bias is None else linear.bias.float()
     return weight.float(), bias
 
 
+def fused_bias(modules: Sequence[nn.Module]) -> torch.Tensor | None:
+    """One float32 bias ``[sum(out)]`` for projections of the same input (a missing bias is 0; None if all are)."""
+    if all(m.bias is None for m in modules):
+        return None
+    return torch.cat([m.bias.float() if m.bias is not None else torch.zeros(m.out_features) for m in modules])
+
+
 def fused_weight(modules: Sequence[nn.Module]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One float32 weight ``[sum(out), in]`` and bias for projections of the same input (a missing bias is 0)."""
-    parts = [float_weight(m) for m in modules]
-    weight = torch.cat([w for w, _ in parts]) if len(parts) > 1 else parts[0][0]
-    if all(b is None for _, b in parts):
-        return weight, None
-    bias = torch.cat([b if b is not None else torch.zeros(w.shape[0]) for w, b in parts])
-    return weight, bias
+    weights = [float_weight(m)[0] for m in modules]
+    return (torch.cat(weights) if len(weights) > 1 else weights[0]), fused_bias(modules)
 
 
 def input_channel_amax(modules: Mapping[Hashable, nn.Module], run: Callable[[], None]) -> dict[Hashable, torch.Tensor]:
@@ -152,11 +158,13 @@ class FixedLinear:
         input_smoothed: the caller already divides the input by ``smooth`` (folded into a LayerNorm).
         kernel_max_rows: ``q8_0``: inputs of at most this many rows run the block kernel, larger ones the float
             GEMM over the dequantized blocks (the crossover measured on MiniLM's shapes lies at 40-60 rows).
+        blocks: ``q8_0``: the weight already as GGUF blocks (the parts of a fused projection, stacked by output
+            rows; e.g. a file's mapped Q8_0 blocks of Q, K and V), used in place; ``weight`` may then be None.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, kind: str,
+    def __init__(self, weight: torch.Tensor | None, bias: torch.Tensor | None, kind: str,
                  smooth: torch.Tensor | None = None, *, input_smoothed: bool = False,
-                 kernel_max_rows: int = 40) -> None:
+                 kernel_max_rows: int = KERNEL_MAX_ROWS, blocks: Sequence[GGUFBlocks] | None = None) -> None:
         if kind not in LINEAR_KINDS:
             raise ConfigError(f"kind must be one of {', '.join(LINEAR_KINDS)}, got {kind!r}")
         if kind == "int8-tensor" and not onednn_int8_available():
@@ -173,7 +181,7 @@ class FixedLinear:
             if self.kernel is None:
                 raise DeviceUnavailableError("q8_0 needs the native block kernels (AVX2 + FMA and a C compiler; "
                                              "the reason is logged); use kind='float32'")
-            self.blocks = quantize_q8_0(weight)
+            self.parts = list(blocks) if blocks else [quantize_q8_0(weight)]
             self.kernel_max_rows = int(kernel_max_rows)
         elif kind.startswith("int8"):
             if smooth is not None:
@@ -249,11 +257,5 @@ class FixedLinear:
         return y.to(x.dtype)
 
     def _blocks_matmul(self, x: torch.Tensor) -> torch.Tensor:
-        from arrowengine.runtime.native.gguf import blocks_dequantize, blocks_matmul
-
-        if x.shape[0] > self.kernel_max_rows:
-            return F.linear(x.float(), blocks_dequantize(self.kernel, self.blocks), self.bias).to(x.dtype)
-        y = blocks_matmul(self.kernel, self.blocks, x)
-        if self.bias is not None:
-            y.add_(self.bias)
-        return y.to(x.dtype)
+        return blocks_linear(x, self.parts, self.bias, kernels=self.kernel,
+                             kernel_max_rows=self.kernel_max_rows).to(x.dtype)

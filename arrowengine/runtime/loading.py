@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from arrowengine.errors import ModelConfigError, SchemaError, WeightFileNotFoundError
+from arrowengine.errors import ConfigError, ModelConfigError, SchemaError, WeightFileNotFoundError
 from arrowengine.format.reader import WeightFile
 from arrowengine.runtime.devices import select_device
 from arrowengine.runtime.placement import VramMonitor, move_to_device
@@ -118,10 +118,34 @@ def _upcast_fp16_linears(model: nn.Module) -> None:
         logger.info("cast %d FP16 Linears of a mixed-precision file to float32 (copies of those layers)", cast)
 
 
+def _is_blocks(value: Any) -> bool:
+    return type(value).__name__ == "GGUFBlocks"
+
+
 def _dequantize_gguf_blocks(state: dict[str, Any]) -> dict[str, Any]:
-    """GGUF block tensors (schema V3) as the float32 tensors they encode (exact); ``LLM`` runs the blocks."""
-    return {name: value.dequantize() if type(value).__name__ == "GGUFBlocks" else value
-            for name, value in state.items()}
+    """GGUF block tensors (schema V3) as the float32 tensors they encode (exact)."""
+    return {name: value.dequantize() if _is_blocks(value) else value for name, value in state.items()}
+
+
+def _linear_blocks(model: nn.Module, state: dict[str, Any]) -> dict[str, Any]:
+    """``{module path: GGUFBlocks}`` of the ``nn.Linear`` layers whose weight ``state`` holds as GGUF blocks."""
+    linears = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    return {name.removesuffix(".weight"): value for name, value in state.items()
+            if _is_blocks(value) and name.endswith(".weight") and name.removesuffix(".weight") in linears}
+
+
+def _install_block_linears(model: nn.Module, blocks: dict[str, Any]) -> None:
+    """Swap each Linear of ``blocks`` for a :class:`BlockLinear` over its mapped blocks (bias kept)."""
+    from arrowengine.runtime.block_linear import BlockLinear
+
+    for path, value in blocks.items():
+        parent_path, _, child = path.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        linear = getattr(parent, child)
+        bias = None if linear.bias is None or linear.bias.device.type == "meta" else linear.bias
+        setattr(parent, child, BlockLinear(value, bias, name=path))
+    if blocks:
+        logger.info("built %d BlockLinear layers over the file's GGUF blocks (zero-copy)", len(blocks))
 
 
 def load_model(
@@ -132,6 +156,7 @@ def load_model(
     architecture: str | None = None,
     quant_mode: str = "dequant-on-the-fly",
     verify: bool | None = None,
+    gguf_linears: str = "auto",
 ) -> nn.Module:
     """Build the model of ``model_dir`` (its ``config.json`` architecture) with zero-copy mapped weights.
 
@@ -147,6 +172,11 @@ def load_model(
         verify: hash every tensor against its stored checksum before building (reads the whole file, so it is
             off by default); ``None`` takes ``runtime.verify_checksums`` (``ARROWENGINE_RUNTIME_VERIFY_CHECKSUMS``)
             from the configuration. A damaged tensor raises :class:`ChecksumMismatchError` naming it.
+        gguf_linears: Linears stored as GGUF blocks (schema V3): ``blocks`` runs them as
+            :class:`arrowengine.runtime.block_linear.BlockLinear` over the mapped blocks (a quarter of the float
+            bytes for Q8_0), ``dequantize`` makes exact float32 copies (what training and peft need); ``auto`` is
+            ``blocks`` for encoders and ``dequantize`` for causal LMs (``arrowengine.LLM`` runs their blocks
+            itself). Other GGUF tensors (embedding tables) are always dequantized.
 
     Returns:
         The module in eval mode with ``requires_grad`` off; ``model.arrowengine_weights`` is its ``WeightFile``
@@ -168,10 +198,18 @@ def load_model(
     # buffers stay real because non-persistent ones (position ids, rotary frequencies) are not in the file
     with init_empty_weights(include_buffers=False):
         model = cls(config)
-    state = _dequantize_gguf_blocks(_match_prefix(model, weights.state_dict()))
+    state = _match_prefix(model, weights.state_dict())
+    if gguf_linears not in ("auto", "blocks", "dequantize"):
+        raise ConfigError(f"gguf_linears must be 'auto', 'blocks' or 'dequantize', got {gguf_linears!r}")
+    if gguf_linears == "auto":
+        gguf_linears = "dequantize" if any(a.endswith("ForCausalLM") for a in config.architectures or []) else "blocks"
+    blocks = _linear_blocks(model, state) if gguf_linears == "blocks" else {}
+    state = _dequantize_gguf_blocks({name: value for name, value in state.items()
+                                     if name.removesuffix(".weight") not in blocks})
     quantized = {name: value for name, value in state.items() if not isinstance(value, torch.Tensor)}
     plain = {name: value for name, value in state.items() if isinstance(value, torch.Tensor)}
     result = model.load_state_dict(plain, strict=False, assign=True)
+    _install_block_linears(model, blocks)
     if quantized:
         _install_quantized(model, quantized, quant_mode)
         _upcast_fp16_linears(model)

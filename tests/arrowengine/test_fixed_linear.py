@@ -141,7 +141,7 @@ def test_q8_0_kernel_and_dequantized_gemm_paths_agree():
 def test_q8_0_keeps_only_the_blocks():
     linear = FixedLinear(torch.randn(64, 256), None, "q8_0")
     assert not hasattr(linear, "weight")
-    assert linear.blocks.data.dtype == torch.uint8 and linear.blocks.nbytes == 64 * 256 // 32 * 34
+    assert linear.parts[0].data.dtype == torch.uint8 and linear.parts[0].nbytes == 64 * 256 // 32 * 34
 
 
 def test_q8_0_needs_rows_of_whole_blocks():

@@ -17,15 +17,18 @@ def test_int8_is_quantized_validated_and_recorded(minilm_dir, tmp_path, capsys):
     dst = tmp_path / "minilm-int8"
     assert main(["--log-level", "WARNING", "quantize", str(minilm_dir), str(dst), "--bits", "8"]) == 0
     weights = WeightFile.open(dst)
-    assert weights.schema_version == 2 and weights.zero_copy
+    assert weights.schema_version == 3 and weights.zero_copy  # V3: the Linears are Q8_0 blocks
     assert sum(weights.is_quantized(n) for n in weights.keys()) == 38  # every Linear incl. the pooler + embeddings
+    assert weights.info("encoder.layer.0.attention.self.query.weight").quant.quant_type == "gguf_q8_0"
+    assert weights.info("embeddings.word_embeddings.weight").quant.quant_type == "int8"
     assert weights.quant_recipe["int8_embeddings"] == ["embeddings.word_embeddings"]
     # codes + scales + zero points against the float32 file: the vocabulary table no longer stays float32
     assert (dst / "weights.parquet").stat().st_size <= 0.27 * (minilm_dir / "weights.parquet").stat().st_size
     report = json.loads((dst / "accuracy_report.json").read_text())
     assert report["passed"] and report["kind"] == "encoder" and report["value"] >= 0.995
     card = json.loads((dst / "model_card.json").read_text())
-    assert card["schema_version"] == 2 and card["quant_recipe"]["bits"] == 8
+    assert card["schema_version"] == 3 and card["quant_recipe"]["bits"] == 8
+    assert card["quant_recipe"]["weight_format"] == "q8_0"
     assert card["accuracy"]["value"] == report["value"]
     assert (dst / "accuracy_report.md").read_text().startswith(f"# Accuracy report: {dst}")
     capsys.readouterr()
@@ -53,6 +56,14 @@ def test_bad_options_and_calibration(tmp_path):
         QuantizeOptions(bits=3)
     with pytest.raises(ValueError, match=r"^group_size must be 0 \(per channel\), 32, 64 or 128, got 48$"):
         QuantizeOptions(group_size=48)
+    with pytest.raises(ValueError, match=r"^weight_format must be 'auto', 'q8_0' or 'rows', got 'q4'$"):
+        QuantizeOptions(weight_format="q4")
+    with pytest.raises(ValueError, match=r"^weight_format 'q8_0' stores 8-bit RTN weights in blocks of 32: use "):
+        QuantizeOptions(bits=4, weight_format="q8_0")
+    # auto: Q8_0 blocks for an encoder at 8-bit RTN, per-channel rows otherwise (causal LMs, GPTQ, groups, mixed)
+    assert QuantizeOptions().q8_0_blocks(causal=False) and not QuantizeOptions().q8_0_blocks(causal=True)
+    assert not any(QuantizeOptions(**kwargs).q8_0_blocks(causal=False) for kwargs in (
+        {"method": "gptq"}, {"group_size": 64}, {"mixed_target": 0.98}, {"bits": 4}, {"weight_format": "rows"}))
     small = tmp_path / "calib.txt"
     small.write_text("one line\ntwo lines\n")
     with pytest.raises(CalibrationError, match=rf"^calibration file {small} holds 2 samples; at least 16 are needed$"):
