@@ -173,6 +173,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     models_dir = Path(args.models) if args.models else resolve_models_dir(config)
     serve(ServeConfig(host=args.host, port=args.port, models_dir=models_dir,
                       api_keys=load_api_keys(args.api_key_file), max_batch=args.max_batch,
+                      prefix_cache=not args.no_prefix_cache,
                       max_loaded_models=args.max_loaded,
                       llm_options={"threads": args.threads} if args.threads else {}))
     return 0
@@ -275,6 +276,8 @@ def build_parser(plugins: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--api-key-file", default=None, help="API keys, one per line (else $ARROWENGINE_API_KEYS)")
     p.add_argument("--max-batch", type=int, default=8, help="sequences decoded together per model")
     p.add_argument("--max-loaded", type=int, default=3, help="models kept in memory (LRU)")
+    p.add_argument("--no-prefix-cache", action="store_true",
+                   help="prefill every prompt in full (default: reuse a cache row's K/V for a repeated prefix)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.set_defaults(func=_cmd_serve)
     _add_plugin_commands(sub, plugins)

@@ -8,6 +8,9 @@ batch 1), and one decode step feeds one token to each decoding row, writing its 
 length and masking the slots past it. Rows in the step's range that are not decoding (free, or still
 prefilling) write to the scratch slot, so their cache is never touched.
 
+A row keeps the token ids of its K/V after its sequence ends: the scheduler gives a new sequence the free row
+holding the longest prefix of its prompt and prefills only the rest (``reset(row, keep)``).
+
 A lone decoding row goes through the LLM's own single-token step with no mask, which is what
 ``LLM.generate`` / ``LLM.chat`` run for one prompt: greedy output through the server equals ``LLM.chat``.
 """
@@ -44,6 +47,9 @@ class BatchedDecoder:
         self.cache = fwd.new_cache(rows, max_len + 1)
         self.row_caches = [KVCache(self.cache.kv[:, r:r + 1]) for r in range(rows)]
         self.lengths = [0] * rows
+        # the token ids whose K/V row r holds (its first lengths[r] slots): a new sequence whose prompt starts
+        # with them keeps that prefix instead of prefilling it again (a repeated system prompt / chat history)
+        self.tokens: list[list[int]] = [[] for _ in range(rows)]
         # slots below clean[r] of row r hold finite values: a masked slot still enters attention as 0 * value,
         # and the uninitialised memory of torch.empty may hold NaN bit patterns (0 * NaN = NaN)
         self._clean = [0] * rows
@@ -51,9 +57,22 @@ class BatchedDecoder:
         self._single: Callable[..., torch.Tensor] = getattr(llm, "decode_step", None) or fwd.forward
         self._cos, self._sin_signed, self._layers = step_tables(fwd)  # the tables DecodeStep uses
 
-    def reset(self, row: int) -> None:
-        """Forget the tokens of ``row`` (a new sequence takes it)."""
-        self.lengths[row] = 0
+    def reset(self, row: int, keep: int = 0) -> None:
+        """Forget the tokens of ``row`` after its first ``keep`` (a new sequence takes it, reusing that prefix)."""
+        if not 0 <= keep <= self.lengths[row]:
+            raise ValueError(f"row {row} holds {self.lengths[row]} tokens; cannot keep {keep}")
+        self.lengths[row] = keep
+        del self.tokens[row][keep:]
+
+    def common_prefix(self, row: int, ids: Sequence[int]) -> int:
+        """How many leading ``ids`` row ``row`` already holds the K/V of."""
+        held = self.tokens[row]
+        count = 0
+        for a, b in zip(held, ids, strict=False):
+            if a != b:
+                break
+            count += 1
+        return count
 
     @torch.inference_mode()
     def prefill(self, row: int, ids: Sequence[int]) -> torch.Tensor:
@@ -66,6 +85,7 @@ class BatchedDecoder:
         positions = torch.arange(start, start + len(ids), device=device)[None]
         logits = self.forward.forward(tokens, positions, self.row_caches[row], start, None)[:, -1]
         self.lengths[row] = start + len(ids)
+        self.tokens[row].extend(int(i) for i in ids)
         self._clean[row] = max(self._clean[row], self.lengths[row])
         return logits
 
@@ -80,7 +100,18 @@ class BatchedDecoder:
             pos = torch.tensor([[slot]], dtype=torch.long, device=device)
             logits = self._single(feed, pos, self.row_caches[row], slot, None)[:, -1]
             self.lengths[row] = slot + 1
+            self.tokens[row].append(int(tokens[0]))
             self._clean[row] = max(self._clean[row], slot + 1)
+            return logits
+        native = getattr(self._single, "native", None)
+        if native is not None:  # a GGUF block model: one C call per layer, each row at its own length
+            lengths = torch.tensor([self.lengths[r] for r in rows], dtype=torch.long)
+            logits = native.rows(torch.tensor(list(tokens), dtype=torch.long), torch.tensor(list(rows)), lengths,
+                                 self.cache.layers)[:, -1]
+            for row, tok in zip(rows, tokens, strict=True):
+                self.lengths[row] += 1
+                self._clean[row] = max(self._clean[row], self.lengths[row])
+                self.tokens[row].append(int(tok))
             return logits
         span = max(rows) + 1  # rows 0..span-1 run (a view of the cache); the ones not in `rows` idle
         feed = torch.full((span,), int(tokens[0]), dtype=torch.long)
@@ -97,8 +128,9 @@ class BatchedDecoder:
         limit = torch.where(write == self.max_len, 0, write)
         mask = (torch.arange(end)[None, :] <= limit[:, None])[:, None, None, :]
         logits = self._batched(feed.to(device), pos.to(device), write.to(device), mask.to(device), end)
-        for row in rows:
+        for row, tok in zip(rows, tokens, strict=True):
             self.lengths[row] += 1
+            self.tokens[row].append(int(tok))
         return logits[list(rows)]
 
     def _batched(self, tokens: torch.Tensor, pos: torch.Tensor, write: torch.Tensor, mask: torch.Tensor,

@@ -41,6 +41,9 @@ class ServeConfig:
     max_batch: int = 8
     max_queue: int = 64
     prefill_chunk: int = 128
+    # a new request takes the free cache row holding the longest prefix of its prompt (a repeated system prompt
+    # or chat history) and prefills only the rest
+    prefix_cache: bool = True
     # limits
     max_body_bytes: int = 1 << 20
     max_tokens_limit: int = 4096

@@ -40,7 +40,10 @@ class ServeMetrics:
         self.tokens_per_second = Histogram("arrowengine_decode_tokens_per_second",
                                            "Decode rate of one generation after its first token", buckets=_RATE,
                                            registry=r)
-        self.prompt_tokens = Counter("arrowengine_prompt_tokens", "Prompt tokens prefilled", registry=r)
+        self.prompt_tokens = Counter("arrowengine_prompt_tokens", "Prompt tokens of finished generations",
+                                     registry=r)
+        self.cached_tokens = Counter("arrowengine_prompt_cached_tokens",
+                                     "Prompt tokens taken from a cached prefix instead of prefilled", registry=r)
         self.generated_tokens = Counter("arrowengine_generated_tokens", "Tokens generated", registry=r)
         self.finished = Counter("arrowengine_generations", "Generations by finish reason", ["reason"], registry=r)
 
@@ -56,6 +59,7 @@ class ServeMetrics:
         """Record one finished generation (called on the scheduler thread) and log it without its text."""
         self.finished.labels(req.finish_reason or "unknown").inc()
         self.prompt_tokens.inc(req.prompt_tokens)
+        self.cached_tokens.inc(req.cached_tokens)
         self.generated_tokens.inc(req.completion_tokens)
         queue = ttft = rate = None
         if req.admitted_at is not None:
@@ -67,8 +71,9 @@ class ServeMetrics:
             if req.finished_at is not None and req.completion_tokens > 1:
                 rate = (req.completion_tokens - 1) / max(req.finished_at - req.first_token_at, 1e-9)
                 self.tokens_per_second.observe(rate)
-        logger.info("generation id=%s key=%s prompt_tokens=%d completion_tokens=%d queue_ms=%s ttft_ms=%s "
-                    "tokens_per_s=%s finish=%s%s", req.id, req.key_id, req.prompt_tokens, req.completion_tokens,
+        logger.info("generation id=%s key=%s prompt_tokens=%d cached_tokens=%d completion_tokens=%d queue_ms=%s "
+                    "ttft_ms=%s tokens_per_s=%s finish=%s%s", req.id, req.key_id, req.prompt_tokens,
+                    req.cached_tokens, req.completion_tokens,
                     _ms(queue), _ms(ttft), f"{rate:.1f}" if rate is not None else "-", req.finish_reason,
                     f" text={req.text!r}" if self.log_prompts else "")
 

@@ -240,7 +240,8 @@ class ModelRegistry:
             loaded.scheduler = Scheduler(loaded.llm, name=entry.name, max_batch=self.config.max_batch,
                                          max_queue=self.config.max_queue, context=loaded.context,
                                          prefill_chunk=self.config.prefill_chunk,
-                                         retry_after_s=self.config.retry_after_s, on_finish=self.on_finish)
+                                         retry_after_s=self.config.retry_after_s, on_finish=self.on_finish,
+                                         prefix_cache=self.config.prefix_cache)
         else:
             from arrowengine.runtime.text_encoder import TextEncoder
 

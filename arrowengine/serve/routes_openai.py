@@ -36,10 +36,11 @@ def openai_error_body(exc: RequestError | Exception) -> dict[str, Any]:
                       "code": None}}
 
 
-def _usage(gen: Generation) -> dict[str, int]:
+def _usage(gen: Generation) -> dict[str, Any]:
     r = gen.request
     return {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-            "total_tokens": r.prompt_tokens + r.completion_tokens}
+            "total_tokens": r.prompt_tokens + r.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": r.cached_tokens}}
 
 
 async def _run(request: Request, *, chat: bool) -> Response:

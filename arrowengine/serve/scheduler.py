@@ -50,6 +50,7 @@ class GenerationRequest:
     first_token_at: float | None = None
     finished_at: float | None = None
     completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose K/V a previous sequence left in the row (not prefilled again)
     text: str = ""
     finish_reason: str | None = None  # "stop" | "length" | "cancelled"
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -104,8 +105,11 @@ class Scheduler:
     """Runs the requests of one LLM with continuous batching on a named daemon thread."""
 
     def __init__(self, llm: Any, *, name: str, max_batch: int, max_queue: int, context: int, prefill_chunk: int,
-                 retry_after_s: int = 1, on_finish: Any = None) -> None:
+                 retry_after_s: int = 1, on_finish: Any = None, prefix_cache: bool = True,
+                 min_prefix: int = 8) -> None:
         self.llm = llm
+        self.prefix_cache = prefix_cache
+        self.min_prefix = min_prefix
         self.name = name
         self.context = context
         self.max_queue = max_queue
@@ -199,8 +203,10 @@ class Scheduler:
                 req.finish_reason = "cancelled"
                 req.emit("done")
                 continue
-            row = self._free.pop(0)
-            self.decoder.reset(row)
+            row, keep = self._row_for(req.prompt_ids)
+            self._free.remove(row)
+            self.decoder.reset(row, keep)
+            req.cached_tokens = keep
             req.admitted_at = time.perf_counter()
             p = req.params
             generator = torch.Generator().manual_seed(p.seed) if p.seed is not None else None
@@ -211,7 +217,19 @@ class Scheduler:
             # GenerationRun is used only for its text assembly (detokenizer + stop strings), never iterated
             run = GenerationRun(self.llm.forward, self.llm.tokenizer, [req.prompt_ids], p, self.llm.stop_token_ids,
                                 self.llm.pad_id)
-            self._active[row] = _Sequence(req, row, run, generator, penalties)
+            self._active[row] = _Sequence(req, row, run, generator, penalties, prefilled=keep)
+
+    def _row_for(self, prompt: list[int]) -> tuple[int, int]:
+        """(free row, prompt tokens already in its cache): the row holding the longest prefix of ``prompt`` (at
+        least ``min_prefix`` tokens, and never the whole prompt: its last token is fed for the logits), else the
+        lowest free row (keeps the batched step's row span short)."""
+        best, keep = self._free[0], 0
+        if self.prefix_cache:
+            for row in self._free:
+                common = min(self.decoder.common_prefix(row, prompt), len(prompt) - 1)
+                if common >= self.min_prefix and common > keep:
+                    best, keep = row, common
+        return best, keep
 
     def _tick(self) -> None:
         for seq in list(self._active.values()):

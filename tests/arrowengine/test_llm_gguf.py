@@ -9,6 +9,7 @@ import torch
 
 from arrowengine.runtime.llm.block_model import build_block_model
 from arrowengine.runtime.llm.decode import DecodeStep
+from arrowengine.runtime.llm.kv_cache import KVCache
 from arrowengine.runtime.llm.llama import LlamaForward
 from arrowengine.runtime.llm.native_step import NativeBlockStep
 from arrowengine.runtime.native.gguf import block_kernels
@@ -102,6 +103,34 @@ def test_native_layer_respects_the_padding_mask() -> None:
     torch.testing.assert_close(native(token, pos, cache_a, 5, mask), torch_step(token, pos, cache_b, 5, mask),
                                rtol=1e-4, atol=5e-4)
     torch.testing.assert_close(cache_a.kv[:, :, 5], cache_b.kv[:, :, 5], rtol=1e-4, atol=2e-4)
+
+
+def test_native_rows_at_their_own_lengths_match_each_row_alone() -> None:
+    """Continuous batching's step: rows of one cache at different lengths (and a hole), one C call per layer,
+    each row's logits and K/V equal to that row decoded alone."""
+    blocks, _ = block_and_float_models(5)
+    fwd = LlamaForward(blocks, weight_quant="gguf")
+    native = DecodeStep(fwd).native
+    assert isinstance(native, NativeBlockStep)
+    generator = torch.Generator().manual_seed(4)
+    lengths = {0: 4, 2: 9, 3: 1}  # row 1 is free: never written
+    shared = fwd.new_cache(4, 12)
+    shared.kv.zero_()
+    alone = {}
+    for row, n in lengths.items():
+        prompt = torch.randint(3, 512, (1, n), generator=generator)
+        fwd.forward(prompt, torch.arange(n)[None], KVCache(shared.kv[:, row:row + 1]), 0)
+        alone[row] = fwd.new_cache(1, 12)
+        fwd.forward(prompt, torch.arange(n)[None], alone[row], 0)
+    rows, tokens = [3, 0, 2], [11, 22, 33]
+    got = native.rows(torch.tensor(tokens), torch.tensor(rows), torch.tensor([lengths[r] for r in rows]),
+                      shared.layers)[:, -1]
+    for i, row in enumerate(rows):
+        n = lengths[row]
+        want = native(torch.tensor([[tokens[i]]]), torch.tensor([[n]]), alone[row].layers, n, None)[:, -1]
+        torch.testing.assert_close(got[i:i + 1], want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(shared.kv[:, row, :n + 1], alone[row].kv[:, 0, :n + 1], rtol=1e-5, atol=1e-5)
+    assert not shared.kv[:, 1].any()  # the free row is untouched
 
 
 def test_float_model_keeps_the_torch_step() -> None:
@@ -255,3 +284,42 @@ def test_low_rank_terms_on_blocks_decode_through_the_torch_step(float_model_dir)
     assert llm.remove_low_rank("test") == 1 and llm.forward.low_rank_terms == 0
     assert torch.equal(llm.logits(prompt[0]), base_logits)
     assert [r.token_ids for r in llm.generate_ids(prompt, max_new_tokens=5, ignore_eos=True)] == base
+
+
+def test_serve_scheduler_on_blocks_batches_natively_and_equals_each_request_alone(block_model_dir) -> None:
+    """The server's continuous batching over a GGUF block model: rows at their own lengths go through the native
+    per-row step, requests join and leave, and each greedy text equals the LLM generating it alone."""
+    import asyncio
+
+    from arrowengine import LLM
+    from arrowengine.runtime.llm.sampling import SamplingParams
+    from arrowengine.serve.scheduler import GenerationRequest, Scheduler
+
+    llm = LLM(block_model_dir, max_context=128)
+    assert llm.decode_step.native is not None
+    prompts = [[5, 17, 99, 3, 41, 8], [7, 7, 300], [12, 13, 14, 15, 16, 17, 18, 19, 20], [250, 4]]
+    counts = [9, 4, 7, 6]
+    sched = Scheduler(llm, name="blocks", max_batch=3, max_queue=8, context=128, prefill_chunk=5)
+    calls = []
+    original = llm.decode_step.native.rows
+    llm.decode_step.native.rows = lambda *a: calls.append(len(a[0])) or original(*a)
+
+    async def run() -> list[GenerationRequest]:
+        reqs = []
+        for ids, n in zip(prompts, counts, strict=True):
+            req = GenerationRequest(list(ids), SamplingParams(max_new_tokens=n, ignore_eos=True))
+            req.bind(asyncio.get_running_loop())
+            sched.submit(req)
+            reqs.append(req)
+        for req in reqs:
+            req.text = "".join([piece async for piece in req.events()])
+        return reqs
+
+    try:
+        reqs = asyncio.run(run())
+    finally:
+        sched.stop()
+    assert calls and max(calls) == 3  # batched steps ran natively, up to the 3 rows
+    for req, ids, n in zip(reqs, prompts, counts, strict=True):
+        assert req.completion_tokens == n
+        assert req.text == llm.generate_ids([ids], max_new_tokens=n, ignore_eos=True)[0].text

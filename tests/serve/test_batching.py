@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -80,3 +81,49 @@ def test_requests_join_and_leave_between_steps(tiny_llm):
 
 async def _collect(req: GenerationRequest) -> str:
     return "".join([piece async for piece in req.events()])
+
+
+def test_a_row_keeps_a_shared_prefix_and_prefills_only_the_rest(tiny_llm):
+    dec = BatchedDecoder(tiny_llm, rows=2, max_len=64)
+    first = [11, 12, 13, 14, 15, 16, 17, 18, 19]
+    dec.prefill(1, first)
+    dec.step([1], [300])  # a generated token is held too
+    assert dec.tokens[1] == [*first, 300] and dec.lengths[1] == 10
+    second = [11, 12, 13, 14, 15, 16, 77, 78]
+    assert dec.common_prefix(1, second) == 6 and dec.common_prefix(0, second) == 0
+    dec.reset(1, keep=6)
+    logits = dec.prefill(1, second[6:])
+    torch.testing.assert_close(logits[0], _solo_logits(tiny_llm, second, []), atol=1e-4, rtol=1e-4)
+    assert dec.tokens[1] == second and dec.lengths[1] == len(second)
+    with pytest.raises(ValueError, match=r"^row 1 holds 8 tokens; cannot keep 9$"):
+        dec.reset(1, keep=9)
+
+
+@pytest.mark.parametrize("prefix_cache", [True, False])
+def test_scheduler_reuses_the_longest_cached_prefix(tiny_llm, prefix_cache):
+    """A second request sharing a system prompt with a finished one takes its row and prefills only its own tail;
+    the greedy text equals a fresh generation either way."""
+    sched = Scheduler(tiny_llm, name="t", max_batch=3, max_queue=8, context=256, prefill_chunk=64,
+                      prefix_cache=prefix_cache)
+    system = tiny_llm.tokenizer("You are a helpful assistant who answers briefly and kindly.")["input_ids"]
+    prompts = [system + tiny_llm.tokenizer(t)["input_ids"] for t in (" Where is Rome?", " Name a red fruit.")]
+
+    async def one(ids: list[int]) -> GenerationRequest:
+        req = GenerationRequest(list(ids), SamplingParams(max_new_tokens=6, ignore_eos=True))
+        req.bind(asyncio.get_running_loop())
+        sched.submit(req)
+        req.text = await _collect(req)
+        return req
+
+    async def run() -> list[GenerationRequest]:
+        return [await one(ids) for ids in prompts]  # one after the other
+
+    try:
+        first, second = asyncio.run(run())
+    finally:
+        sched.stop()
+    assert first.cached_tokens == 0
+    common = next(i for i, (a, b) in enumerate(zip(*prompts, strict=False)) if a != b)
+    assert second.cached_tokens == (common if prefix_cache else 0) and common >= len(system) - 1
+    for req, ids in zip((first, second), prompts, strict=True):
+        assert req.text == tiny_llm.generate_ids([ids], max_new_tokens=6, ignore_eos=True)[0].text

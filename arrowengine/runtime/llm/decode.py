@@ -59,6 +59,12 @@ class DecodeStep:
         # a GGUF block model runs each layer as one C call; every other model the torch step below
         self._step = NativeBlockStep.create(forward) or self._eager
 
+    @property
+    def native(self) -> Any:
+        """The native block step (:class:`NativeBlockStep`) when it runs this model now, else None (a float
+        model, or LoRA terms applied)."""
+        return None if self.forward.low_rank_terms or self._step == self._eager else self._step
+
     @torch.inference_mode()
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, slot: int,
                  mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -89,16 +89,27 @@ class NativeBlockStep:
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, caches: list[torch.Tensor], slot: int,
                  mask: torch.Tensor | None) -> torch.Tensor:
         """Feed one token per row at cache slot ``slot``; return the next-token logits."""
+        bsz = tokens.shape[0]
+        mask_u8 = None
+        if mask is not None:
+            mask_u8 = mask.reshape(bsz, slot + 1).to(torch.uint8).contiguous()
+        return self._run(tokens.view(bsz), positions.view(bsz), caches, slot, mask_u8, None)
+
+    def rows(self, tokens: torch.Tensor, cache_rows: torch.Tensor, lengths: torch.Tensor,
+             caches: list[torch.Tensor]) -> torch.Tensor:
+        """Continuous batching: feed ``tokens[i]`` to cache row ``cache_rows[i]`` at position and slot
+        ``lengths[i]`` (each row at its own length, attending its own slots only); logits ``[B, 1, vocab]``."""
+        cache_rows, lengths = cache_rows.to(torch.int64).contiguous(), lengths.to(torch.int64).contiguous()
+        return self._run(tokens.view(-1), lengths, caches, 0, None, (lengths, cache_rows))
+
+    def _run(self, tokens: torch.Tensor, pos: torch.Tensor, caches: list[torch.Tensor], slot: int,
+             mask_u8: torch.Tensor | None, per_row: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         from arrowengine.runtime.native.gguf import threads
 
         fwd = self.forward
         bsz = tokens.shape[0]
-        h = self.embed(tokens.view(bsz))
-        pos = positions.view(bsz)
+        h = self.embed(tokens)
         cos, sin = fwd.cos[pos].contiguous(), fwd.sin[pos].contiguous()
-        mask_u8 = None
-        if mask is not None:
-            mask_u8 = mask.reshape(bsz, slot + 1).to(torch.uint8).contiguous()
         count = threads()
         for args, kv in zip(self.layers, caches, strict=True):
             if kv.dtype != torch.float32 or not kv.is_contiguous():
@@ -106,6 +117,8 @@ class NativeBlockStep:
             args.batch, args.slot, args.max_len, args.threads = bsz, slot, kv.shape[1], count
             args.h, args.cos, args.sin, args.kv = h.data_ptr(), cos.data_ptr(), sin.data_ptr(), kv.data_ptr()
             args.mask = None if mask_u8 is None else mask_u8.data_ptr()
+            args.slots = None if per_row is None else per_row[0].data_ptr()
+            args.kv_rows = None if per_row is None else per_row[1].data_ptr()
             status = self.kernels.layer(ctypes.byref(args))
             if status != 0:
                 raise MemoryError(f"the native decoder layer failed with status {status}")

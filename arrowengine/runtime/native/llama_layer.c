@@ -24,6 +24,9 @@ typedef struct {
     int qkv_type, o_type, gate_up_type, down_type;
     const uint8_t *qkv, *o, *gate_up, *down;
     int64_t qkv_stride, o_stride, gate_up_stride, down_stride;
+    /* rows at their own lengths (continuous batching), both NULL for a shared slot: row b writes its K/V at
+     * cache row kv_rows[b], slot slots[b], and attends slots 0..slots[b] (mask must then be NULL) */
+    const int64_t *slots, *kv_rows;
 } ae_layer_args;
 
 static void rms_norm(const float *x, const float *w, int64_t n, float eps, float *out) {
@@ -92,8 +95,19 @@ static inline float silu(float x) { return x / (1.0f + expf(-x)); }
 int ae_llama_layer(const ae_layer_args *a) {
     const int64_t B = a->batch, H = a->hidden, hd = a->head_dim, nh = a->heads, nkv = a->kv_heads;
     const int64_t I = a->inter, q_size = nh * hd, kv_size = nkv * hd, qkv_n = q_size + 2 * kv_size;
-    const int64_t len = a->slot + 1, rep = nh / nkv, kv_row = 2 * kv_size; /* floats per cache slot */
-    if (nkv <= 0 || nh % nkv || hd % 2 || a->slot >= a->max_len) return -2;
+    const int64_t rep = nh / nkv, kv_row = 2 * kv_size; /* floats per cache slot */
+    if (nkv <= 0 || nh % nkv || hd % 2 || (a->slots == NULL) != (a->kv_rows == NULL)) return -2;
+    if (a->slots && a->mask) return -2;
+    int64_t len = a->slot + 1; /* the longest row's attention span (the scores scratch per head) */
+    if (a->slots) {
+        len = 1;
+        for (int64_t b = 0; b < B; b++) {
+            if (a->slots[b] < 0 || a->slots[b] >= a->max_len) return -2;
+            if (a->slots[b] + 1 > len) len = a->slots[b] + 1;
+        }
+    } else if (a->slot >= a->max_len) {
+        return -2;
+    }
     float *buf = (float *)malloc(sizeof(float) * (size_t)(B * (H + qkv_n + q_size + 3 * I) + B * nh * len));
     if (!buf) return -1;
     float *x = buf, *qkv = x + B * H, *att = qkv + B * qkv_n, *gu = att + B * q_size, *act = gu + B * 2 * I;
@@ -105,15 +119,17 @@ int ae_llama_layer(const ae_layer_args *a) {
     for (int64_t b = 0; b < B; b++) {
         float *row = qkv + b * qkv_n;
         for (int64_t j = 0; j < nh + nkv; j++) rotate(row + j * hd, a->cos + b * hd, a->sin + b * hd, hd);
-        memcpy(a->kv + (b * a->max_len + a->slot) * kv_row, row + q_size, sizeof(float) * (size_t)kv_row);
+        const int64_t cache_row = a->kv_rows ? a->kv_rows[b] : b, slot = a->slots ? a->slots[b] : a->slot;
+        memcpy(a->kv + (cache_row * a->max_len + slot) * kv_row, row + q_size, sizeof(float) * (size_t)kv_row);
     }
     const float scale = 1.0f / sqrtf((float)hd);
     const int team = (B * nh * len >= 8192) ? a->threads : 1; /* short contexts: a thread team costs more */
 #pragma omp parallel for schedule(static) num_threads(team) collapse(2)
     for (int64_t b = 0; b < B; b++)
         for (int64_t head = 0; head < nh; head++) {
-            const float *keys = a->kv + b * a->max_len * kv_row + (head / rep) * hd;
-            attend(qkv + b * qkv_n + head * hd, keys, keys + kv_size, kv_row, hd, len,
+            const int64_t cache_row = a->kv_rows ? a->kv_rows[b] : b;
+            const float *keys = a->kv + cache_row * a->max_len * kv_row + (head / rep) * hd;
+            attend(qkv + b * qkv_n + head * hd, keys, keys + kv_size, kv_row, hd, a->slots ? a->slots[b] + 1 : len,
                    a->mask ? a->mask + b * len : NULL, scale, scores + (b * nh + head) * len,
                    att + b * q_size + head * hd);
         }
