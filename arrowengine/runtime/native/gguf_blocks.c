@@ -222,7 +222,9 @@ int ae_gguf_matmul(int type, const uint8_t *w, int64_t n, int64_t k, int64_t row
     if (threads < 1) threads = 1;
     if (n * m < 64) threads = 1; /* a thread team costs more than a handful of dot products */
     const int64_t tiles = (n + 3) / 4;
-#pragma omp parallel for schedule(static) num_threads(threads)
+    /* dynamic: a server's other threads (HTTP, tokenizer) preempt one of ours now and then, and a static split
+     * would make the whole product wait for the preempted half; chunks of 8 tiles keep the scheduling cheap */
+#pragma omp parallel for schedule(dynamic, 8) num_threads(threads)
     for (int64_t t = 0; t < tiles; t++) {
         const int64_t j0 = t * 4;
         const int R = (int)(n - j0 < 4 ? n - j0 : 4);
