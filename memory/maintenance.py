@@ -9,9 +9,11 @@ the ``tier_log`` table. No Lance vector or full-text index is built: search read
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
+import weakref
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,18 @@ from memory.tiering import TierChange, hot_mask, tfidf_salience
 __all__ = ["MaintenanceMixin"]
 
 logger = logging.getLogger(__name__)
+
+# stores whose background flush may be running: the flusher is a daemon thread, and one still inside a Lance
+# write while the interpreter finalizes crashes the process at exit (Lance's threads call back into Python:
+# "PyGILState_Release: thread state ... must be current", seen in a script that searched a 100k store and exited
+# without close()); atexit runs before daemon threads are stopped, so each running flush is let finish
+_FLUSHING: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+@atexit.register
+def _finish_flushes_at_exit() -> None:
+    for store in list(_FLUSHING):
+        store._join_flusher()
 _TIER_LOG = pa.schema([("id", pa.string()), ("from_tier", pa.string()), ("to_tier", pa.string()),
                        ("reason", pa.string()), ("at", pa.float64())])
 _LIGHT = ["id", "created_at", "last_access", "access_count", "importance", "tier", "content", "content_zstd",
@@ -52,6 +66,7 @@ class MaintenanceMixin:
                 return
             self._flusher = threading.Thread(target=self._background_flush, name="memory-access-flush",
                                              daemon=True)
+            _FLUSHING.add(self)
             self._flusher.start()
 
     def _background_flush(self) -> None:

@@ -9,7 +9,6 @@ rows, the cache slot and the mask. The final norm and the (tied) lm_head stay in
 
 from __future__ import annotations
 
-import ctypes
 import logging
 
 import torch
@@ -46,8 +45,9 @@ class NativeBlockStep:
         self.forward = forward
         self.kernels = kernels
         s = forward.spec
-        self.layers: list[LayerArgs] = []
-        for lw in forward.layers:
+        # one contiguous array: a step is a single C call over all layers (see ae_llama_layers)
+        self.layers = (LayerArgs * len(forward.layers))()
+        for index, lw in enumerate(forward.layers):
             qkv, gate_up = lw.qkv[0].blocks, lw.gate_up[0].blocks
             o, down = lw.o.blocks, lw.down.blocks
             args = LayerArgs(
@@ -58,7 +58,7 @@ class NativeBlockStep:
                 down_type=down.kind.ggml_type, qkv=qkv.data.data_ptr(), o=o.data.data_ptr(),
                 gate_up=gate_up.data.data_ptr(), down=down.data.data_ptr(), qkv_stride=qkv.data.stride(0),
                 o_stride=o.data.stride(0), gate_up_stride=gate_up.data.stride(0), down_stride=down.data.stride(0))
-            self.layers.append(args)
+            self.layers[index] = args
         for norm in (lw.attn_norm for lw in forward.layers):
             assert norm.is_contiguous() and norm.dtype == torch.float32
 
@@ -111,16 +111,16 @@ class NativeBlockStep:
         h = self.embed(tokens)
         cos, sin = fwd.cos[pos].contiguous(), fwd.sin[pos].contiguous()
         count = threads()
+        mask_ptr = None if mask_u8 is None else mask_u8.data_ptr()
+        slots_ptr, rows_ptr = (None, None) if per_row is None else (per_row[0].data_ptr(), per_row[1].data_ptr())
         for args, kv in zip(self.layers, caches, strict=True):
             if kv.dtype != torch.float32 or not kv.is_contiguous():
                 raise RuntimeError("the native decode step needs a contiguous float32 KV cache (new_cache)")
             args.batch, args.slot, args.max_len, args.threads = bsz, slot, kv.shape[1], count
             args.h, args.cos, args.sin, args.kv = h.data_ptr(), cos.data_ptr(), sin.data_ptr(), kv.data_ptr()
-            args.mask = None if mask_u8 is None else mask_u8.data_ptr()
-            args.slots = None if per_row is None else per_row[0].data_ptr()
-            args.kv_rows = None if per_row is None else per_row[1].data_ptr()
-            status = self.kernels.layer(ctypes.byref(args))
-            if status != 0:
-                raise MemoryError(f"the native decoder layer failed with status {status}")
+            args.mask, args.slots, args.kv_rows = mask_ptr, slots_ptr, rows_ptr
+        status = self.kernels.layer(self.layers, len(self.layers))
+        if status != 0:
+            raise MemoryError(f"the native decoder layer failed with status {status}")
         h = F.rms_norm(h, fwd.norm.shape, fwd.norm, fwd.spec.rms_norm_eps)
         return fwd.lm_head(h).view(bsz, 1, -1)

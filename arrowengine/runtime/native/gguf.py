@@ -46,7 +46,7 @@ def missing_isa(isa: Collection[str]) -> list[str]:
 @dataclass(frozen=True)
 class BlockKernels:
     """The loaded library: ``matmul``, ``dequantize``, ``read_bytes`` (``gguf_blocks.c``) and ``layer``
-    (``llama_layer.c``), as ctypes functions."""
+    (``llama_layer.c``'s ``ae_llama_layers``: consecutive decoder layers in one call), as ctypes functions."""
 
     matmul: ctypes._CFuncPtr
     dequantize: ctypes._CFuncPtr
@@ -93,8 +93,8 @@ def _load() -> BlockKernels | None:
     read_bytes = library.ae_read_bytes
     read_bytes.argtypes = [ptr, i64, ctypes.c_int]
     read_bytes.restype = i64
-    layer = library.ae_llama_layer
-    layer.argtypes = [ctypes.POINTER(LayerArgs)]
+    layer = library.ae_llama_layers  # (args of n consecutive layers, n)
+    layer.argtypes = [ctypes.POINTER(LayerArgs), ctypes.c_int64]
     layer.restype = ctypes.c_int
     return BlockKernels(matmul, dequantize, read_bytes, layer, path)
 
