@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,11 +39,38 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                           tls_key=args.tls_key, round_size=args.round_size, round_timeout_s=args.round_timeout)
     server = SyncServer(config)
     print(f"sync server listening on {server.location}", flush=True)  # the bound port, for --port 0
+    # The server runs from its creation. serve() would wait under pyarrow's own SIGINT / SIGTERM handler, whose
+    # shutdown waits for every in-flight call without a deadline (a CI run saw Ctrl-C ignored for 20 s): here
+    # Ctrl-C raises KeyboardInterrupt in this loop, SIGTERM ends it, and the shutdown gets a bounded grace time.
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    interrupted = True
     try:
-        server.serve()
+        while not stop.wait(0.5):
+            pass
+        interrupted = False
     finally:
-        server.shutdown()
+        _shutdown(server, SHUTDOWN_GRACE_S, 130 if interrupted else 0)
     return 0
+
+
+SHUTDOWN_GRACE_S = 10.0  # seconds in-flight calls get to finish once the server is asked to stop
+
+
+def _shutdown(server: Any, grace_s: float, exit_code: int) -> None:
+    """Stop ``server``, letting in-flight calls finish for ``grace_s``; past that, leave the process at once
+    (``exit_code``), because gRPC would otherwise wait for a stalled call forever, at exit too."""
+    worker = threading.Thread(target=server.shutdown, name="sync-server-shutdown", daemon=True)
+    worker.start()
+    worker.join(grace_s)
+    if worker.is_alive():
+        logger.warning("sync server: calls still in flight %.0f s after the stop; exiting without them", grace_s)
+        if exit_code:
+            print("interrupted", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
