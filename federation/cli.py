@@ -44,6 +44,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # Ctrl-C raises KeyboardInterrupt in this loop, SIGTERM ends it, and the shutdown gets a bounded grace time.
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
+        # Ctrl-C even when started with SIGINT ignored (a child of pytest-xdist's workers inherits that)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
     interrupted = True
     try:
