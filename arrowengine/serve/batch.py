@@ -64,6 +64,12 @@ class BatchedDecoder:
         self.lengths[row] = keep
         del self.tokens[row][keep:]
 
+    def _hold(self, row: int, ids: Sequence[int]) -> None:
+        """Record that ``row``'s cache now also holds the K/V of ``ids`` (written at its next slots)."""
+        self.lengths[row] += len(ids)
+        self.tokens[row].extend(int(i) for i in ids)
+        self._clean[row] = max(self._clean[row], self.lengths[row])
+
     def common_prefix(self, row: int, ids: Sequence[int]) -> int:
         """How many leading ``ids`` row ``row`` already holds the K/V of."""
         held = self.tokens[row]
@@ -84,9 +90,7 @@ class BatchedDecoder:
         tokens = torch.tensor([list(ids)], dtype=torch.long, device=device)
         positions = torch.arange(start, start + len(ids), device=device)[None]
         logits = self.forward.forward(tokens, positions, self.row_caches[row], start, None)[:, -1]
-        self.lengths[row] = start + len(ids)
-        self.tokens[row].extend(int(i) for i in ids)
-        self._clean[row] = max(self._clean[row], self.lengths[row])
+        self._hold(row, ids)
         return logits
 
     @torch.inference_mode()
@@ -99,9 +103,7 @@ class BatchedDecoder:
             feed = torch.tensor([[tokens[0]]], dtype=torch.long, device=device)
             pos = torch.tensor([[slot]], dtype=torch.long, device=device)
             logits = self._single(feed, pos, self.row_caches[row], slot, None)[:, -1]
-            self.lengths[row] = slot + 1
-            self.tokens[row].append(int(tokens[0]))
-            self._clean[row] = max(self._clean[row], slot + 1)
+            self._hold(row, tokens[:1])
             return logits
         native = getattr(self._single, "native", None)
         if native is not None:  # a GGUF block model: one C call per layer, each row at its own length
@@ -109,9 +111,7 @@ class BatchedDecoder:
             logits = native.rows(torch.tensor(list(tokens), dtype=torch.long), torch.tensor(list(rows)), lengths,
                                  self.cache.layers)[:, -1]
             for row, tok in zip(rows, tokens, strict=True):
-                self.lengths[row] += 1
-                self._clean[row] = max(self._clean[row], self.lengths[row])
-                self.tokens[row].append(int(tok))
+                self._hold(row, [tok])
             return logits
         span = max(rows) + 1  # rows 0..span-1 run (a view of the cache); the ones not in `rows` idle
         feed = torch.full((span,), int(tokens[0]), dtype=torch.long)
@@ -129,8 +129,7 @@ class BatchedDecoder:
         mask = (torch.arange(end)[None, :] <= limit[:, None])[:, None, None, :]
         logits = self._batched(feed.to(device), pos.to(device), write.to(device), mask.to(device), end)
         for row, tok in zip(rows, tokens, strict=True):
-            self.lengths[row] += 1
-            self.tokens[row].append(int(tok))
+            self._hold(row, [tok])
         return logits[list(rows)]
 
     def _batched(self, tokens: torch.Tensor, pos: torch.Tensor, write: torch.Tensor, mask: torch.Tensor,
