@@ -10,8 +10,10 @@
  * y = x W^T: each row of x is first quantized to int16 per block of 32 (scale amax / 32767, round to nearest:
  * llama.cpp's Q8 activation blocks with 8 more bits), then every block product is an integer dot product
  * (vpmaddwd) scaled once by d_w * d_x. Q4_1's min adds m * d_x * sum(q_x) per block.
- * Tiles of 4 rows of W are split across OpenMP threads; each weight block is unpacked once per pair of x rows
- * (register blocking: 4 x 2 independent accumulators), so a small batch reads the weights from memory once.
+ * Tiles of 4 rows of W are split across OpenMP threads. A batch of 4 or more rows of x goes through tile_group:
+ * each weight block is unpacked once for 8 (or 4) rows of x, about half the cost per row of a lone row at 8 rows
+ * (the unpacking and the scalar scale arithmetic cost as much as the products). One or two rows go through tile
+ * (4 x 2 independent accumulators). Both read the weights from memory once per call and round identically.
  *
  * ae_gguf_dequantize follows gguf-py's numpy arithmetic (one float32 rounding per product and sum), and the
  * file is compiled with -ffp-contract=off so no multiply-add is fused: its output is bit-identical to
@@ -26,6 +28,8 @@
 
 enum { AE_Q8_0 = 8, AE_Q4_0 = 2, AE_Q4_1 = 3 }; /* GGML type ids */
 #define QK 32
+#define GROUP 8 /* rows of x in groups of 8 (then one of 4) go through tile_group; the rest through tile */
+#define CHUNK 64  /* rows of x per pass over the weights (a multiple of GROUP) */
 #define PREFETCH_TILES 1 /* tiles ahead to prefetch (1 measured best of 0, 1, 2, 4 on SmolLM2's shapes) */
 
 static int block_bytes(int type) {
@@ -178,11 +182,49 @@ static inline __attribute__((always_inline)) void tile(int type, const uint8_t *
         for (int m = 0; m < MB; m++) out[m * ldo + r] = hsum256(acc[r][m]) + mins[r][m];
 }
 
+/* One weight row against a group of MB (4 or 8) rows of x: the block is unpacked once for all MB rows, which is
+ * what makes a decode batch cheaper per row than MB single-row products (the single-row tile spends about as much
+ * on unpacking and on the scalar scale arithmetic as on the products). Arithmetic per (row of x, block) is the
+ * single-row tile's exactly -- the scale d_w * d_x rounded once in float, Q4_1's min term m_w * s_x summed in the
+ * same order -- so a row gets bit-identical results in a batch and alone. dxT and sxT hold the group's activation
+ * scales block-major ([nb][8]), so the min terms of all MB rows are one vector multiply-add per block. (Codes
+ * copied block-major too, to spare the compiler's spilled row pointers, measured no faster.) */
+static inline __attribute__((always_inline)) void tile_group(int type, const uint8_t *w, int64_t nb,
+                                                              const int16_t *qx, const float *dxT,
+                                                              const float *sxT, int64_t kq, const int MB,
+                                                              float *out, int64_t ldo) {
+    __m256 acc[8];
+    __m256 mins = _mm256_setzero_ps();
+    for (int m = 0; m < MB; m++) acc[m] = _mm256_setzero_ps();
+    const int bb = block_bytes(type);
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = w + b * bb;
+        const __m256 d = _mm256_set1_ps(half_to_float(blk));
+        __m256i wa, wb;
+        unpack16(type, blk, &wa, &wb);
+        if (type == AE_Q4_1) /* separate multiply and add: -ffp-contract=off, as in the scalar tile */
+            mins = _mm256_add_ps(mins, _mm256_mul_ps(_mm256_set1_ps(half_to_float(blk + 2)),
+                                                     _mm256_loadu_ps(sxT + b * 8)));
+        const int16_t *xq = qx + b * QK;
+        for (int m = 0; m < MB; m++) {
+            const __m256i p = _mm256_add_epi32(
+                _mm256_madd_epi16(wa, _mm256_loadu_si256((const __m256i *)(xq + m * kq))),
+                _mm256_madd_epi16(wb, _mm256_loadu_si256((const __m256i *)(xq + m * kq + 16))));
+            const __m256 scale = _mm256_mul_ps(d, _mm256_broadcast_ss(dxT + b * 8 + m));
+            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[m]);
+        }
+    }
+    float m8[8];
+    _mm256_storeu_ps(m8, mins);
+    for (int m = 0; m < MB; m++) out[m * ldo] = hsum256(acc[m]) + m8[m];
+}
+
 /* Weight rows j0..j0+R (R <= 4) against all m rows of x, written to y (inlined per block type). */
 static inline __attribute__((always_inline)) void rows_all_x(int type, const uint8_t *w, int64_t rs, int64_t nb,
                                                               int64_t j0, int R, const int16_t *qx,
-                                                              const float *dx, const float *sx, int64_t k,
-                                                              int64_t m, float *y, int64_t ldy) {
+                                                              const float *dx, const float *sx, const float *dxT,
+                                                              const float *sxT, int64_t k, int64_t m, float *y,
+                                                              int64_t ldy) {
     const uint8_t *wj = w + j0 * rs;
     /* a tile's rows are short (a few cache lines each) and read as R interleaved streams, too short for the
      * hardware prefetcher to pick up: ask for the next tile's bytes while this one computes (prefetches never
@@ -190,6 +232,16 @@ static inline __attribute__((always_inline)) void rows_all_x(int type, const uin
     for (int64_t off = 0; PREFETCH_TILES > 0 && off < R * rs; off += 64)
         _mm_prefetch((const char *)(wj + PREFETCH_TILES * 4 * rs + off), _MM_HINT_T0);
     int64_t r0 = 0;
+    for (; r0 + 4 <= m; r0 += r0 + GROUP <= m ? GROUP : 4) {
+        const int64_t g = r0 / GROUP; /* a group of 4 only ever comes last */
+        const float *dT = dxT + g * nb * GROUP, *sT = sxT + g * nb * GROUP;
+        for (int r = 0; r < R; r++) {
+            if (r0 + GROUP <= m)
+                tile_group(type, wj + r * rs, nb, qx + r0 * k, dT, sT, k, GROUP, y + r0 * ldy + j0 + r, ldy);
+            else
+                tile_group(type, wj + r * rs, nb, qx + r0 * k, dT, sT, k, 4, y + r0 * ldy + j0 + r, ldy);
+        }
+    }
     for (; r0 + 2 <= m; r0 += 2) {
         const int16_t *q = qx + r0 * k;
         const float *d = dx + r0 * nb, *s = sx + r0 * nb;
@@ -225,23 +277,49 @@ int ae_gguf_matmul(int type, const uint8_t *w, int64_t n, int64_t k, int64_t row
     }
     float *sx = dx + m * nb;
     for (int64_t r = 0; r < m; r++) quantize_row(x + r * ldx, k, qx + r * k, dx + r * nb, sx + r * nb);
+    /* block-major copies of the scales for tile_group: [group][block][8 rows] */
+    const int64_t groups = m >= 4 ? (m + GROUP - 1) / GROUP : 0;
+    float *dxT = groups ? (float *)calloc((size_t)(groups * nb * GROUP * 2), sizeof(float)) : NULL;
+    if (groups && !dxT) {
+        free(qx);
+        free(dx);
+        return -1;
+    }
+    float *sxT = dxT + groups * nb * GROUP;
+    for (int64_t r = 0; r < groups * GROUP && r < m; r++)
+        for (int64_t b = 0; b < nb; b++) {
+            const int64_t at = ((r / GROUP) * nb + b) * GROUP + r % GROUP;
+            dxT[at] = dx[r * nb + b];
+            sxT[at] = sx[r * nb + b];
+        }
     if (threads < 1) threads = 1;
     if (n * m < 64) threads = 1; /* a thread team costs more than a handful of dot products */
     const int64_t tiles = (n + 3) / 4;
-    /* dynamic: a server's other threads (HTTP, tokenizer) preempt one of ours now and then, and a static split
-     * would make the whole product wait for the preempted half; chunks of 8 tiles keep the scheduling cheap */
+    /* a long x (a prompt) in chunks of CHUNK rows: every weight tile walks all rows of the chunk, which stay in the
+     * core's L2 (64 rows of int16 codes are 72-192 KiB for k = 576-1536), where the whole of a 512-row prompt would
+     * stream from L3 once per tile */
+    for (int64_t c0 = 0; c0 < m; c0 += CHUNK) {
+        const int64_t cm = m - c0 < CHUNK ? m - c0 : CHUNK;
+        const int16_t *cq = qx + c0 * k;
+        const float *cd = dx + c0 * nb, *cs = sx + c0 * nb;
+        const float *cdT = dxT ? dxT + c0 * nb : NULL, *csT = sxT ? sxT + c0 * nb : NULL;
+        float *cy = y + c0 * ldy;
+        /* dynamic: a server's other threads (HTTP, tokenizer) preempt one of ours now and then, and a static split
+         * would make the whole product wait for the preempted half; chunks of 8 tiles keep the scheduling cheap */
 #pragma omp parallel for schedule(dynamic, 8) num_threads(threads)
-    for (int64_t t = 0; t < tiles; t++) {
-        const int64_t j0 = t * 4;
-        const int R = (int)(n - j0 < 4 ? n - j0 : 4);
-        switch (type) { /* literal types: each call site is specialised for its block layout */
-        case AE_Q4_1: rows_all_x(AE_Q4_1, w, row_stride, nb, j0, R, qx, dx, sx, k, m, y, ldy); break;
-        case AE_Q4_0: rows_all_x(AE_Q4_0, w, row_stride, nb, j0, R, qx, dx, sx, k, m, y, ldy); break;
-        default: rows_all_x(AE_Q8_0, w, row_stride, nb, j0, R, qx, dx, sx, k, m, y, ldy); break;
+        for (int64_t t = 0; t < tiles; t++) {
+            const int64_t j0 = t * 4;
+            const int R = (int)(n - j0 < 4 ? n - j0 : 4);
+            switch (type) { /* literal types: each call site is specialised for its block layout */
+            case AE_Q4_1: rows_all_x(AE_Q4_1, w, row_stride, nb, j0, R, cq, cd, cs, cdT, csT, k, cm, cy, ldy); break;
+            case AE_Q4_0: rows_all_x(AE_Q4_0, w, row_stride, nb, j0, R, cq, cd, cs, cdT, csT, k, cm, cy, ldy); break;
+            default: rows_all_x(AE_Q8_0, w, row_stride, nb, j0, R, cq, cd, cs, cdT, csT, k, cm, cy, ldy); break;
+            }
         }
     }
     free(qx);
     free(dx);
+    free(dxT);
     return 0;
 }
 

@@ -60,25 +60,66 @@ static inline float dot(const float *a, const float *b, int64_t n) {
     return s;
 }
 
+/* Four keys' dot products with q, interleaved: each key's chain of FMAs is the one dot() runs (so the scores are
+ * bit-identical to it), but four chains in flight hide the FMA latency a lone 64-element dot waits on. */
+static inline void dot4(const float *q, const float *k, int64_t stride, int64_t n, float *out) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 qv = _mm256_loadu_ps(q + i);
+        a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + i), a0);
+        a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + stride + i), a1);
+        a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 2 * stride + i), a2);
+        a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k + 3 * stride + i), a3);
+    }
+    float s[4] = {hsum256(a0), hsum256(a1), hsum256(a2), hsum256(a3)};
+    for (; i < n; i++)
+        for (int j = 0; j < 4; j++) s[j] += q[i] * k[j * stride + i];
+    for (int j = 0; j < 4; j++) out[j] = s[j];
+}
+
+/* out[HD] += p_t * v_t over the slots, in registers when HD is a compile-time 64 (SmolLM2, Llama-3.2-1B): through
+ * memory, each slot's update waited on the previous slot's store. Same FMA per element in the same order. */
+static inline __attribute__((always_inline)) void weigh_values(const float *values, int64_t stride, int64_t len,
+                                                                const float *p, const int HD, float *out) {
+    __m256 acc[8];
+    for (int j = 0; j < HD / 8; j++) acc[j] = _mm256_setzero_ps();
+    for (int64_t t = 0; t < len; t++) {
+        if (p[t] == 0.0f) continue;
+        const __m256 pv = _mm256_set1_ps(p[t]);
+        const float *v = values + t * stride;
+        for (int j = 0; j < HD / 8; j++) acc[j] = _mm256_fmadd_ps(pv, _mm256_loadu_ps(v + 8 * j), acc[j]);
+    }
+    for (int j = 0; j < HD / 8; j++) _mm256_storeu_ps(out + 8 * j, acc[j]);
+}
+
 /* out[head_dim] = softmax(q . K^T * scale) V over slots 0..len of one row and KV head (scores: scratch). */
 static void attend(const float *q, const float *keys, const float *values, int64_t stride, int64_t head_dim,
                    int64_t len, const uint8_t *mask, float scale, float *scores, float *out) {
     float mx = -INFINITY;
-    for (int64_t t = 0; t < len; t++) {
-        const float s = (mask && !mask[t]) ? -INFINITY : dot(q, keys + t * stride, head_dim) * scale;
+    int64_t t = 0;
+    for (; t + 4 <= len; t += 4) dot4(q, keys + t * stride, stride, head_dim, scores + t);
+    for (; t < len; t++) scores[t] = dot(q, keys + t * stride, head_dim);
+    for (t = 0; t < len; t++) {
+        const float s = (mask && !mask[t]) ? -INFINITY : scores[t] * scale;
         scores[t] = s;
         if (s > mx) mx = s;
     }
     float total = 0.0f;
-    for (int64_t t = 0; t < len; t++) {
+    for (t = 0; t < len; t++) {
         const float e = scores[t] == -INFINITY ? 0.0f : expf(scores[t] - mx);
         scores[t] = e;
         total += e;
     }
     const float inv = 1.0f / total;
+    for (t = 0; t < len; t++) scores[t] *= inv;
+    if (head_dim == 64) {
+        weigh_values(values, stride, len, scores, 64, out);
+        return;
+    }
     for (int64_t i = 0; i < head_dim; i++) out[i] = 0.0f;
-    for (int64_t t = 0; t < len; t++) {
-        const float p = scores[t] * inv;
+    for (t = 0; t < len; t++) {
+        const float p = scores[t];
         if (p == 0.0f) continue;
         const float *v = values + t * stride;
         int64_t i = 0;
