@@ -4,9 +4,10 @@
 holds Q8_0 blocks; a GGUF import holds Q8_0 / Q4_0 / Q4_1), so a quantized encoder keeps a quarter of its
 float32 bytes in memory instead of a dequantized float copy. The forward runs the native block kernel
 (:mod:`arrowengine.runtime.native.gguf`) on inputs of at most ``kernel_max_rows`` rows and a float GEMM over a
-transient dequantized weight above that (the kernel reads the weight once per pair of rows, so it loses at many
-rows); without the kernels the blocks are dequantized by torch (logged once by the kernel probe). The lean
-forwards (:class:`arrowengine.runtime.bert_fast.FastBert`) read :attr:`blocks` directly.
+transient dequantized weight above that (the kernel unpacks each weight block once per 8 rows of x, where a float
+GEMM reuses one dequantized weight across all rows); without the kernels the blocks are dequantized by torch
+(logged once by the kernel probe). The lean forwards (:class:`arrowengine.runtime.bert_fast.FastBert`) read
+:attr:`blocks` directly.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from quant.gguf import GGUFBlocks
 
 __all__ = ["KERNEL_MAX_ROWS", "BlockLinear", "blocks_linear"]
 
-# rows up to which the block kernel beats dequantize + float GEMM (crossover measured at 40-60 rows on MiniLM's
-# shapes, AVX2-only EPYC; docs/benchmarks/encoder_defaults.md)
-KERNEL_MAX_ROWS = 40
+# rows up to which the block kernel beats dequantize + float GEMM: about 120 on MiniLM's four shapes since the kernel
+# unpacks a weight block once per 8 rows (at 64 rows 0.86x the float path's time, at 128 1.04x, at 256 1.21x;
+# AVX2-only EPYC, session 10); 40-60 when it unpacked once per pair of rows
+KERNEL_MAX_ROWS = 128
 
 
 def blocks_linear(x2d: torch.Tensor, parts: Sequence[GGUFBlocks], bias: torch.Tensor | None = None, *,

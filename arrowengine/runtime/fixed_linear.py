@@ -157,7 +157,7 @@ class FixedLinear:
         smooth: SmoothQuant scales ``[in]`` for the int8 kinds (the weight's input channels are multiplied by it).
         input_smoothed: the caller already divides the input by ``smooth`` (folded into a LayerNorm).
         kernel_max_rows: ``q8_0``: inputs of at most this many rows run the block kernel, larger ones the float
-            GEMM over the dequantized blocks (the crossover measured on MiniLM's shapes lies at 40-60 rows).
+            GEMM over the dequantized blocks (the crossover measured on MiniLM's shapes lies near 120 rows).
         blocks: ``q8_0``: the weight already as GGUF blocks (the parts of a fused projection, stacked by output
             rows; e.g. a file's mapped Q8_0 blocks of Q, K and V), used in place; ``weight`` may then be None.
     """
