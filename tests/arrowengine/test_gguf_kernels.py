@@ -68,6 +68,24 @@ def test_matmul_matches_float_reference(quant_type, rows, blocks, m, seed) -> No
 
 
 @pytest.mark.parametrize("quant_type", TYPES)
+@pytest.mark.parametrize("m", [64, 70, 133])
+def test_long_inputs_in_chunks_match_rows_alone(quant_type, m) -> None:
+    """A prompt-length x goes through the kernel in chunks of 64 rows (groups of 8 and 4, then pairs and singles at
+    each chunk's end): every row equals its product alone, and the reference within the activation rounding."""
+    kernels_or_skip()
+    weight = random_blocks(quant_type, 13, 96, m)
+    proj = Projection(weight, None, dtype=torch.float32)
+    x = torch.from_numpy(np.random.default_rng(m).standard_normal((m, 96)).astype(np.float32))
+    out = proj(x)
+    for row in (0, 7, 8, 63, 64, m - 2, m - 1):
+        torch.testing.assert_close(proj(x[row : row + 1]), out[row : row + 1], rtol=0, atol=0)
+    dense = weight.dequantize()
+    ref = (x.double() @ dense.double().t()).float()
+    bound = activation_error_bound(x, dense) * 1.001 + 1e-4 * (x.abs() @ dense.abs().t()) + 1e-5
+    assert bool(((out - ref).abs() <= bound).all())
+
+
+@pytest.mark.parametrize("quant_type", TYPES)
 def test_native_dequantize_is_exact(quant_type) -> None:
     kernels = kernels_or_skip()
     from gguf import GGMLQuantizationType
