@@ -55,18 +55,29 @@ def remove_links(existing: list[dict[str, Any]] | None, target: str) -> list[dic
     return [dict(d) for d in existing or () if d["target"] != target]
 
 
+def _strongest(targets: list[str], weights: list[float], known: Mapping[str, float],
+               fanout: int) -> list[tuple[str, float]]:
+    """The ``fanout`` strongest links into ``known`` nodes, ties in stored order (a stable sort)."""
+    out: list[tuple[str, float]] = []
+    for i in sorted(range(len(weights)), key=weights.__getitem__, reverse=True):
+        if targets[i] in known:
+            out.append((targets[i], weights[i]))
+            if len(out) == fanout:
+                break
+    return out
+
+
 def link_scores(
-    links: Mapping[str, list[dict[str, Any]]], similarity: Mapping[str, float], hops: int, fanout: int
+    links: Mapping[str, tuple[list[str], list[float]]], similarity: Mapping[str, float], hops: int, fanout: int
 ) -> dict[str, tuple[float, str | None]]:
     """For every node: the best (path weight x neighbour similarity, neighbour id) within ``hops`` links.
 
-    Only the ``fanout`` strongest links of a node are followed, and only into nodes whose similarity is
-    known (the candidate pool plus what the walk fetched). Path weight is the product of link weights.
+    ``links`` maps a node to its stored links as (target ids, weights). Only the ``fanout`` strongest links of a
+    node are followed, and only into nodes whose similarity is known (the candidate pool plus what the walk
+    fetched). Path weight is the product of link weights.
     """
-    strongest = {
-        node: sorted((d for d in out if d["target"] in similarity), key=lambda d: -d["weight"])[:fanout]
-        for node, out in links.items()
-    }
+    strongest = {node: _strongest(targets, weights, similarity, fanout)
+                 for node, (targets, weights) in links.items()}
     # reach[node] = best (weight product, end node) over paths of length <= h, never ending at the node itself
     best: dict[str, tuple[float, str | None]] = {node: (0.0, None) for node in similarity}
     paths: dict[str, dict[str, float]] = {node: {node: 1.0} for node in similarity}
@@ -75,10 +86,10 @@ def link_scores(
         for node, ends in paths.items():
             nxt: dict[str, float] = {}
             for end, weight in ends.items():
-                for d in strongest.get(end, ()):
-                    w = weight * float(d["weight"])
-                    if d["target"] != node and w > nxt.get(d["target"], 0.0):
-                        nxt[d["target"]] = w
+                for target, link_weight in strongest.get(end, ()):
+                    w = weight * link_weight
+                    if target != node and w > nxt.get(target, 0.0):
+                        nxt[target] = w
             grown[node] = nxt
             for end, w in nxt.items():
                 score = w * similarity[end]

@@ -119,9 +119,10 @@ def run_search(
         return (0 if same_text else 1, -sim, mid)
 
     hits = []
-    for mid in sorted(slot_of, key=rank_key)[:k]:
+    top = sorted(slot_of, key=rank_key)[:k]
+    records = rows.records([slot_of[mid] for mid in top], ("content", "modality", "session", "tier", "metadata"))
+    for mid, row in zip(top, records, strict=True):
         slot = slot_of[mid]
-        row = rows.row(slot)
         link, via = links.get(mid, (0.0, None))
         hits.append(
             Hit(
