@@ -30,6 +30,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -150,7 +151,51 @@ class FastBert:
                 norm1=self._norm(layer.attention.output.LayerNorm),
                 norm2=self._norm(layer.output.LayerNorm),
             ))
-        logger.info("FastBert: %d layers, precision %s (%s)", len(self.layers), self.config.precision, kinds)
+        self._native = self._native_layers()
+        native = f", the whole encoder in one native call up to {self._native[1]} tokens" if self._native else ""
+        logger.info("FastBert: %d layers, precision %s (%s)%s", len(self.layers), self.config.precision, kinds, native)
+
+    def _native_layers(self) -> tuple[Any, int] | None:
+        """The layers as ``bert_layer.c`` arguments when every projection is Q8_0 blocks over a float32 stream
+        (``int8-weights``), with the row count up to which they run (the block kernel's; above it the torch
+        forward's float GEMM is faster); None otherwise."""
+        linears = [getattr(layer, kind) for layer in self.layers for kind in ("qkv", "out", "up", "down")]
+        if self.stream_dtype != torch.float32 or not all(lin.kind == "q8_0" for lin in linears):
+            return None
+        from arrowengine.runtime.native.gguf import BertArgs
+
+        args = (BertArgs * len(self.layers))()
+        self._keep = []  # every tensor a pointer in args refers to
+
+        def ptr(tensor: torch.Tensor | None) -> int | None:
+            if tensor is None:
+                return None
+            tensor = tensor.float().contiguous()
+            self._keep.append(tensor)
+            return tensor.data_ptr()
+
+        for arg, layer in zip(args, self.layers, strict=True):
+            arg.hidden, arg.heads, arg.eps = self.hidden, self.heads, self.eps
+            arg.inter = layer.up.parts[0].shape[0]
+            arg.gelu_tanh = int(self.activation != "gelu")
+            arg.qkv_parts = len(layer.qkv.parts)
+            if arg.qkv_parts > 3:
+                return None
+            for i, part in enumerate(layer.qkv.parts):
+                arg.qkv_type[i], arg.qkv[i] = part.kind.ggml_type, part.data.data_ptr()
+                arg.qkv_rows[i], arg.qkv_stride[i] = part.shape[0], part.data.stride(0)
+            arg.qkv_bias = ptr(layer.qkv.bias)
+            for name, lin in (("o", layer.out), ("up", layer.up), ("down", layer.down)):
+                if len(lin.parts) != 1:
+                    return None
+                part = lin.parts[0]
+                setattr(arg, f"{name}_type", part.kind.ggml_type)
+                setattr(arg, name, part.data.data_ptr())
+                setattr(arg, f"{name}_stride", part.data.stride(0))
+                setattr(arg, f"{name}_bias", ptr(lin.bias))
+            arg.ln1_w, arg.ln1_b = ptr(layer.norm1[0]), ptr(layer.norm1[1])
+            arg.ln2_w, arg.ln2_b = ptr(layer.norm2[0]), ptr(layer.norm2[1])
+        return args, min(lin.kernel_max_rows for lin in linears)
 
     def _norm(self, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         return norm.weight.to(self.stream_dtype), norm.bias.to(self.stream_dtype)
@@ -188,6 +233,8 @@ class FastBert:
         mask = None
         if attention_mask is not None and not bool(attention_mask.all()):
             mask = attention_mask.bool()[:, None, None, :]
+        if self._native is not None and batch * width <= self._native[1]:
+            return SimpleNamespace(last_hidden_state=self._native_forward(x, attention_mask, batch, width))
         head_dim = self.hidden // self.heads
         for layer in self.layers:
             qkv = layer.qkv(x).view(batch, width, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4)
@@ -197,3 +244,21 @@ class FastBert:
             h = layer.up(x, activation=self.activation)
             x = F.layer_norm(layer.down(h, residual=x), (self.hidden,), *layer.norm2, self.eps)
         return SimpleNamespace(last_hidden_state=x.view(batch, width, self.hidden))
+
+    def _native_forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None, batch: int,
+                        width: int) -> torch.Tensor:
+        """All layers in one ``bert_layer.c`` call, in place on a float32 copy of ``x``."""
+        from arrowengine.runtime.native.gguf import threads
+
+        args, _ = self._native
+        h = x.float().contiguous()  # a fresh tensor of the caller's: updated in place
+        mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            mask = attention_mask.to(torch.uint8).contiguous()
+        for arg in args:
+            arg.batch, arg.seq, arg.threads = batch, width, threads()
+            arg.h, arg.mask = h.data_ptr(), None if mask is None else mask.data_ptr()
+        status = self.layers[0].qkv.kernel.bert(args, len(args))
+        if status != 0:
+            raise MemoryError(f"the native BERT encoder failed with status {status} (scratch allocation)")
+        return h.view(batch, width, self.hidden)

@@ -166,3 +166,33 @@ def test_int8_weights_keeps_only_q8_0_blocks_within_cosine_of_fp32(minilm_dir, t
     linears = [getattr(layer, kind) for layer in fast.layers for kind in ("qkv", "out", "up", "down")]
     assert {linear.kind for linear in linears} == {"q8_0"} and fast.stream_dtype == torch.float32
     assert not any(hasattr(linear, "weight") for linear in linears)  # a quarter of the float32 bytes, no copy kept
+
+
+def test_int8_weights_runs_the_whole_encoder_in_one_native_call_up_to_the_kernel_rows(minilm_dir):
+    """Up to the block kernel's rows the int8-weights encoder is one ``bert_layer.c`` call; it agrees with the
+    torch forward over the same blocks to float rounding, for single texts and for padded batches, and a batch
+    above the kernel's rows takes the torch forward (its float GEMM is faster there)."""
+    from arrowengine.runtime.native.gguf import block_kernels
+
+    if block_kernels() is None:
+        pytest.skip("the native block kernels do not run here (no AVX2 + FMA or no C compiler)")
+    texts = default_calibration_texts()[:12]
+    encoder = TextEncoder(minilm_dir, precision="int8-weights")
+    fast = encoder.backend.forward
+    native, max_rows = fast._native
+    assert max_rows == 128 and len(native) == len(fast.layers)
+    single = np.stack([encoder.encode(text)[0] for text in texts])
+    padded = encoder.encode(texts, batch_size=4)  # rows of different lengths: the key mask matters
+    fast._native = None  # the torch forward over the same Q8_0 blocks
+    try:
+        reference = np.stack([encoder.encode(text)[0] for text in texts])
+        reference_padded = encoder.encode(texts, batch_size=4)
+    finally:
+        fast._native = (native, max_rows)
+    assert float((single * reference).sum(1).min()) >= 0.99999
+    assert float((padded * reference_padded).sum(1).min()) >= 0.99999
+    np.testing.assert_allclose(padded, single, atol=1e-5)
+    calls = []
+    fast._native_forward = lambda *args: calls.append(args)  # must not be reached above the kernel's rows
+    long_batch = encoder.encode(texts * 8, batch_size=96)
+    assert not calls and np.allclose(long_batch[: len(texts)], reference, atol=1e-3)

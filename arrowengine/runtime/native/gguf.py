@@ -25,14 +25,14 @@ from arrowengine.hardware import cpu_info
 from arrowengine.runtime.native import _build, native_cache_dir
 from quant.gguf import GGUFBlocks
 
-__all__ = ["REQUIRED_ISA", "BlockKernels", "LayerArgs", "block_kernels", "blocks_dequantize", "blocks_matmul",
-           "missing_isa", "read_bandwidth", "threads"]
+__all__ = ["REQUIRED_ISA", "BertArgs", "BlockKernels", "LayerArgs", "block_kernels", "blocks_dequantize",
+           "blocks_matmul", "missing_isa", "read_bandwidth", "threads"]
 
 logger = logging.getLogger(__name__)
 
-# llama_layer.c includes gguf_blocks.c: one library with the block products and the fused decoder layer
-_SOURCE = Path(__file__).with_name("llama_layer.c")
-_INCLUDED = Path(__file__).with_name("gguf_blocks.c")
+# blocks_lib.c includes the others: one library with the block products, the decoder layer and the encoder layers
+_SOURCE = Path(__file__).with_name("blocks_lib.c")
+_INCLUDED = tuple(Path(__file__).with_name(name) for name in ("gguf_blocks.c", "llama_layer.c", "bert_layer.c"))
 # -ffp-contract=off: the dequantization must round like gguf-py's numpy (no fused multiply-add)
 _FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC")
 REQUIRED_ISA = ("AVX2", "FMA")
@@ -45,13 +45,15 @@ def missing_isa(isa: Collection[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class BlockKernels:
-    """The loaded library: ``matmul``, ``dequantize``, ``read_bytes`` (``gguf_blocks.c``) and ``layer``
-    (``llama_layer.c``'s ``ae_llama_layers``: consecutive decoder layers in one call), as ctypes functions."""
+    """The loaded library: ``matmul``, ``dequantize``, ``read_bytes`` (``gguf_blocks.c``), ``layer``
+    (``llama_layer.c``'s ``ae_llama_layers``: consecutive decoder layers in one call) and ``bert``
+    (``bert_layer.c``'s ``ae_bert_layers``: a whole BERT encoder in one call), as ctypes functions."""
 
     matmul: ctypes._CFuncPtr
     dequantize: ctypes._CFuncPtr
     read_bytes: ctypes._CFuncPtr
     layer: ctypes._CFuncPtr
+    bert: ctypes._CFuncPtr
     path: Path
 
 
@@ -68,6 +70,20 @@ class LayerArgs(ctypes.Structure):
         (name, ctypes.c_void_p) for name in ("slots", "kv_rows")]
 
 
+class BertArgs(ctypes.Structure):
+    """``ae_bert_args`` of ``bert_layer.c`` (same field order and types)."""
+
+    _fields_ = [(name, ctypes.c_int64) for name in ("batch", "seq", "hidden", "heads", "inter")] + [
+        ("eps", ctypes.c_float), ("threads", ctypes.c_int), ("gelu_tanh", ctypes.c_int),
+        ("h", ctypes.c_void_p), ("mask", ctypes.c_void_p), ("qkv_parts", ctypes.c_int),
+        ("qkv_type", ctypes.c_int * 3), ("qkv", ctypes.c_void_p * 3), ("qkv_rows", ctypes.c_int64 * 3),
+        ("qkv_stride", ctypes.c_int64 * 3), ("qkv_bias", ctypes.c_void_p)] + [
+        (name, ctypes.c_int) for name in ("o_type", "up_type", "down_type")] + [
+        (name, ctypes.c_void_p) for name in ("o", "up", "down")] + [
+        (name, ctypes.c_int64) for name in ("o_stride", "up_stride", "down_stride")] + [
+        (name, ctypes.c_void_p) for name in ("o_bias", "up_bias", "down_bias", "ln1_w", "ln1_b", "ln2_w", "ln2_b")]
+
+
 @functools.cache
 def _load() -> BlockKernels | None:
     runtime = load_config().runtime
@@ -75,9 +91,9 @@ def _load() -> BlockKernels | None:
         logger.info("native kernels disabled (runtime.native_kernels is false): GGUF blocks are dequantized")
         return None
     try:
-        # the build cache is keyed by the main source and the flags: a digest of the included file joins the flags
-        digest = hashlib.sha256(_INCLUDED.read_bytes()).hexdigest()[:16]
-        flags = (*_FLAGS, f"-I{_INCLUDED.parent}", f"-DAE_BLOCKS_SOURCE_{digest}")
+        # the build cache is keyed by the main source and the flags: a digest of the included files joins the flags
+        digest = hashlib.sha256(b"".join(path.read_bytes() for path in _INCLUDED)).hexdigest()[:16]
+        flags = (*_FLAGS, f"-I{_SOURCE.parent}", f"-DAE_BLOCKS_SOURCE_{digest}")
         path = _build(_SOURCE, flags, native_cache_dir(runtime.cache_dir))
         library = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as exc:
@@ -96,7 +112,10 @@ def _load() -> BlockKernels | None:
     layer = library.ae_llama_layers  # (args of n consecutive layers, n)
     layer.argtypes = [ctypes.POINTER(LayerArgs), ctypes.c_int64]
     layer.restype = ctypes.c_int
-    return BlockKernels(matmul, dequantize, read_bytes, layer, path)
+    bert = library.ae_bert_layers  # (args of n consecutive layers, n)
+    bert.argtypes = [ctypes.POINTER(BertArgs), ctypes.c_int64]
+    bert.restype = ctypes.c_int
+    return BlockKernels(matmul, dequantize, read_bytes, layer, bert, path)
 
 
 def block_kernels(isa: Collection[str] | None = None) -> BlockKernels | None:
