@@ -28,6 +28,7 @@ than an fp32 stream with casts around each matmul, at unchanged cosine). Measure
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -252,7 +253,10 @@ class FastBert:
         """All layers in one ``bert_layer.c`` call, in place on a float32 copy of ``x``."""
         from arrowengine.runtime.native.gguf import threads
 
-        args, _ = self._native
+        template, _ = self._native
+        # a copy per call: the per-call fields below must not race with another thread encoding at the same time
+        args = type(template)()
+        ctypes.memmove(args, template, ctypes.sizeof(template))
         h = x.float().contiguous()  # a fresh tensor of the caller's: updated in place
         mask = None
         if attention_mask is not None and not bool(attention_mask.all()):

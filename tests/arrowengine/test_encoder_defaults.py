@@ -196,3 +196,21 @@ def test_int8_weights_runs_the_whole_encoder_in_one_native_call_up_to_the_kernel
     fast._native_forward = lambda *args: calls.append(args)  # must not be reached above the kernel's rows
     long_batch = encoder.encode(texts * 8, batch_size=96)
     assert not calls and np.allclose(long_batch[: len(texts)], reference, atol=1e-3)
+
+
+def test_native_encoder_is_safe_to_call_from_threads(minilm_dir):
+    """Each call runs on its own copy of the layer arguments: texts encoded from 4 threads at once get the
+    embeddings they get alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from arrowengine.runtime.native.gguf import block_kernels
+
+    if block_kernels() is None:
+        pytest.skip("the native block kernels do not run here (no AVX2 + FMA or no C compiler)")
+    texts = default_calibration_texts()[:16]
+    encoder = TextEncoder(minilm_dir, precision="int8-weights")
+    alone = [encoder.encode(text)[0] for text in texts]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda text: encoder.encode(text)[0], texts * 3))
+    for i, vector in enumerate(together):
+        np.testing.assert_allclose(vector, alone[i % len(texts)], atol=1e-6)
