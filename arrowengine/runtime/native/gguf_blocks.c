@@ -134,10 +134,12 @@ static inline __attribute__((always_inline)) void unpack16(int type, const uint8
         *b = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 18)));
         return;
     }
-    const __m128i raw = _mm_loadu_si128((const __m128i *)(blk + (type == AE_Q4_1 ? 4 : 2)));
-    const __m128i nib = _mm_set1_epi8(0x0F);
-    *a = _mm256_cvtepu8_epi16(_mm_and_si128(raw, nib));
-    *b = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(raw, 4), nib));
+    /* the 16 bytes widened to int16 once (a load folded into the widening), then each lane's low nibble is an
+     * element of the first half and its high nibble (the byte >> 4, never above 15) one of the second: three
+     * instructions where masking and shifting the bytes before widening them took six */
+    const __m256i bytes = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(blk + (type == AE_Q4_1 ? 4 : 2))));
+    *a = _mm256_and_si256(bytes, _mm256_set1_epi16(0x0F));
+    *b = _mm256_srli_epi16(bytes, 4);
     if (type == AE_Q4_0) {
         *a = _mm256_sub_epi16(*a, _mm256_set1_epi16(8));
         *b = _mm256_sub_epi16(*b, _mm256_set1_epi16(8));
