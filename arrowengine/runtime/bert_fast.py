@@ -233,11 +233,11 @@ class FastBert:
         x = self.word(input_ids).float() + self.position[:width] + F.embedding(token_type_ids, self.token_type)
         x = F.layer_norm(x, (self.hidden,), *self.emb_norm, self.eps).view(batch * width, self.hidden)
         x = x.to(self.stream_dtype)
-        mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
-            mask = attention_mask.bool()[:, None, None, :]
+        padded = attention_mask is not None and not bool(attention_mask.all())
         if self._native is not None and batch * width <= self._native[1]:
-            return SimpleNamespace(last_hidden_state=self._native_forward(x, attention_mask, batch, width))
+            x = self._native_forward(x, attention_mask if padded else None, batch, width)
+            return SimpleNamespace(last_hidden_state=x)
+        mask = attention_mask.bool()[:, None, None, :] if padded else None
         head_dim = self.hidden // self.heads
         for layer in self.layers:
             qkv = layer.qkv(x).view(batch, width, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4)
@@ -250,7 +250,8 @@ class FastBert:
 
     def _native_forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None, batch: int,
                         width: int) -> torch.Tensor:
-        """All layers in one ``bert_layer.c`` call, in place on a float32 copy of ``x``."""
+        """All layers in one ``bert_layer.c`` call, in place on a float32 copy of ``x`` (``attention_mask``:
+        None when no row is padded)."""
         from arrowengine.runtime.native.gguf import threads
 
         template, _ = self._native
@@ -258,9 +259,7 @@ class FastBert:
         args = type(template)()
         ctypes.memmove(args, template, ctypes.sizeof(template))
         h = x.float().contiguous()  # a fresh tensor of the caller's: updated in place
-        mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
-            mask = attention_mask.to(torch.uint8).contiguous()
+        mask = None if attention_mask is None else attention_mask.to(torch.uint8).contiguous()
         for arg in args:
             arg.batch, arg.seq, arg.threads = batch, width, threads()
             arg.h, arg.mask = h.data_ptr(), None if mask is None else mask.data_ptr()

@@ -1,13 +1,15 @@
 /* BERT encoder layers over GGUF blocks in one call (AVX2 + FMA, OpenMP): the int8-weights forward of FastBert.
  *
- * Included by blocks_lib.c after gguf_blocks.c. A query of ~15 tokens spends about a third of its MiniLM forward
- * outside the matrix products: ~70 small torch ops and their Python between the block-kernel calls. Here a layer is
- * QKV (+ bias) -> attention over the unpadded keys of each sequence -> O (+ bias) + residual -> LayerNorm -> up (+
- * bias) -> GELU -> down (+ bias) + residual -> LayerNorm, with scratch from one allocation.
+ * Included by blocks_lib.c after gguf_blocks.c and llama_layer.c (whose attend() it shares). A query of ~15
+ * tokens spends about a third of its MiniLM forward outside the matrix products: ~70 small torch ops and their
+ * Python between the block-kernel calls. Here a layer is QKV (+ bias) -> attention over the unpadded keys of each
+ * sequence -> O (+ bias) + residual -> LayerNorm -> up (+ bias) -> GELU -> down (+ bias) + residual ->
+ * LayerNorm, with scratch from one allocation.
  *
- * Numerics follow the torch forward in float32: LayerNorm with biased variance, softmax with the running maximum
- * subtracted, scale 1 / sqrt(head_dim), GELU 0.5 x (1 + erf(x / sqrt 2)) (or the tanh form); summation orders
- * differ from torch's, so outputs agree to float rounding, not bit for bit.
+ * Numerics follow the torch forward in float32: LayerNorm with biased variance, attention by llama_layer.c's
+ * attend() (softmax with the running maximum subtracted, scale 1 / sqrt(head_dim)), GELU 0.5 x (1 + erf(x /
+ * sqrt 2)) (or the tanh form); summation orders differ from torch's, so outputs agree to float rounding, not bit
+ * for bit.
  */
 
 typedef struct {
@@ -78,29 +80,13 @@ static int bert_layer(const ae_bert_args *a) {
 #pragma omp parallel for schedule(static) num_threads(team) collapse(2)
     for (int64_t b = 0; b < B; b++)
         for (int64_t head = 0; head < nh; head++) {
-            const uint8_t *m = a->mask ? a->mask + b * T : NULL;
-            float *s = scores + (b * nh + head) * T;
-            for (int64_t t = 0; t < T; t++) {
-                const float *q = qkv + (b * T + t) * 3 * H + head * hd;
-                float mx = -INFINITY;
-                for (int64_t j = 0; j < T; j++) {
-                    s[j] = (m && !m[j]) ? -INFINITY : dot(q, qkv + (b * T + j) * 3 * H + H + head * hd, hd) * scale;
-                    if (s[j] > mx) mx = s[j];
-                }
-                float sum = 0.0f;
-                for (int64_t j = 0; j < T; j++) {
-                    s[j] = s[j] == -INFINITY ? 0.0f : expf(s[j] - mx);
-                    sum += s[j];
-                }
-                float *o = ctx + (b * T + t) * H + head * hd;
-                for (int64_t i = 0; i < hd; i++) o[i] = 0.0f;
-                for (int64_t j = 0; j < T; j++) {
-                    const float p = s[j] / sum;
-                    if (p == 0.0f) continue;
-                    const float *v = qkv + (b * T + j) * 3 * H + 2 * H + head * hd;
-                    for (int64_t i = 0; i < hd; i++) o[i] += p * v[i];
-                }
-            }
+            /* each query position attends over the sequence's keys with llama_layer.c's attend(): the keys of
+             * position j sit at row j of the fused QKV output (stride 3H), the values H floats after them */
+            const float *keys = qkv + b * T * 3 * H + H + head * hd;
+            for (int64_t t = 0; t < T; t++)
+                attend(qkv + (b * T + t) * 3 * H + head * hd, keys, keys + H, 3 * H, hd, T,
+                       a->mask ? a->mask + b * T : NULL, scale, scores + (b * nh + head) * T,
+                       ctx + (b * T + t) * H + head * hd);
         }
     rc = ae_gguf_matmul(a->o_type, a->o, H, H, a->o_stride, ctx, rows, H, y, H, a->threads);
     if (rc) goto done;

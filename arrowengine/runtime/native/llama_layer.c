@@ -1,9 +1,10 @@
 /* One Llama decoder layer for one new token per row, over GGUF blocks, in a single call (AVX2 + FMA, OpenMP).
  *
  * Included by blocks_lib.c after gguf_blocks.c, so the matrix products are the same code the per-projection path
- * runs. A decode step of a 135M model does ~1,000 small torch ops per token; here a layer is: RMSNorm -> fused QKV -> rotary on Q and K -> K/V appended to the
- * cache -> grouped-query attention over the cache (optional row mask) -> O + residual -> RMSNorm -> fused
- * gate/up -> SiLU(gate) * up -> down + residual, with scratch buffers from one allocation.
+ * runs. A decode step of a 135M model does ~1,000 small torch ops per token; here a layer is: RMSNorm -> fused
+ * QKV -> rotary on Q and K -> K/V appended to the cache -> grouped-query attention over the cache (optional row
+ * mask) -> O + residual -> RMSNorm -> fused gate/up -> SiLU(gate) * up -> down + residual, with scratch buffers
+ * from one allocation.
  *
  * Numerics follow the torch decode step: RMSNorm x * rsqrt(mean(x^2) + eps) * w in float32; rotary
  * x * cos + rotate_half(x) * sin; softmax with the running maximum subtracted; scale 1 / sqrt(head_dim).
