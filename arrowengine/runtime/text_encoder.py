@@ -20,7 +20,7 @@ from arrowengine.runtime.loading import load_config_dict, load_model
 from arrowengine.runtime.model_kinds import require_kind
 from arrowengine.runtime.precision import select_precision
 
-__all__ = ["TextEncoder", "pool_hidden"]
+__all__ = ["TextEncoder", "length_batches", "pool_hidden"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +65,29 @@ def pool_hidden(hidden: torch.Tensor, mask: torch.Tensor, mode: str = "mean", no
     return torch.nn.functional.normalize(pooled, p=2, dim=1) if normalize else pooled
 
 
+def length_batches(lengths: Sequence[int], max_count: int, max_tokens: int) -> list[list[int]]:
+    """Indices of ``lengths`` in batches, longest first: each batch at most ``max_count`` items and at most
+    ``max_tokens`` tokens once padded to its longest member (an item longer than ``max_tokens`` goes alone).
+
+    Sorting first keeps the padding small; the token cap keeps the long tail of a call (a 200-token message
+    among chat lines) from padding a whole batch of short ones to its length.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    batches, start = [], 0
+    while start < len(order):
+        count = max(1, min(max_count, max_tokens // max(1, lengths[order[start]])))
+        batches.append(order[start : start + count])
+        start += count
+    return batches
+
+
 class TextEncoder:
     """Embed text with a converted encoder: tokenise, run the model batched, pool, L2-normalise.
 
     Batches are formed from length-sorted inputs and padded only to the longest member (dynamic padding), so
-    short chat messages do not pay for long ones. Results come back in input order as float32 ``[n, dim]``.
+    short chat messages do not pay for long ones; a batch also holds at most ``max_batch_tokens`` padded tokens,
+    so the few long texts of a call go in small batches of their own instead of padding 31 short ones to their
+    length. Results come back in input order as float32 ``[n, dim]``.
 
     By default (``precision="auto"``) a BERT-style model on CPU runs the lean forward
     (:class:`arrowengine.runtime.bert_fast.FastBert`) in the fastest precision that holds cosine >= 0.99 to
@@ -92,7 +110,9 @@ class TextEncoder:
             (weights cast once); a dtype the device cannot run falls back with a warning.
         backend: module forward only: ``eager``, ``compile``, ``onnxruntime`` or ``ipex`` (falls back to eager
             with a warning).
-        batch_size: sentences per forward pass.
+        batch_size: sentences per forward pass (at most).
+        max_batch_tokens: padded tokens per forward pass (at most; a longer text goes alone). 512 measured
+            fastest for 64 chat messages a call: 1.2x (``int8-weights``) and 1.3x (``float32``) unlimited.
         max_length: token limit per text (default: the model's ``max_seq_length``).
         pooling: ``mean``, ``cls`` or ``max`` (default: from the model's pooling config).
         normalize: L2-normalise the embeddings (default: from the model's modules config).
@@ -110,9 +130,9 @@ class TextEncoder:
 
     def __init__(self, model_dir: str | os.PathLike[str], *, device: str = "cpu", precision: str | None = "auto",
                  dtype: str | None = None, backend: str | None = None, batch_size: int = 32,
-                 max_length: int | None = None, pooling: str | None = None, normalize: bool | None = None,
-                 quant_mode: str | None = None, calibration_texts: Sequence[str] | None = None,
-                 verify: bool | None = None) -> None:
+                 max_batch_tokens: int = 512, max_length: int | None = None, pooling: str | None = None,
+                 normalize: bool | None = None, quant_mode: str | None = None,
+                 calibration_texts: Sequence[str] | None = None, verify: bool | None = None) -> None:
         from tokenizers import Tokenizer
 
         self.model_dir = Path(model_dir)
@@ -138,6 +158,9 @@ class TextEncoder:
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.max_batch_tokens = int(max_batch_tokens)
+        if self.max_batch_tokens < 1:
+            raise ConfigError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
         if precision not in (None, "auto"):  # validate before the model is loaded
             select_precision("text", precision)
         self.model = load_model(self.model_dir, device=device, quant_mode=quant_mode or "dequant-on-the-fly",
@@ -228,13 +251,10 @@ class TextEncoder:
         if not texts:
             return out
         encodings = self.tokenizer.encode_batch(texts)
-        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids), reverse=True)
-        size = batch_size or self.batch_size
+        lengths = [len(e.ids) for e in encodings]
         with torch.inference_mode():
-            for start in range(0, len(order), size):
-                index = order[start : start + size]
-                batch = [encodings[i] for i in index]
-                embeddings = self._forward(batch)
+            for index in length_batches(lengths, batch_size or self.batch_size, self.max_batch_tokens):
+                embeddings = self._forward([encodings[i] for i in index])
                 out[index] = embeddings.float().cpu().numpy()
         return out
 

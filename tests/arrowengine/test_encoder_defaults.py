@@ -8,6 +8,8 @@ import re
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from arrowengine.errors import ConfigError, EngineError, InputTypeError, ModelTypeError
 from arrowengine.runtime.calibration import (
@@ -17,7 +19,7 @@ from arrowengine.runtime.calibration import (
     synthetic_speech,
 )
 from arrowengine.runtime.precision import select_precision
-from arrowengine.runtime.text_encoder import TextEncoder
+from arrowengine.runtime.text_encoder import TextEncoder, length_batches
 
 SENTENCES = ["The meeting moved to Tuesday.", "Thank you", "ok", "I love hiking in the mountains on weekends!"]
 
@@ -76,6 +78,7 @@ def test_module_forward_options_select_the_module_forward(minilm_dir, kwargs, pr
      "precision='int8' runs the lean forward, which takes no dtype, quant_mode; pass precision=None to use them"),
     ({"pooling": "median"}, "pooling must be one of ('mean', 'cls', 'max'), got 'median'"),
     ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+    ({"max_batch_tokens": 0}, "max_batch_tokens must be >= 1, got 0"),
     ({"precision": None, "dtype": "int8"}, "dtype must be one of float32, float16, bfloat16, got 'int8'"),
     ({"precision": None, "backend": "tpu"}, "backend must be one of eager, compile, onnxruntime, ipex, got 'tpu'"),
     ({"precision": "int8-mixed", "calibration_texts": []},
@@ -214,3 +217,26 @@ def test_native_encoder_is_safe_to_call_from_threads(minilm_dir):
         together = list(pool.map(lambda text: encoder.encode(text)[0], texts * 3))
     for i, vector in enumerate(together):
         np.testing.assert_allclose(vector, alone[i % len(texts)], atol=1e-6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 300), max_size=80), st.integers(1, 40), st.integers(1, 1024))
+def test_length_batches_cover_every_text_once_within_the_caps(lengths, max_count, max_tokens):
+    batches = length_batches(lengths, max_count, max_tokens)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    for batch in batches:
+        widths = [lengths[i] for i in batch]
+        assert 1 <= len(batch) <= max_count and widths == sorted(widths, reverse=True)
+        assert len(batch) * widths[0] <= max_tokens or len(batch) == 1  # only a text over the cap goes alone
+    firsts = [lengths[batch[0]] for batch in batches]
+    assert firsts == sorted(firsts, reverse=True)  # longest first across batches too
+
+
+def test_embeddings_do_not_depend_on_the_token_budget(minilm_dir):
+    texts = ["ok", "Thank you so much for the lovely evening, we should do it again soon!", "yes",
+             " ".join(["a long message about gardening and tomatoes"] * 12), "see you tomorrow at nine"]
+    small = TextEncoder(minilm_dir, precision="fp32", max_batch_tokens=16).encode(texts)
+    large = TextEncoder(minilm_dir, precision="fp32", max_batch_tokens=100_000).encode(texts)
+    one = np.stack([TextEncoder(minilm_dir, precision="fp32").encode(t)[0] for t in texts])
+    np.testing.assert_allclose(small, one, atol=1e-5)
+    np.testing.assert_allclose(large, one, atol=1e-5)
