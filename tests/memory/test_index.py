@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from memory import MemoryConfig, MemoryStore, RetrievalConfig
 from memory.index import TextIndex, VectorIndex, tokenize, train_centroids
-from memory.index.vector import assign
+from memory.index.vector import IVFLayout, assign, ivf_layout
 
 _CFG = {"near_duplicate_threshold": None}
 
@@ -43,15 +43,67 @@ def test_exact_path_matches_brute_force(n, k, seed, dead):
     np.testing.assert_allclose(scores, full[ref], atol=1e-6)
 
 
-def _ivf_index(vecs: np.ndarray, lists: int) -> VectorIndex:
-    """Lay ``vecs`` out in list order, as MemoryIndex does; returns the index and the slot order."""
-    centroids = train_centroids(vecs, lists, seed=0)
-    labels = assign(vecs, centroids)
-    order = np.argsort(labels, kind="stable")
+def _ivf_index(vecs: np.ndarray, lists: int, overflow: float = 0.01) -> VectorIndex:
+    """Lay ``vecs`` out in list order, as MemoryIndex does (slots in that order)."""
+    layout = ivf_layout(vecs, lists, overflow, seed=0)
     index = VectorIndex(vecs.shape[1])
-    index.append(vecs[order])
-    index.set_lists(centroids, np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=lists))]))
+    index.append(vecs[np.argsort(layout.labels, kind="stable")])
+    index.set_lists(layout)
     return index
+
+
+def _recall(index: VectorIndex, queries: np.ndarray, nprobe: int) -> float:
+    mat = index.matrix()
+    allowed = np.ones(len(mat), bool)
+    got = [set(index.search(q, 10, allowed, nprobe=nprobe, exact_below=100)[0].tolist()) for q in queries]
+    return float(np.mean([len(g & set(np.argsort(-(mat @ q))[:10].tolist())) / 10
+                          for g, q in zip(got, queries, strict=True)]))
+
+
+def test_overflow_list_finds_rows_unlike_their_list():
+    # tight clusters of near-copies plus rows unlike any cluster (a store's unique memories among duplicates):
+    # a query near a unique row must find it, though the list it was put in faces elsewhere
+    rng = np.random.default_rng(5)
+    vecs = np.concatenate([_clustered(rng, 20_000, 128, clusters=100, noise=0.03), _unit(rng, 100, 128)])
+    queries = vecs[-100:] + 0.8 * _unit(rng, 100, 128)  # cosine ~0.78 to its unique row, ~0.25 to any cluster
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    plain, spill = _ivf_index(vecs, 128, overflow=0.0), _ivf_index(vecs, 128, overflow=0.01)
+    assert plain.overflow_rows == 0 and spill.overflow_rows == 201
+    allowed = np.ones(len(vecs), bool)
+
+    def found(index: VectorIndex) -> float:  # share of queries whose own unique row comes back first
+        return float(np.mean([index.search(q, 1, allowed, nprobe=4, exact_below=100)[0][0]
+                              == np.argmax(index.matrix() @ q) for q in queries]))
+
+    assert found(spill) == 1.0 and found(plain) < 0.8
+
+
+def test_tail_rows_under_the_overflow_cut_join_the_overflow_list():
+    rng = np.random.default_rng(6)
+    vecs = _clustered(rng, 5000, 32, clusters=40, noise=0.03)
+    index = _ivf_index(vecs, 32, overflow=0.01)
+    lone = _unit(rng, 3, 32)
+    index.append(np.concatenate([vecs[:2], lone]))
+    assert index._tail_lists.view.tolist()[2:] == [32, 32, 32]  # the overflow list's number
+    assert index._tail_lists.view.tolist()[:2] != [32, 32]
+    allowed = np.ones(len(index), bool)
+    for i, q in enumerate(lone):  # found with a single probe: the overflow list is always scanned
+        assert index.search(q, 1, allowed, nprobe=1, exact_below=10)[0].tolist() == [5002 + i]
+
+
+def test_a_layout_without_overflow_list_still_searches():
+    # snapshots written before the overflow list: offsets end at the last list and no overflow_cosine array
+    rng = np.random.default_rng(7)
+    vecs = _clustered(rng, 3000, 16, clusters=20, noise=0.05)
+    centroids = train_centroids(vecs, 16, seed=0)
+    labels = assign(vecs, centroids)
+    old = VectorIndex(16)
+    old.append(vecs[np.argsort(labels, kind="stable")])
+    old.set_lists(IVFLayout(centroids, labels, np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=16))]),
+                            -np.inf))
+    arrays = {k: v for k, v in old.snapshot().items() if k != "overflow_cosine"}
+    again = VectorIndex.from_snapshot(16, arrays)
+    assert again.overflow_rows == 0 and _recall(again, vecs[:20], 16) == 1.0
 
 
 def test_ivf_recall_on_clustered_data():
@@ -60,16 +112,8 @@ def test_ivf_recall_on_clustered_data():
     vecs = _clustered(rng, 20_000, 64, centres, noise=0.05)
     index = _ivf_index(vecs, 128)
     index.append(_clustered(rng, 500, 64, centres, noise=0.05))  # a tail added after the layout
-    mat = index.matrix()
-    allowed = np.ones(len(mat), bool)
-    queries = _clustered(rng, 50, 64, centres, noise=0.08)
-    recall = []
-    for q in queries:
-        got = set(index.search(q, 10, allowed, nprobe=8, exact_below=100)[0].tolist())
-        exact = set(np.argsort(-(mat @ q))[:10].tolist())
-        recall.append(len(got & exact) / 10)
     assert index.is_ivf and index.tail_rows == 500
-    assert np.mean(recall) >= 0.95
+    assert _recall(index, _clustered(rng, 50, 64, centres, noise=0.08), 8) >= 0.95
 
 
 def test_ivf_selective_filter_is_exact():
