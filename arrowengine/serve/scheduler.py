@@ -2,7 +2,8 @@
 
 Each tick the thread admits queued requests into free cache rows, prefills up to ``prefill_chunk`` prompt
 tokens (oldest sequence first; a long prompt is cut into chunks, so it delays running streams by one chunk
-per tick, not by its whole length), then runs one decode step over every decoding sequence. A sequence
+per tick, not by its whole length), then runs one decode step over every decoding sequence. A prompt whose
+row already holds all of it but the last token (prefix reuse) skips prefill: that token rides in the step. A sequence
 leaves the batch the tick it finishes or is cancelled (client gone), and its row is free for the next
 request. The queue is bounded: ``submit`` raises ``OverloadedError`` (HTTP 503 with ``Retry-After``) when it
 is full.
@@ -217,13 +218,20 @@ class Scheduler:
             # GenerationRun is used only for its text assembly (detokenizer + stop strings), never iterated
             run = GenerationRun(self.llm.forward, self.llm.tokenizer, [req.prompt_ids], p, self.llm.stop_token_ids,
                                 self.llm.pad_id)
-            self._active[row] = _Sequence(req, row, run, generator, penalties, prefilled=keep)
+            seq = _Sequence(req, row, run, generator, penalties, prefilled=keep)
+            if keep == len(req.prompt_ids) - 1:
+                # the row holds all but the prompt's last token (a repeated prompt or a chat's next turn whose
+                # history is cached): that token is fed by the next batched decode step, with the running
+                # streams, instead of a forward of its own before them
+                seq.prefilled, seq.next_token = len(req.prompt_ids), req.prompt_ids[-1]
+            self._active[row] = seq
 
     def _row_for(self, prompt: list[int]) -> tuple[int, int]:
         """(free row, prompt tokens already in its cache): the row holding the longest prefix of ``prompt`` (at
         least ``min_prefix`` tokens, and never the whole prompt: its last token is fed for the logits), else the
-        lowest free row (keeps the batched step's row span short)."""
-        best, keep = self._free[0], 0
+        free row holding the fewest tokens, lowest first (an empty row before one whose cached prefix the next
+        request may want)."""
+        best, keep = min(self._free, key=lambda row: (self.decoder.lengths[row], row)), 0
         if self.prefix_cache:
             for row in self._free:
                 common = min(self.decoder.common_prefix(row, prompt), len(prompt) - 1)

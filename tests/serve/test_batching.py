@@ -127,3 +127,39 @@ def test_scheduler_reuses_the_longest_cached_prefix(tiny_llm, prefix_cache):
     assert second.cached_tokens == (common if prefix_cache else 0) and common >= len(system) - 1
     for req, ids in zip((first, second), prompts, strict=True):
         assert req.text == tiny_llm.generate_ids([ids], max_new_tokens=6, ignore_eos=True)[0].text
+
+
+def test_a_repeated_prompt_feeds_its_last_token_in_the_batched_step(tiny_llm):
+    """A prompt whose row holds all of it but the last token runs no prefill of its own: that token rides in the
+    decode step (here beside a running stream), and the greedy text still equals a fresh generation."""
+    sched = Scheduler(tiny_llm, name="t", max_batch=2, max_queue=8, context=256, prefill_chunk=64)
+    prompt = tiny_llm.tokenizer("You are a helpful assistant. Name three colours of the rainbow.")["input_ids"]
+    other = tiny_llm.tokenizer("Count from one to ten, please, slowly.")["input_ids"]
+    prefills: list[int] = []
+    original = sched.decoder.prefill
+
+    def counting(row: int, ids: list[int]) -> torch.Tensor:
+        prefills.append(len(ids))
+        return original(row, ids)
+
+    sched.decoder.prefill = counting
+
+    async def one(ids: list[int], n: int) -> GenerationRequest:
+        req = GenerationRequest(list(ids), SamplingParams(max_new_tokens=n, ignore_eos=True))
+        req.bind(asyncio.get_running_loop())
+        sched.submit(req)
+        req.text = await _collect(req)
+        return req
+
+    async def run() -> list[GenerationRequest]:
+        first = await one(prompt, 5)
+        return [first, *await asyncio.gather(one(other, 12), one(prompt, 5))]
+
+    try:
+        first, running, again = asyncio.run(run())
+    finally:
+        sched.stop()
+    assert again.cached_tokens == len(prompt) - 1
+    assert sorted(prefills) == sorted([len(prompt), len(other)])  # nothing prefilled for the repeat
+    for req, ids in ((first, prompt), (running, other), (again, prompt)):
+        assert req.text == tiny_llm.generate_ids([ids], max_new_tokens=req.completion_tokens, ignore_eos=True)[0].text
