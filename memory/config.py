@@ -83,7 +83,8 @@ class RetrievalConfig:
     exact_max_rows: int = _rng(20_000, 1, _BIG)  # flat scan of all vectors below this; IVF lists from it
     ivf_lists: int = _rng(0, 0, 1 << 20)  # 0: about 2 sqrt(rows)
     ivf_nprobe: int = _rng(32, 1, _BIG)  # lists scanned per query (exact float32 scores inside them)
-    # rows worst represented by their centroid, kept in one list every query scans (memory.index.vector)
+    # at most this share of rows, those far worse represented by their centroid than the rest, sit in one
+    # list every query scans (memory.index.vector.ivf_layout)
     ivf_overflow_fraction: float = _rng(0.01, 0.0, 0.5)
     exact_filtered_rows: int = _rng(20_000, 1, _BIG)  # a filter leaving at most this many rows: exact search
     ivf_tail_fraction: float = _rng(0.2, 0.0, 10.0)  # rows added since the IVF layout that trigger a rebuild

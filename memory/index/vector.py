@@ -6,12 +6,12 @@ each list is a contiguous block of the matrix and a probe is one small product p
 scores (only rows in unprobed lists can be missed). Rows added after the build sit in a tail, assigned to
 their nearest list and gathered when that list is probed.
 
-Overflow list: the rows their own centroid represents worst (lowest cosine to it, a small fixed share of the
-rows) are laid out as one extra list after the others that every query scans. Ranking lists by centroid
+Overflow list: the rows their own centroid represents worst (a cosine to it far below the other rows', at most a
+small share of them) are laid out as one extra list after the others that every query scans. Ranking lists by centroid
 cannot find such a row: a memory unlike the rest of the store (one real turn among thousands of near-copies
 of others) sits in whichever list was least far, whose centroid can face away from a query the row itself
-answers well. Measured on 1M memories (2,000 real turns plus noisy copies): recall@10 of exact 0.844 -> 0.988
-at 32 probes, with 1% of the rows in the overflow list. Tail rows below the overflow cut join it too.
+answers well. Measured on 1M memories (2,000 real turns plus noisy copies): recall@10 of exact 0.87 -> 0.99
+at 32 probes. Tail rows below the overflow cut join it too.
 """
 
 from __future__ import annotations
@@ -64,16 +64,22 @@ class IVFLayout:
 
 
 def ivf_layout(vectors: np.ndarray, lists: int, overflow_fraction: float, seed: int = 0) -> IVFLayout:
-    """Train ``lists`` centroids on ``vectors`` and assign every row, the ``overflow_fraction`` of rows with the
-    lowest cosine to their centroid to the overflow list (index ``lists``)."""
+    """Train ``lists`` centroids on ``vectors`` and assign every row; rows whose cosine to their centroid is an
+    outlier below the rest (under the median by more than 4 scaled median absolute deviations) go to the
+    overflow list (index ``lists``), at most ``overflow_fraction`` of the rows, the worst first.
+
+    A rank or fixed share alone would also spill ordinary rows of a spread-out store, which every query then
+    pays to scan (1% of 1M rows is 15 MB a search); the outlier rule takes only rows unlike their list."""
     centroids = train_centroids(vectors, lists, seed=seed)
     labels, cos = assign_scored(vectors, centroids)
-    spill = int(overflow_fraction * len(vectors))
-    cut = -np.inf
-    if spill:
-        worst = np.argpartition(cos, spill - 1)[:spill]
-        labels[worst] = lists
-        cut = float(cos[worst].max())
+    median = float(np.median(cos)) if len(cos) else 0.0
+    cut = median - 4 * 1.4826 * float(np.median(np.abs(cos - median))) if len(cos) else -np.inf
+    outliers = np.flatnonzero(cos < cut)
+    cap = int(overflow_fraction * len(vectors))
+    if len(outliers) > cap:  # the worst cap of them; the cut rises to the last one taken
+        outliers = outliers[np.argpartition(cos[outliers], cap - 1)[:cap]] if cap else outliers[:0]
+        cut = float(cos[outliers].max()) if cap else -np.inf
+    labels[outliers] = lists
     offsets = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=lists + 1))])
     return IVFLayout(centroids, labels, offsets, cut)
 

@@ -68,7 +68,7 @@ def test_overflow_list_finds_rows_unlike_their_list():
     queries = vecs[-100:] + 0.8 * _unit(rng, 100, 128)  # cosine ~0.78 to its unique row, ~0.25 to any cluster
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     plain, spill = _ivf_index(vecs, 128, overflow=0.0), _ivf_index(vecs, 128, overflow=0.01)
-    assert plain.overflow_rows == 0 and spill.overflow_rows == 201
+    assert plain.overflow_rows == 0 and 100 <= spill.overflow_rows <= 201  # the unique rows, within the 1% cap
     allowed = np.ones(len(vecs), bool)
 
     def found(index: VectorIndex) -> float:  # share of queries whose own unique row comes back first
@@ -80,7 +80,7 @@ def test_overflow_list_finds_rows_unlike_their_list():
 
 def test_tail_rows_under_the_overflow_cut_join_the_overflow_list():
     rng = np.random.default_rng(6)
-    vecs = _clustered(rng, 5000, 32, clusters=40, noise=0.03)
+    vecs = _clustered(rng, 5000, 32, clusters=20, noise=0.03)  # fewer clusters than lists: each is one list's
     index = _ivf_index(vecs, 32, overflow=0.01)
     lone = _unit(rng, 3, 32)
     index.append(np.concatenate([vecs[:2], lone]))
