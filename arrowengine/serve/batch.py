@@ -9,7 +9,8 @@ length and masking the slots past it. Rows in the step's range that are not deco
 prefilling) write to the scratch slot, so their cache is never touched.
 
 A row keeps the token ids of its K/V after its sequence ends: the scheduler gives a new sequence the free row
-holding the longest prefix of its prompt and prefills only the rest (``reset(row, keep)``).
+holding the longest prefix of its prompt and prefills only the rest (``reset(row, keep)``), or, when that row
+holds a longer different history, a copy of the prefix in another free row (``copy_prefix``).
 
 A lone decoding row goes through the LLM's own single-token step with no mask, which is what
 ``LLM.generate`` / ``LLM.chat`` run for one prompt: greedy output through the server equals ``LLM.chat``.
@@ -63,6 +64,17 @@ class BatchedDecoder:
             raise ValueError(f"row {row} holds {self.lengths[row]} tokens; cannot keep {keep}")
         self.lengths[row] = keep
         del self.tokens[row][keep:]
+
+    def copy_prefix(self, source: int, target: int, keep: int) -> None:
+        """Make ``target`` hold the first ``keep`` tokens of ``source`` (their K/V copied; ``source`` keeps all of
+        its own): a request sharing only a prefix with a cached row starts from a copy and leaves that row's longer
+        history for its own next turn."""
+        if not 0 <= keep <= self.lengths[source]:
+            raise ValueError(f"row {source} holds {self.lengths[source]} tokens; cannot copy {keep}")
+        self.cache.kv[:, target, :keep].copy_(self.cache.kv[:, source, :keep])
+        self.lengths[target] = keep
+        self.tokens[target] = self.tokens[source][:keep]
+        self._clean[target] = max(self._clean[target], keep)
 
     def _hold(self, row: int, ids: Sequence[int]) -> None:
         """Record that ``row``'s cache now also holds the K/V of ``ids`` (written at its next slots)."""

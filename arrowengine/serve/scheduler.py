@@ -206,7 +206,6 @@ class Scheduler:
                 continue
             row, keep = self._row_for(req.prompt_ids)
             self._free.remove(row)
-            self.decoder.reset(row, keep)
             req.cached_tokens = keep
             req.admitted_at = time.perf_counter()
             p = req.params
@@ -227,16 +226,25 @@ class Scheduler:
             self._active[row] = seq
 
     def _row_for(self, prompt: list[int]) -> tuple[int, int]:
-        """(free row, prompt tokens already in its cache): the row holding the longest prefix of ``prompt`` (at
-        least ``min_prefix`` tokens, and never the whole prompt: its last token is fed for the logits), else the
-        free row holding the fewest tokens, lowest first (an empty row before one whose cached prefix the next
-        request may want)."""
-        best, keep = min(self._free, key=lambda row: (self.decoder.lengths[row], row)), 0
+        """(free row, prompt tokens already in its cache), the row's cache set up for the prompt.
+
+        The free row holding the longest prefix of ``prompt`` (at least ``min_prefix`` tokens, never the whole
+        prompt: its last token is fed for the logits) is taken when it holds nothing past that prefix; when it holds
+        a longer, different history (another chat sharing the system prompt), the prefix is copied into the free
+        row holding the fewest tokens, so that history stays cached for its own next turn. With no such prefix, the
+        free row holding the fewest tokens, lowest first.
+        """
+        emptiest = min(self._free, key=lambda row: (self.decoder.lengths[row], row))
+        best, keep = emptiest, 0
         if self.prefix_cache:
             for row in self._free:
                 common = min(self.decoder.common_prefix(row, prompt), len(prompt) - 1)
                 if common >= self.min_prefix and common > keep:
                     best, keep = row, common
+        if keep and best != emptiest and self.decoder.lengths[best] > keep:
+            self.decoder.copy_prefix(best, emptiest, keep)
+            return emptiest, keep
+        self.decoder.reset(best, keep)
         return best, keep
 
     def _tick(self) -> None:

@@ -163,3 +163,47 @@ def test_a_repeated_prompt_feeds_its_last_token_in_the_batched_step(tiny_llm):
     assert sorted(prefills) == sorted([len(prompt), len(other)])  # nothing prefilled for the repeat
     for req, ids in ((first, prompt), (running, other), (again, prompt)):
         assert req.text == tiny_llm.generate_ids([ids], max_new_tokens=req.completion_tokens, ignore_eos=True)[0].text
+
+
+def test_a_prefix_shared_with_a_longer_history_is_copied_not_taken(tiny_llm):
+    """B shares only the system prompt with A's finished chat: B starts from a copy of that prefix in another row,
+    so A's whole history stays cached and A's repeat prefills nothing; every text equals a fresh generation."""
+    sched = Scheduler(tiny_llm, name="t", max_batch=3, max_queue=8, context=256, prefill_chunk=64)
+    system = tiny_llm.tokenizer("You are a helpful assistant who answers briefly and kindly.")["input_ids"]
+    a, b = (system + tiny_llm.tokenizer(t)["input_ids"] for t in (" Where is Rome?", " Name a red fruit."))
+
+    async def one(ids: list[int]) -> GenerationRequest:
+        req = GenerationRequest(list(ids), SamplingParams(max_new_tokens=6, ignore_eos=True))
+        req.bind(asyncio.get_running_loop())
+        sched.submit(req)
+        req.text = await _collect(req)
+        return req
+
+    async def run() -> list[GenerationRequest]:
+        return [await one(ids) for ids in (a, b, a)]
+
+    rows: list[int] = []
+    original = sched.decoder.reset, sched.decoder.copy_prefix
+    sched.decoder.reset = lambda row, keep=0: (rows.append(row), original[0](row, keep))[1]
+    sched.decoder.copy_prefix = lambda src, dst, keep: (rows.append(dst), original[1](src, dst, keep))[1]
+    try:
+        first, second, again = asyncio.run(run())
+    finally:
+        sched.stop()
+    common = next(i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
+    assert rows[0] != rows[1]  # B got a copy elsewhere, so A's repeat still finds A's whole prompt cached
+    assert (second.cached_tokens, again.cached_tokens) == (common, len(a) - 1)
+    for req, ids in ((first, a), (second, b), (again, a)):
+        assert req.text == tiny_llm.generate_ids([ids], max_new_tokens=6, ignore_eos=True)[0].text
+
+
+def test_copy_prefix_gives_the_logits_of_a_fresh_prefill(tiny_llm):
+    dec = BatchedDecoder(tiny_llm, rows=2, max_len=64)
+    history = [11, 12, 13, 14, 15, 16, 17, 18, 19]
+    dec.prefill(0, history)
+    dec.copy_prefix(0, 1, keep=6)
+    assert dec.tokens[1] == history[:6] and dec.lengths == [9, 6] and dec.tokens[0] == history
+    logits = dec.prefill(1, [77, 78])
+    torch.testing.assert_close(logits[0], _solo_logits(tiny_llm, [*history[:6], 77, 78], []), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match=r"^row 0 holds 9 tokens; cannot copy 10$"):
+        dec.copy_prefix(0, 1, keep=10)
