@@ -260,8 +260,9 @@ class FastBert:
         ctypes.memmove(args, template, ctypes.sizeof(template))
         h = x.float().contiguous()  # a fresh tensor of the caller's: updated in place
         mask = None if attention_mask is None else attention_mask.to(torch.uint8).contiguous()
+        count = threads()
         for arg in args:
-            arg.batch, arg.seq, arg.threads = batch, width, threads()
+            arg.batch, arg.seq, arg.threads = batch, width, count
             arg.h, arg.mask = h.data_ptr(), None if mask is None else mask.data_ptr()
         status = self.layers[0].qkv.kernel.bert(args, len(args))
         if status != 0:

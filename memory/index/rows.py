@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from memory.config import MODALITIES, TIERS
 
-__all__ = ["PAYLOAD_COLUMNS", "GrowArray", "RowStore"]
+__all__ = ["PAYLOAD_COLUMNS", "GrowArray", "RowStore", "concat_ranges"]
 
 PAYLOAD_COLUMNS = ["id", "content", "modality", "session", "tier", "metadata", "association_links"]
 _NO_SESSION = -1
@@ -57,6 +57,13 @@ class GrowArray:
             self._data = grown
         self._data[self._n : need] = values
         self._n = need
+
+
+def concat_ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``starts[i] .. starts[i] + counts[i]`` for every i, concatenated, in one vectorised step (int64)."""
+    starts, counts = np.asarray(starts, dtype=np.int64), np.asarray(counts, dtype=np.int64)
+    ends = np.cumsum(counts)
+    return np.repeat(starts - (ends - counts), counts) + np.arange(int(ends[-1]) if len(ends) else 0)
 
 
 def _codes(column: pa.ChunkedArray | pa.Array, values: Sequence[str]) -> np.ndarray:
@@ -163,17 +170,25 @@ class RowStore:
         if name == "id":  # the hot column of every search
             ids = self._ids
             return [ids[slot] for slot in slots.tolist()]
+        out: list[Any] = [None] * len(slots)
+        for chunk, pos, local in self._by_chunk(slots):
+            values = self._chunks[chunk].column(name).take(pa.array(local)).to_pylist()
+            for p, value in zip(pos.tolist(), values, strict=True):
+                out[p] = value
+        return out
+
+    def _by_chunk(self, slots: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """``slots`` grouped by the payload chunk holding them: (chunk, positions in ``slots``, offsets in the
+        chunk) for each chunk touched."""
         if len(slots) == 0:
             return []
         starts = np.asarray(self._starts, dtype=np.int64)
         chunk_of = np.searchsorted(starts, slots, side="right") - 1
-        out: list[Any] = [None] * len(slots)
+        groups = []
         for chunk in np.unique(chunk_of).tolist():
             pos = np.flatnonzero(chunk_of == chunk)
-            values = self._chunks[chunk].column(name).take(pa.array(slots[pos] - starts[chunk])).to_pylist()
-            for p, value in zip(pos.tolist(), values, strict=True):
-                out[p] = value
-        return out
+            groups.append((chunk, pos, slots[pos] - starts[chunk]))
+        return groups
 
     def records(self, slots: Sequence[int], names: Sequence[str]) -> list[dict[str, Any]]:
         """Payload columns ``names`` of ``slots`` as dicts, in order: one Arrow ``take`` per column and chunk
@@ -187,22 +202,14 @@ class RowStore:
         target ids per chunk touched, not a slice and conversion per slot (a search's link scoring reads ~150)."""
         slots = np.asarray(slots, dtype=np.int64)
         out: list[tuple[list[str], list[float]]] = [([], [])] * len(slots)
-        if len(slots) == 0:
-            return out
-        starts = np.asarray(self._starts, dtype=np.int64)
-        chunk_of = np.searchsorted(starts, slots, side="right") - 1
-        for chunk in np.unique(chunk_of).tolist():
-            pos = np.flatnonzero(chunk_of == chunk)
+        for chunk, pos, local in self._by_chunk(slots):
             offsets, targets, weights = self._links[chunk]
-            local = slots[pos] - starts[chunk]
             lo, counts = offsets[local], offsets[local + 1] - offsets[local]
-            ends = np.cumsum(counts)
-            # the flat positions lo[i] .. lo[i] + counts[i] of every slot, concatenated
-            flat = np.repeat(lo - (ends - counts), counts) + np.arange(int(ends[-1]))
+            flat = concat_ranges(lo, counts)
             ids = targets.take(pa.array(flat)).to_pylist() if len(flat) else []
             values = weights[flat].tolist()
             begin = 0
-            for p, end in zip(pos.tolist(), ends.tolist(), strict=True):
+            for p, end in zip(pos.tolist(), np.cumsum(counts).tolist(), strict=True):
                 out[p] = (ids[begin:end], values[begin:end])
                 begin = end
         return out

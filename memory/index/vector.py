@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from memory.index.rows import GrowArray
+from memory.index.rows import GrowArray, concat_ranges
 
 __all__ = ["IVFLayout", "VectorIndex", "ivf_layout", "ivf_list_count", "train_centroids"]
 
@@ -251,9 +251,7 @@ class VectorIndex:
         lo, hi = offsets[lists], offsets[lists + 1]
         # one product per list (contiguous rows; a gather of all probed rows first is slower), slots in one go
         score_parts = [mat[a:b] @ query for a, b in zip(lo.tolist(), hi.tolist(), strict=True) if b > a]
-        counts = hi - lo
-        ends = np.cumsum(counts)
-        slots = np.repeat(lo - (ends - counts), counts) + np.arange(int(ends[-1]) if len(ends) else 0)
+        slots = concat_ranges(lo, hi - lo)
         if len(self._tail_slots):
             probed = np.zeros(len(self._centroids) + 1, dtype=bool)
             probed[lists] = True
