@@ -223,13 +223,15 @@ def test_native_encoder_is_safe_to_call_from_threads(minilm_dir):
 @given(st.lists(st.integers(1, 300), max_size=80), st.integers(1, 40), st.integers(1, 1024))
 def test_length_batches_cover_every_text_once_within_the_caps(lengths, max_count, max_tokens):
     batches = length_batches(lengths, max_count, max_tokens)
-    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
-    for batch in batches:
-        widths = [lengths[i] for i in batch]
-        assert 1 <= len(batch) <= max_count and widths == sorted(widths, reverse=True)
-        assert len(batch) * widths[0] <= max_tokens or len(batch) == 1  # only a text over the cap goes alone
-    firsts = [lengths[batch[0]] for batch in batches]
-    assert firsts == sorted(firsts, reverse=True)  # longest first across batches too
+    flat = [i for batch in batches for i in batch]
+    assert sorted(flat) == list(range(len(lengths)))
+    assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)  # longest first, within and across batches
+    for position, batch in enumerate(batches):
+        longest = lengths[batch[0]]
+        assert len(batch) <= max_count
+        assert len(batch) * longest <= max_tokens or len(batch) == 1  # only a text over the cap goes alone
+        if position < len(batches) - 1:  # each batch is as full as the caps allow: one more text breaks one
+            assert len(batch) == max_count or (len(batch) + 1) * longest > max_tokens
 
 
 def test_embeddings_do_not_depend_on_the_token_budget(minilm_dir):

@@ -83,6 +83,15 @@ async def _collect(req: GenerationRequest) -> str:
     return "".join([piece async for piece in req.events()])
 
 
+async def _generate(sched: Scheduler, ids: list[int], n: int) -> GenerationRequest:
+    """Submit ``ids`` for ``n`` greedy tokens and wait for them; the request comes back with its text."""
+    req = GenerationRequest(list(ids), SamplingParams(max_new_tokens=n, ignore_eos=True))
+    req.bind(asyncio.get_running_loop())
+    sched.submit(req)
+    req.text = await _collect(req)
+    return req
+
+
 def test_a_row_keeps_a_shared_prefix_and_prefills_only_the_rest(tiny_llm):
     dec = BatchedDecoder(tiny_llm, rows=2, max_len=64)
     first = [11, 12, 13, 14, 15, 16, 17, 18, 19]
@@ -108,15 +117,8 @@ def test_scheduler_reuses_the_longest_cached_prefix(tiny_llm, prefix_cache):
     system = tiny_llm.tokenizer("You are a helpful assistant who answers briefly and kindly.")["input_ids"]
     prompts = [system + tiny_llm.tokenizer(t)["input_ids"] for t in (" Where is Rome?", " Name a red fruit.")]
 
-    async def one(ids: list[int]) -> GenerationRequest:
-        req = GenerationRequest(list(ids), SamplingParams(max_new_tokens=6, ignore_eos=True))
-        req.bind(asyncio.get_running_loop())
-        sched.submit(req)
-        req.text = await _collect(req)
-        return req
-
     async def run() -> list[GenerationRequest]:
-        return [await one(ids) for ids in prompts]  # one after the other
+        return [await _generate(sched, ids, 6) for ids in prompts]  # one after the other
 
     try:
         first, second = asyncio.run(run())
@@ -144,16 +146,9 @@ def test_a_repeated_prompt_feeds_its_last_token_in_the_batched_step(tiny_llm):
 
     sched.decoder.prefill = counting
 
-    async def one(ids: list[int], n: int) -> GenerationRequest:
-        req = GenerationRequest(list(ids), SamplingParams(max_new_tokens=n, ignore_eos=True))
-        req.bind(asyncio.get_running_loop())
-        sched.submit(req)
-        req.text = await _collect(req)
-        return req
-
     async def run() -> list[GenerationRequest]:
-        first = await one(prompt, 5)
-        return [first, *await asyncio.gather(one(other, 12), one(prompt, 5))]
+        first = await _generate(sched, prompt, 5)
+        return [first, *await asyncio.gather(_generate(sched, other, 12), _generate(sched, prompt, 5))]
 
     try:
         first, running, again = asyncio.run(run())
@@ -172,15 +167,8 @@ def test_a_prefix_shared_with_a_longer_history_is_copied_not_taken(tiny_llm):
     system = tiny_llm.tokenizer("You are a helpful assistant who answers briefly and kindly.")["input_ids"]
     a, b = (system + tiny_llm.tokenizer(t)["input_ids"] for t in (" Where is Rome?", " Name a red fruit."))
 
-    async def one(ids: list[int]) -> GenerationRequest:
-        req = GenerationRequest(list(ids), SamplingParams(max_new_tokens=6, ignore_eos=True))
-        req.bind(asyncio.get_running_loop())
-        sched.submit(req)
-        req.text = await _collect(req)
-        return req
-
     async def run() -> list[GenerationRequest]:
-        return [await one(ids) for ids in (a, b, a)]
+        return [await _generate(sched, ids, 6) for ids in (a, b, a)]
 
     rows: list[int] = []
     original = sched.decoder.reset, sched.decoder.copy_prefix
