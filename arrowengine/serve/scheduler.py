@@ -121,6 +121,10 @@ class Scheduler:
         self._pending: collections.deque[GenerationRequest] = collections.deque()
         self._active: dict[int, _Sequence] = {}
         self._free = list(range(max_batch))
+        # when each row last served a sequence (a tick count): a new prompt, or the copy of a cached prefix, goes to
+        # the least recently used free row, so the rows a burst of repeated prompts finds are the ones it evicts last
+        self._used = [0] * max_batch
+        self._clock = 0
         self._cond = threading.Condition()
         self._stopping = False
         self._paused = False
@@ -229,21 +233,29 @@ class Scheduler:
         """(free row, prompt tokens already in its cache), the row's cache set up for the prompt.
 
         The free row holding the longest prefix of ``prompt`` (at least ``min_prefix`` tokens, never the whole
-        prompt: its last token is fed for the logits) is taken when it holds nothing past that prefix; when it holds
-        a longer, different history (another chat sharing the system prompt), the prefix is copied into the free
-        row holding the fewest tokens, so that history stays cached for its own next turn. With no such prefix, the
-        free row holding the fewest tokens, lowest first.
+        prompt: its last token is fed for the logits; among equals the one holding the fewest tokens) is taken when
+        it holds nothing past that prefix; when it holds a longer, different history (another chat sharing the
+        system prompt, or this prompt's earlier answer), the prefix is copied into the least recently used free row,
+        so that history stays cached for its own next turn. With no such prefix, the least recently used free row.
+        Empty rows count as used longest ago; ties go to the row holding the fewest tokens, lowest first.
+
+        Least recently used, not emptiest: with eight cached chats repeated at once, "emptiest" picked rows that
+        held the very prompts the same burst was about to ask for, and those had to be prefilled again.
         """
-        emptiest = min(self._free, key=lambda row: (self.decoder.lengths[row], row))
-        best, keep = emptiest, 0
+        lengths = self.decoder.lengths
+        target = min(self._free, key=lambda row: (self._used[row], lengths[row], row))
+        best, keep = target, 0
         if self.prefix_cache:
             for row in self._free:
                 common = min(self.decoder.common_prefix(row, prompt), len(prompt) - 1)
-                if common >= self.min_prefix and common > keep:
+                if common >= self.min_prefix and (common, -lengths[row]) > (keep, -lengths[best]):
                     best, keep = row, common
-        if keep and best != emptiest and self.decoder.lengths[best] > keep:
-            self.decoder.copy_prefix(best, emptiest, keep)
-            return emptiest, keep
+        self._clock += 1
+        self._used[best] = self._clock  # a hit counts as a use: the row is worth keeping
+        if keep and best != target and lengths[best] > keep:
+            self.decoder.copy_prefix(best, target, keep)
+            self._used[target] = self._clock
+            return target, keep
         self.decoder.reset(best, keep)
         return best, keep
 
@@ -302,6 +314,8 @@ class Scheduler:
         req.finish_reason = reason
         req.finished_at = time.perf_counter()
         self._active.pop(seq.row, None)
+        self._clock += 1
+        self._used[seq.row] = self._clock  # the row now holds this sequence's whole history
         with self._cond:
             self._free.append(seq.row)
             self._free.sort()  # lowest rows first keeps the decode span short

@@ -18,6 +18,7 @@ from arrowengine.runtime.llm.sampling import (
     apply_repetition_penalty,
     apply_top_k,
     apply_top_p,
+    greedy,
     sample_next,
 )
 
@@ -86,6 +87,18 @@ def test_top_p_always_keeps_the_argmax(values: list[float], p: float) -> None:
     assert torch.isfinite(out[0, int(logits.argmax())])
     kept_mass = logits.softmax(-1)[torch.isfinite(out)].sum()
     assert kept_mass >= min(p, 1.0) - 1e-5
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.sampled_from([-2.0, 0.0, 1.5, 3.0, -INF, INF]), min_size=5, max_size=5), min_size=1,
+                max_size=4))
+def test_greedy_picks_what_torch_argmax_picks_ties_included(rows: list[list[float]]) -> None:
+    """The numpy argmax behind greedy decoding on CPU picks the first of tied maxima, as torch.argmax does."""
+    logits = torch.tensor(rows, dtype=torch.float32)
+    picked = greedy(logits)
+    assert picked.dtype == torch.int64
+    assert picked.tolist() == logits.argmax(dim=-1).tolist()
+    assert greedy(logits.double()).tolist() == picked.tolist()  # the torch path (not float32)
 
 
 def test_greedy_is_argmax_and_seeded_sampling_is_reproducible() -> None:

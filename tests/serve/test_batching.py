@@ -185,6 +185,34 @@ def test_a_prefix_shared_with_a_longer_history_is_copied_not_taken(tiny_llm):
         assert req.text == tiny_llm.generate_ids([ids], max_new_tokens=6, ignore_eos=True)[0].text
 
 
+def test_repeated_chats_sent_together_all_find_their_prompts_cached(tiny_llm):
+    """Two chats sharing a system prompt, served one after the other, then both repeated at once with every row
+    holding something: each repeat finds its whole prompt cached and nothing is prefilled. (Taking the emptiest
+    free row, the longer chat's repeat copied its prompt over the shorter chat's row, which then prefilled again.)"""
+    sched = Scheduler(tiny_llm, name="t", max_batch=2, max_queue=8, context=256, prefill_chunk=64)
+    system = tiny_llm.tokenizer("You are a helpful assistant who answers briefly and kindly.")["input_ids"]
+    long_chat, short_chat = (system + tiny_llm.tokenizer(t)["input_ids"]
+                             for t in (" Name three red fruits and one green vegetable, please.", " Hi."))
+    prefills: list[int] = []
+    original = sched.decoder.prefill
+    sched.decoder.prefill = lambda row, ids: (prefills.append(len(ids)), original(row, ids))[1]
+
+    async def run() -> list[GenerationRequest]:
+        for ids in (long_chat, short_chat):
+            await _generate(sched, ids, 6)
+        prefills.clear()
+        return list(await asyncio.gather(_generate(sched, long_chat, 6), _generate(sched, short_chat, 6)))
+
+    try:
+        again_long, again_short = asyncio.run(run())
+    finally:
+        sched.stop()
+    assert (again_long.cached_tokens, again_short.cached_tokens) == (len(long_chat) - 1, len(short_chat) - 1)
+    assert prefills == []
+    for req, ids in ((again_long, long_chat), (again_short, short_chat)):
+        assert req.text == tiny_llm.generate_ids([ids], max_new_tokens=6, ignore_eos=True)[0].text
+
+
 def test_copy_prefix_gives_the_logits_of_a_fresh_prefill(tiny_llm):
     dec = BatchedDecoder(tiny_llm, rows=2, max_len=64)
     history = [11, 12, 13, 14, 15, 16, 17, 18, 19]

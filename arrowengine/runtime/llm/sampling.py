@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from arrowengine.errors import ConfigError
@@ -31,6 +32,7 @@ __all__ = [
     "apply_repetition_penalty",
     "apply_top_k",
     "apply_top_p",
+    "greedy",
     "sample_constrained",
     "sample_next",
 ]
@@ -178,13 +180,22 @@ def sample_constrained(logits: torch.Tensor, params: SamplingParams, generator: 
     return torch.tensor(chosen, dtype=torch.long)
 
 
+def greedy(logits: torch.Tensor) -> torch.Tensor:
+    """The index of each row's largest logit (the first on ties, as ``torch.argmax``); ``[B]`` int64."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32 and not logits.requires_grad:
+        # torch's CPU argmax over a 49k vocabulary took ~120 us a row here, numpy's ~6 us: at 8 streams that was
+        # 4 ms of every ~40 ms decode step in the server
+        return torch.from_numpy(logits.numpy().argmax(axis=-1).astype(np.int64))
+    return logits.argmax(dim=-1)
+
+
 def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None,
                 penalties: PenaltyState | None = None) -> torch.Tensor:
     """Pick one token per row from fp32 ``logits [B, vocab]``; returns ``[B]`` int64."""
     if penalties is not None:
         logits = penalties.apply(logits, params)
     if params.temperature == 0.0:
-        return logits.argmax(dim=-1)
+        return greedy(logits)
     logits = logits / params.temperature
     logits = apply_top_k(logits, params.top_k)
     logits = apply_top_p(logits, params.top_p)
