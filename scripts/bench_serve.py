@@ -153,11 +153,17 @@ def run_concurrent(base: str, model: str, prompts: list[str], max_tokens: int,
 def run_sequential(base: str, model: str, prompts: list[str], max_tokens: int,
                    pid: int | None = None) -> dict[str, Any]:
     """The same requests one after another."""
-    with httpx.Client(timeout=600.0) as client:  # one client sending them in turn, opened off the clock
+    # a client of its own per request, as in the concurrent load (one kept-alive connection for all of them was
+    # dropped by llama-server between requests), opened off the clock
+    clients = [httpx.Client(timeout=600.0) for _ in prompts]
+    try:
         cpu = cpu_seconds(pid)
         started = time.perf_counter()
-        results = [stream_chat(base, model, p, max_tokens, client=client) for p in prompts]
+        results = [stream_chat(base, model, p, max_tokens, client=c) for p, c in zip(prompts, clients, strict=True)]
         return summarize(results, time.perf_counter() - started, cpu_seconds(pid) - cpu)
+    finally:
+        for client in clients:
+            client.close()
 
 
 def _pct(values: list[float], q: float) -> float | None:

@@ -233,10 +233,11 @@ class Scheduler:
         """(free row, prompt tokens already in its cache), the row's cache set up for the prompt.
 
         The free row holding the longest prefix of ``prompt`` (at least ``min_prefix`` tokens, never the whole
-        prompt: its last token is fed for the logits; among equals the one holding the fewest tokens) is taken when
-        it holds nothing past that prefix; when it holds a longer, different history (another chat sharing the
-        system prompt, or this prompt's earlier answer), the prefix is copied into the least recently used free row,
-        so that history stays cached for its own next turn. With no such prefix, the least recently used free row.
+        prompt: its last token is fed for the logits; among equals the one holding the fewest tokens) is taken. When
+        the prompt leaves that row's history inside the prompt (another chat sharing the system prompt), the prefix
+        is copied into the least recently used free row instead, so that history stays cached for its own next
+        turn. A row holding all of the prompt is taken in place: what it holds past the prompt is an earlier answer
+        to the same prompt, which this request replaces. With no such prefix, the least recently used free row.
         Empty rows count as used longest ago; ties go to the row holding the fewest tokens, lowest first.
 
         Least recently used, not emptiest: with eight cached chats repeated at once, "emptiest" picked rows that
@@ -252,7 +253,7 @@ class Scheduler:
                     best, keep = row, common
         self._clock += 1
         self._used[best] = self._clock  # a hit counts as a use: the row is worth keeping
-        if keep and best != target and lengths[best] > keep:
+        if keep and keep < len(prompt) - 1 and best != target and lengths[best] > keep:
             self.decoder.copy_prefix(best, target, keep)
             self._used[target] = self._clock
             return target, keep
