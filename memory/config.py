@@ -110,6 +110,10 @@ class TieringConfig:
     access_flush_every: int = _rng(4096, 1, _BIG)
     access_flush_seconds: float = 120.0
     background_flush: bool = True  # write due access statistics on a thread, off the search path
+    # a due background flush first waits until no search has run for this long (at most access_flush_seconds):
+    # at 1M memories a flush is ~5 s of Lance work, and beside a burst of searches it shares their two cores
+    # (vector search p95 3.8-4.7 ms -> 15.7 ms in the 1M benchmark run that crossed the flush mark)
+    access_flush_quiet_s: float = _rng(0.2, 0.0, 3600.0)
     hot_window_s: float = 7 * 24 * 3600.0  # accessed or created within this window -> hot (LRU recency)
     salience_quantile: float = _rng(0.9, 0.0, 1.0)  # TF-IDF salience at or above this quantile keeps a memory hot
     eviction_policy: str | None = None  # "lru" | "lfu" | "age" | "importance" | None

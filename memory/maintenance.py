@@ -71,16 +71,31 @@ class MaintenanceMixin:
 
     def _background_flush(self) -> None:
         try:
+            self._wait_for_quiet()
             self.flush()
             if self._index is not None:
                 self._index.refresh()  # catch the index up here, not in the next search
         except Exception:  # the records went back to the buffer; the next flush retries them
             logger.exception("background flush of access statistics failed; kept for the next flush")
 
+    def _wait_for_quiet(self) -> None:
+        """Hold a due background flush until no search has run for ``access_flush_quiet_s`` (a burst of searches
+        does not share the cores with the merge), at most ``access_flush_seconds``, or until close() / exit."""
+        cfg = self.config.tiering
+        deadline = time.monotonic() + cfg.access_flush_seconds
+        while not self._flush_now.is_set():
+            now = time.monotonic()
+            wait = min(self._last_search + cfg.access_flush_quiet_s, deadline) - now
+            if wait <= 0:
+                return
+            self._flush_now.wait(wait)
+
     def _join_flusher(self) -> None:
         flusher = self._flusher
         if flusher is not None:
+            self._flush_now.set()  # a flush waiting for a quiet moment runs now
             flusher.join()
+            self._flush_now.clear()
 
     def flush(self) -> int:
         """Write the buffered access statistics in one merge; returns how many memories were updated."""

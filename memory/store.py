@@ -97,6 +97,8 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
         self._lock = threading.RLock()
         self._flush_guard = threading.Lock()
         self._flusher: threading.Thread | None = None
+        self._last_search = time.monotonic()  # a due background flush waits for a quiet moment after it
+        self._flush_now = threading.Event()  # set by close() / exit: a waiting flush stops waiting
         self._zstd = zstandard.ZstdDecompressor()
         self._index: MemoryIndex | None = None
         self._dim: int | None = None
@@ -488,6 +490,7 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
             hits = run_search(index, qvec, text, k, (modalities, tiers, session), self.config.retrieval,
                               mode=mode, use_links=links)
         self._access.record([h.id for h in hits])
+        self._last_search = time.monotonic()
         self._maybe_flush()
         return hits
 

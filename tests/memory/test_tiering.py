@@ -47,6 +47,32 @@ def test_flush_triggers_on_size(tmp_path, embedder):
         assert s.get(a).access_count == 2  # the flushed read plus this one, counted before its own flush
 
 
+def test_a_due_flush_waits_for_a_quiet_moment_and_close_runs_it(tmp_path, embedder):
+    """A flush that falls due during searches waits until none has run for access_flush_quiet_s; close() runs a
+    waiting flush at once, and the statistics are in the table when the store is opened again."""
+    with _store(tmp_path, embedder, access_flush_every=1, access_flush_quiet_s=3600.0) as s:
+        ids = s.add_many(["alpha memory", "beta memory", "gamma memory"])
+        version = s.version
+        hits = s.search("alpha", k=1)
+        time.sleep(0.3)
+        assert s.version == version and s._flusher is not None and s._flusher.is_alive()  # due, but waiting
+    assert hits[0].id == ids[0]
+    with _store(tmp_path, embedder) as again:
+        assert again.version == version + 1  # close() ran the waiting flush: one merge
+        assert again.get(ids[0]).access_count == 2  # the search hit, plus this read
+
+
+def test_a_waiting_flush_runs_once_searches_stop(tmp_path, embedder):
+    with _store(tmp_path, embedder, access_flush_every=1, access_flush_quiet_s=0.05) as s:
+        s.add_many(["alpha memory", "beta memory"])
+        version = s.version
+        s.search("alpha", k=1)
+        deadline = time.monotonic() + 60.0
+        while s.version == version and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert s.version == version + 1 and s.stats()["pending_access"] == 0
+
+
 def test_inline_flush_when_background_is_off(tmp_path, embedder):
     with _store(tmp_path, embedder, access_flush_every=2, background_flush=False) as s:
         a, b = s.add_many(["one", "two"])
