@@ -34,6 +34,7 @@ from memory.errors import (
 )
 from memory.facade import FacadeMixin
 from memory.index import MemoryIndex
+from memory.index.blas import one_blas_thread
 from memory.lance_io import commit_with_retry, connect, open_table
 from memory.links import coerce_links, merge_links, remove_links
 from memory.maintenance import MaintenanceMixin
@@ -373,7 +374,8 @@ class MemoryStore(FacadeMixin, MaintenanceMixin):
     def _near_duplicates(self, ids: list[str], matrix: np.ndarray) -> list[tuple[str, str, float]]:
         threshold = self.config.near_duplicate_threshold
         found: list[tuple[str, str, float]] = []
-        within = matrix @ matrix.T
+        with one_blas_thread():  # 64 x 64 at most; spinning BLAS workers would slow the next batch's embedding
+            within = matrix @ matrix.T
         for i, j in zip(*np.nonzero(np.triu(within, k=1) >= threshold), strict=True):
             found.append((ids[j], ids[i], float(within[i, j])))
         if self._table is not None and self._table.count_rows() > 0:

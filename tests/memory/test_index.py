@@ -252,3 +252,33 @@ def test_memory_config_from_yaml_and_env(tmp_path, caplog, monkeypatch, embedder
     monkeypatch.setenv("ARROWENGINE_MEMORY_PATH", str(tmp_path / "default"))
     store = MemoryStore(embedder=embedder)  # no config: the same loader runs
     assert (store.config.table, store.path, store.config.retrieval.ivf_nprobe) == ("notes", tmp_path / "default", 48)
+
+
+def _blas_threads() -> int:
+    from threadpoolctl import threadpool_info
+
+    return min(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas")
+
+
+def test_index_products_run_on_one_blas_thread_and_restore_the_callers_setting(monkeypatch):
+    """Spinning OpenBLAS workers left by a search took the cores from the next query's embedding (memory/index/blas.py):
+    the index's products run on one BLAS thread, and the caller's own limit is back afterwards."""
+    from threadpoolctl import threadpool_limits
+
+    import memory.index.vector as vector_module
+
+    seen: list[int] = []
+    real_top = vector_module._top
+
+    def spying_top(*args, **kwargs):
+        seen.append(_blas_threads())
+        return real_top(*args, **kwargs)
+
+    monkeypatch.setattr(vector_module, "_top", spying_top)
+    rng = np.random.default_rng(0)
+    index = VectorIndex(16)
+    index.append(_unit(rng, 50, 16))
+    with threadpool_limits(limits=2, user_api="blas"):
+        index.search(_unit(rng, 1, 16)[0], 5, np.ones(50, dtype=bool), nprobe=4, exact_below=10)
+        assert seen == [1]
+        assert _blas_threads() == 2
