@@ -167,33 +167,3 @@ def test_native_blocks_dequantize_matches_torch() -> None:
     kernels = kernels_or_skip()
     blocks = random_blocks("gguf_q8_0", 5, 96, seed=4)
     assert torch.equal(native_gguf.blocks_dequantize(kernels, blocks), blocks.dequantize())
-
-
-def test_build_variant_needs_every_vnni_extension() -> None:
-    full = ("AVX2", "FMA", "AVX-512F", "AVX-512BW", "AVX-512VL", "AVX512-VNNI")
-    assert native_gguf.build_variant(full) == "vnni"
-    for missing in native_gguf.VNNI_ISA:
-        assert native_gguf.build_variant(tuple(name for name in full if name != missing)) == "avx2"
-
-
-def test_an_avx2_only_cpu_gets_the_avx2_build_with_bit_identical_products(monkeypatch) -> None:
-    """The selection code on a simulated AVX2-only CPU picks the AVX2 build; where this CPU has VNNI too, the VNNI
-    build's products are the same integers, so bit-identical floats (every block type, 1 to 9 rows of x)."""
-    kernels = kernels_or_skip()
-    avx2_only = CpuInfo("simulated", "x86_64", 2, 2**30, ("SSE4.2", "AVX", "AVX2", "FMA"))
-    monkeypatch.setattr(native_gguf, "cpu_info", lambda: avx2_only)
-    avx2 = native_gguf.block_kernels()
-    assert avx2 is not None and avx2.variant == "avx2"
-    if kernels.variant != "vnni":
-        pytest.skip("this CPU has no AVX-512 VNNI: only the AVX2 build runs here")
-    for quant_type in TYPES:
-        weight = random_blocks(quant_type, 13, 96, 11)
-        for m in (1, 2, 3, 4, 8, 9):
-            x = torch.randn(m, 96)
-            outs = []
-            for lib in (avx2, kernels):
-                y = torch.empty(m, 13)
-                assert lib.matmul(weight.kind.ggml_type, weight.data.data_ptr(), 13, 96, weight.data.stride(0),
-                                  x.data_ptr(), m, 96, y.data_ptr(), 13, 2) == 0
-                outs.append(y)
-            assert torch.equal(outs[0], outs[1]), (quant_type, m)

@@ -5,8 +5,6 @@ The C file is compiled once per source/flags/compiler by the shared machinery of
 :mod:`arrowengine.runtime.native` and called through ctypes. It needs AVX2 + FMA (F16C comes with every such
 CPU); :func:`block_kernels` returns ``None`` (the reason logged once) without them, without a compiler, when the
 build fails, or with ``runtime.native_kernels: false``, and callers fall back to torch over dequantized weights.
-On a CPU with AVX-512 VNNI (and VL, BW) the same source is built a second way, where the block products use
-``vpdpwssd`` (:func:`build_variant` picks; the results are the same integers, so the same floats).
 """
 
 from __future__ import annotations
@@ -27,8 +25,8 @@ from arrowengine.hardware import cpu_info
 from arrowengine.runtime.native import _build, native_cache_dir
 from quant.gguf import GGUFBlocks
 
-__all__ = ["REQUIRED_ISA", "VNNI_ISA", "BertArgs", "BlockKernels", "LayerArgs", "block_kernels", "blocks_dequantize",
-           "blocks_matmul", "build_variant", "missing_isa", "read_bandwidth", "threads"]
+__all__ = ["REQUIRED_ISA", "BertArgs", "BlockKernels", "LayerArgs", "block_kernels", "blocks_dequantize",
+           "blocks_matmul", "missing_isa", "read_bandwidth", "threads"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,14 +36,6 @@ _INCLUDED = tuple(Path(__file__).with_name(name) for name in ("gguf_blocks.c", "
 # -ffp-contract=off: the dequantization must round like gguf-py's numpy (no fused multiply-add)
 _FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC")
 REQUIRED_ISA = ("AVX2", "FMA")
-# what the "vnni" build needs on top: 256-bit vpdpwssd is an AVX512-VNNI instruction with the VL encoding
-VNNI_ISA = ("AVX-512F", "AVX-512BW", "AVX-512VL", "AVX512-VNNI")
-_VARIANT_FLAGS = {"avx2": (), "vnni": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni")}
-
-
-def build_variant(isa: Collection[str]) -> str:
-    """Which build of the kernels runs on a CPU with ``isa``: ``"vnni"`` or ``"avx2"``."""
-    return "vnni" if all(name in isa for name in VNNI_ISA) else "avx2"
 
 
 def missing_isa(isa: Collection[str]) -> list[str]:
@@ -65,7 +55,6 @@ class BlockKernels:
     layer: ctypes._CFuncPtr
     bert: ctypes._CFuncPtr
     path: Path
-    variant: str = "avx2"
 
 
 class LayerArgs(ctypes.Structure):
@@ -96,7 +85,7 @@ class BertArgs(ctypes.Structure):
 
 
 @functools.cache
-def _load(variant: str = "avx2") -> BlockKernels | None:
+def _load() -> BlockKernels | None:
     runtime = load_config().runtime
     if not runtime.native_kernels:
         logger.info("native kernels disabled (runtime.native_kernels is false): GGUF blocks are dequantized")
@@ -104,7 +93,7 @@ def _load(variant: str = "avx2") -> BlockKernels | None:
     try:
         # the build cache is keyed by the main source and the flags: a digest of the included files joins the flags
         digest = hashlib.sha256(b"".join(path.read_bytes() for path in _INCLUDED)).hexdigest()[:16]
-        flags = (*_FLAGS, *_VARIANT_FLAGS[variant], f"-I{_SOURCE.parent}", f"-DAE_BLOCKS_SOURCE_{digest}")
+        flags = (*_FLAGS, f"-I{_SOURCE.parent}", f"-DAE_BLOCKS_SOURCE_{digest}")
         path = _build(_SOURCE, flags, native_cache_dir(runtime.cache_dir))
         library = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as exc:
@@ -126,19 +115,16 @@ def _load(variant: str = "avx2") -> BlockKernels | None:
     bert = library.ae_bert_layers  # (args of n consecutive layers, n)
     bert.argtypes = [ctypes.POINTER(BertArgs), ctypes.c_int64]
     bert.restype = ctypes.c_int
-    logger.info("native GGUF block kernels: %s build %s", variant, path.name)
-    return BlockKernels(matmul, dequantize, read_bytes, layer, bert, path, variant)
+    return BlockKernels(matmul, dequantize, read_bytes, layer, bert, path)
 
 
 def block_kernels(isa: Collection[str] | None = None) -> BlockKernels | None:
-    """The native block kernels built for this CPU (:func:`build_variant`), or None where they cannot run (``isa``
-    simulates another CPU in tests)."""
-    isa = cpu_info().isa if isa is None else isa
-    missing = missing_isa(isa)
+    """The native block kernels, or None where they cannot run (``isa`` simulates another CPU in tests)."""
+    missing = missing_isa(cpu_info().isa if isa is None else isa)
     if missing:
         _log_missing(tuple(missing))
         return None
-    return _load(build_variant(isa))
+    return _load()
 
 
 @functools.cache
