@@ -95,7 +95,8 @@ def test_batch_size_and_input_forms_do_not_change_results(model_dir, encoder, ph
     from arrowengine.runtime.image_encoder import ImageEncoder
 
     ours = encoder.encode(photos[:3])
-    one_by_one = ImageEncoder(model_dir, batch_size=1).encode(photos[:3])
+    # the same precision as the fixture's (the default is bf16 on a CPU with AVX-512 BF16, float32 elsewhere)
+    one_by_one = ImageEncoder(model_dir, batch_size=1, dtype=encoder.dtype).encode(photos[:3])
     np.testing.assert_allclose(ours, one_by_one, atol=1e-5)
     single = encoder.encode(photos[1])  # one image, not a list
     np.testing.assert_allclose(single[0], ours[1], atol=1e-5)
