@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from memory.index.blas import single_blas_thread
+from memory.index.blas import one_blas_thread
 from memory.index.rows import GrowArray, concat_ranges
 
 __all__ = ["IVFLayout", "VectorIndex", "ivf_layout", "ivf_list_count", "train_centroids"]
@@ -193,14 +193,14 @@ class VectorIndex:
         """The vectors of ``slots``."""
         return self._mat.view[np.asarray(slots, dtype=np.int64)]
 
-    @single_blas_thread
+    @one_blas_thread()
     def similarity(self, query: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """Inner products (cosine: rows and query are unit norm) of ``query`` with ``slots``."""
         if len(slots) == 0:
             return np.zeros(0, dtype=np.float32)
         return self.vectors(slots) @ query
 
-    @single_blas_thread
+    @one_blas_thread()
     def search(self, query: np.ndarray, n: int, allowed: np.ndarray, nprobe: int,
                exact_below: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` best allowed slots and their scores, best first.
@@ -225,7 +225,7 @@ class VectorIndex:
                 return best
             probe *= 2
 
-    @single_blas_thread
+    @one_blas_thread()
     def nearest(self, queries: np.ndarray, allowed: np.ndarray, nprobe: int,
                 exact_below: int) -> tuple[np.ndarray, np.ndarray]:
         """The best allowed slot of each query row and its score (slot -1 where nothing is allowed).
