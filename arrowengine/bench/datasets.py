@@ -11,13 +11,15 @@ import functools
 import importlib.util
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from arrowengine.datasets import chitchat_conversations
 from arrowengine.errors import EngineError
 
-__all__ = ["BenchInputError", "chat_conversations", "held_out_text", "photos", "sentences", "speech_30s"]
+__all__ = ["INSTRUCTIONS", "BenchInputError", "chat_conversations", "chat_prompts", "held_out_text", "photos",
+           "sentences", "speech_30s"]
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 
@@ -55,6 +57,21 @@ def held_out_text(conversations: int = 8, offset: int = 5000) -> str:
     convs = chat_conversations()
     start = min(offset, max(0, len(convs) - conversations))
     return "\n".join("\n".join(c) for c in convs[start : start + conversations])
+
+
+INSTRUCTIONS = ("Write one sentence about Alice and Bob planning a trip.", "What is the capital of France?",
+                "List three fruits.", "Explain gravity to a child in one sentence.")
+
+
+def chat_prompts(tokenizer: Any, n: int = 20) -> list[list[int]]:
+    """``n`` chat prompts as token ids: a few instructions, then real chitchat messages, each as the user turn of
+    the tokenizer's chat template (a ``transformers`` tokenizer) with the assistant's turn opened."""
+    from arrowengine.datasets import chitchat_messages
+
+    texts = list(INSTRUCTIONS) + chitchat_messages(max(0, n - len(INSTRUCTIONS)))
+    return [tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                                                    add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+            for t in texts[:n]]
 
 
 def _load_wav(path: Path) -> tuple[np.ndarray, int]:

@@ -167,5 +167,5 @@ def run_llm(ctx: BenchContext) -> None:
         progress.update()
     from arrowengine.bench.llamacpp import run_gguf_peers  # GGUF blocks vs llama.cpp on the same file
 
-    run_gguf_peers(ctx, MODEL, measure, ours_runner, held_out, prompts, NEW_TOKENS)
+    run_gguf_peers(ctx, MODEL, measure, ours_runner, held_out, prompts, NEW_TOKENS, tokenizer)
     progress.close()

