@@ -52,6 +52,8 @@ def test_add_many_preserves_order_and_session_links(store, conversations):
     # a later add continues the chain from the last memory of the session
     nxt = store.add("see you tomorrow then", session="c0")
     assert {link.target for link in store.get(nxt).links} == {ids[-1]}
+    # the back half joins the links the previous memory already had; none of them is lost
+    assert {link.target for link in store.get(ids[-1]).links} == {ids[-2], nxt}
 
 
 def test_near_duplicates_are_linked(store):
