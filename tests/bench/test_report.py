@@ -143,3 +143,31 @@ def test_every_metric_a_suite_records_is_one_the_report_schema_accepts():
                 used.setdefault(node.args[4].value, path.name)
     assert used and "decode" in used  # the scan finds the suites' calls
     assert {metric: where for metric, where in used.items() if metric not in allowed} == {}
+
+
+def test_gguf_targets_compare_with_llamacpp_and_report_what_is_missing():
+    from arrowengine.bench.targets import evaluate_targets
+
+    ctx = BenchContext(BenchOptions(suites=("llm",), models=("smollm2-135m-instruct",)))
+    ours, peer = "arrowengine LLM(dir) default on the GGUF blocks", "llama.cpp on the GGUF"
+    ppl = Fidelity("perplexity_increase", 0.00001, 0.01)
+    for length, (ours_tps, peer_tps, ours_ttft, peer_ttft) in {32: (150.0, 100.0, 60.0, 90.0),
+                                                                512: (110.0, 100.0, 900.0, 1800.0)}.items():
+        group = f"smollm2-135m-instruct prompt={length}"
+        for strategy, role, tps, ttft in ((ours, "ours", ours_tps, ours_ttft), (peer, "peer", peer_tps, peer_ttft)):
+            ctx.results.add(Result("llm", group, strategy, role, "decode", "tokens/s", tps, True,
+                                   fidelity=ppl if role == "ours" else None))
+            ctx.results.add(Result("llm", group, strategy, role, "ttft", "ms", ttft, False))
+    ctx.results.add(Result("llm", "smollm2-135m-instruct prompt=32", f"{ours}, batch 8", "ours", "batch_decode",
+                           "tokens/s", 400.0, True, params={"vs_single_stream": 2.5, "single_stream_tokens_per_s":
+                                                            160.0, "with_prefill_vs_single_stream": 2.2}))
+    targets = {t.name: t for t in evaluate_targets(ctx)}
+    decode = targets["llm_gguf_decode_vs_llamacpp"]
+    assert decode.value == pytest.approx(1.1) and decode.met  # the lower of 1.5x (prompt 32) and 1.1x (512)
+    assert decode.evidence == ("prompt 32: 150.0 vs 100.0 tokens/s; prompt 512: 110.0 vs 100.0 tokens/s; "
+                               "perplexity +0.001% vs the dequantized float reference")
+    assert targets["llm_gguf_prefill_vs_llamacpp"].value == pytest.approx(2.0)
+    batch = targets["llm_gguf_batch8_4x"]
+    assert batch.value == 2.5 and batch.met is False
+    agreement = targets["llm_gguf_greedy_agreement"]  # not measured in this run: reported as such, never met
+    assert agreement.value is None and agreement.met is None and agreement.evidence == "not measured"
