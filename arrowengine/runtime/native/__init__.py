@@ -36,6 +36,7 @@ __all__ = ["NativeBuildError", "native_cache_dir", "softmax_bf16_", "softmax_ker
 logger = logging.getLogger(__name__)
 
 _SOFTMAX_SOURCE = Path(__file__).with_name("softmax_bf16.c")
+_SOFTMAX_INCLUDED = (Path(__file__).with_name("exp2_poly.h"),)
 _FLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mfma", "-fopenmp", "-shared", "-fPIC")
 _REQUIRED_ISA = ("AVX-512F", "AVX-512BW", "AVX-512VL", "FMA")
 _BUILD_TIMEOUT_S = 120
@@ -62,10 +63,15 @@ def _compiler() -> str:
     return compiler
 
 
-def _build(source: Path, flags: tuple[str, ...], cache: Path) -> Path:
-    """Compile ``source`` into a shared library in ``cache`` (atomically: concurrent builders do not clash)."""
+def _build(source: Path, flags: tuple[str, ...], cache: Path, included: tuple[Path, ...] = ()) -> Path:
+    """Compile ``source`` into a shared library in ``cache`` (atomically: concurrent builders do not clash).
+
+    The library is keyed by the bytes of ``source`` and of the files it ``#include``s from this package
+    (``included``), the flags, the compiler and the machine, so editing any of them builds anew.
+    """
     compiler = _compiler()
-    key = hashlib.sha256(source.read_bytes() + " ".join((compiler, *flags, platform.machine())).encode())
+    sources = b"".join(path.read_bytes() for path in (source, *included))
+    key = hashlib.sha256(sources + " ".join((compiler, *flags, platform.machine())).encode())
     target = cache / f"{source.stem}-{key.hexdigest()[:16]}.so"
     if target.is_file():
         return target
@@ -93,7 +99,8 @@ def softmax_kernel() -> Callable[[int, int, int, int], int] | None:
         logger.info("native softmax needs %s, which this CPU lacks: torch.softmax is used", ", ".join(missing))
         return None
     try:
-        library = ctypes.CDLL(str(_build(_SOFTMAX_SOURCE, _FLAGS, native_cache_dir(runtime.cache_dir))))
+        path = _build(_SOFTMAX_SOURCE, _FLAGS, native_cache_dir(runtime.cache_dir), _SOFTMAX_INCLUDED)
+        library = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as exc:
         logger.warning("native softmax unavailable, torch.softmax is used instead: %s", exc)
         return None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import logging
 import subprocess
 from collections.abc import Collection
@@ -32,7 +31,8 @@ logger = logging.getLogger(__name__)
 
 # blocks_lib.c includes the others: one library with the block products, the decoder layer and the encoder layers
 _SOURCE = Path(__file__).with_name("blocks_lib.c")
-_INCLUDED = tuple(Path(__file__).with_name(name) for name in ("gguf_blocks.c", "llama_layer.c", "bert_layer.c"))
+_INCLUDED = tuple(Path(__file__).with_name(name)
+                  for name in ("gguf_blocks.c", "llama_layer.c", "bert_layer.c", "exp2_poly.h"))
 # -ffp-contract=off: the dequantization must round like gguf-py's numpy (no fused multiply-add)
 _FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC")
 REQUIRED_ISA = ("AVX2", "FMA")
@@ -91,10 +91,7 @@ def _load() -> BlockKernels | None:
         logger.info("native kernels disabled (runtime.native_kernels is false): GGUF blocks are dequantized")
         return None
     try:
-        # the build cache is keyed by the main source and the flags: a digest of the included files joins the flags
-        digest = hashlib.sha256(b"".join(path.read_bytes() for path in _INCLUDED)).hexdigest()[:16]
-        flags = (*_FLAGS, f"-I{_SOURCE.parent}", f"-DAE_BLOCKS_SOURCE_{digest}")
-        path = _build(_SOURCE, flags, native_cache_dir(runtime.cache_dir))
+        path = _build(_SOURCE, (*_FLAGS, f"-I{_SOURCE.parent}"), native_cache_dir(runtime.cache_dir), _INCLUDED)
         library = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as exc:
         logger.warning("native GGUF block kernels unavailable, the blocks are dequantized instead: %s", exc)

@@ -10,6 +10,8 @@
  * x * cos + rotate_half(x) * sin; softmax with the running maximum subtracted; scale 1 / sqrt(head_dim).
  */
 
+#include "exp2_poly.h"
+
 typedef struct {
     int64_t batch, hidden, heads, kv_heads, head_dim, inter, slot, max_len;
     float eps;
@@ -59,8 +61,8 @@ static inline float dot(const float *a, const float *b, int64_t n) {
     return s;
 }
 
-/* exp of 8 floats: 2^(x log2 e), the integer part put in the exponent bits and a degree-5 minimax polynomial for the
- * fraction (the coefficients of softmax_bf16.c's exp_nonpositive; relative error ~2e-7 against expf). Below -87.3
+/* exp of 8 floats: 2^(x log2 e), the integer part put in the exponent bits and exp2_poly.h's polynomial for the
+ * fraction (relative error ~2e-7 against expf). Below -87.3
  * it returns 0 (expf underflows there too), -inf and NaN included; above 88 it saturates at exp(88). A call of
  * libm's expf per element cost ~10 ns: 1.4 ms a token in a 512-token context's softmaxes and 0.4 ms per row in
  * SmolLM2's SiLU. */
@@ -68,15 +70,10 @@ static inline __m256 exp8(__m256 x) {
     const __m256 low = _mm256_set1_ps(-87.3f);
     const __m256 live = _mm256_cmp_ps(x, low, _CMP_GE_OQ);
     const __m256 t = _mm256_mul_ps(_mm256_min_ps(_mm256_max_ps(x, low), _mm256_set1_ps(88.0f)),
-                                   _mm256_set1_ps(1.44269504088896341f));
+                                   _mm256_set1_ps(AE_LOG2E));
     const __m256 whole = _mm256_floor_ps(t);
     const __m256 f = _mm256_sub_ps(t, whole);
-    __m256 p = _mm256_set1_ps(1.8775767e-3f);
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(8.9893397e-3f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.5826318e-2f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.4015361e-1f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.9315308e-1f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.9999994e-1f));
+    const __m256 p = AE_EXP2_FRACTION(_mm256_fmadd_ps, _mm256_set1_ps, f);
     const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(whole), _mm256_set1_epi32(127)), 23);
     return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(bits)), live);
 }

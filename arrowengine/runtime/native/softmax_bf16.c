@@ -3,8 +3,8 @@
  * Built on first use by arrowengine/runtime/native/__init__.py (no torch headers: plain C called through
  * ctypes). Each row: max, then exp(x - max) into a float32 scratch row and its sum, then the scaled row
  * rounded to bf16 (round to nearest even, as torch rounds). exp is 2^(x log2 e): the integer part goes into
- * the exponent (vscalefps) and a degree-5 minimax polynomial covers the fraction (relative error ~2e-7,
- * far below bf16's 2^-8 output step). Faster than torch.softmax on Whisper's attention blocks (docs/benchmarks/).
+ * the exponent (vscalefps) and exp2_poly.h's polynomial covers the fraction (relative error ~2e-7, far below
+ * bf16's 2^-8 output step). Faster than torch.softmax on Whisper's attention blocks (docs/benchmarks/).
  */
 #include <immintrin.h>
 #include <math.h>
@@ -12,18 +12,15 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "exp2_poly.h"
+
 static inline __m512 exp_nonpositive(__m512 x) {
     /* below -87.3, exp underflows float32's normal range: return exactly 0 like expf */
     __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_GE_OQ);
-    __m512 t = _mm512_mul_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(1.44269504088896341f));
+    __m512 t = _mm512_mul_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(AE_LOG2E));
     __m512 whole = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
     __m512 f = _mm512_sub_ps(t, whole);
-    __m512 p = _mm512_set1_ps(1.8775767e-3f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(8.9893397e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5826318e-2f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4015361e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9315308e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.9999994e-1f));
+    __m512 p = AE_EXP2_FRACTION(_mm512_fmadd_ps, _mm512_set1_ps, f);
     return _mm512_maskz_mov_ps(live, _mm512_scalef_ps(p, whole));
 }
 
