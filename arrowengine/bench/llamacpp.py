@@ -102,10 +102,14 @@ def run_gguf_peers(ctx: BenchContext, model: str, measure: Callable[..., None],
 
     ctx.attempt("llm", group, "llama.cpp on the GGUF", "peer", "decode", "tokens/s", peer)
 
-    def batch() -> None:
-        llm = holder.get("llm")
-        if llm is None:
+    def loaded() -> Any:
+        """The LLM the "ours" row loaded (the batch and agreement rows reuse it)."""
+        if "llm" not in holder:
             raise RuntimeError("arrowengine on the GGUF blocks did not load; see its row")
+        return holder["llm"]
+
+    def batch() -> None:
+        llm = loaded()
         ids = prompts[min(prompts)]
 
         def rows(n: int, tokens: int) -> Callable[[], None]:
@@ -132,9 +136,7 @@ def run_gguf_peers(ctx: BenchContext, model: str, measure: Callable[..., None],
                 "tokens/s", batch)
 
     def agreement() -> None:
-        llm = holder.get("llm")
-        if llm is None:
-            raise RuntimeError("arrowengine on the GGUF blocks did not load; see its row")
+        llm = loaded()
         reference = LLM(blocks_model_dir(ctx.options.models_dir, model), device=ctx.options.device, dtype="float32")
         params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
         chats = chat_prompts(tokenizer, AGREEMENT_PROMPTS)

@@ -75,13 +75,11 @@ def _gguf_targets(ctx: BenchContext) -> list[Target]:
         return rows[0] if rows else None
 
     out = []
-    ratios, evidence = [], []
-    for length in (32, 512):
-        ours, peer = value(ours_name, "decode", length), value(peer_name, "decode", length)
-        if ours and peer:
-            ratios.append(ours.value / peer.value)
-            evidence.append(f"prompt {length}: {ours.value:.1f} vs {peer.value:.1f} tokens/s")
-    ours32 = value(ours_name, "decode", 32)
+    decode = {length: (value(ours_name, "decode", length), value(peer_name, "decode", length)) for length in (32, 512)}
+    ratios = [ours.value / peer.value for ours, peer in decode.values() if ours and peer]
+    evidence = [f"prompt {length}: {ours.value:.1f} vs {peer.value:.1f} tokens/s"
+                for length, (ours, peer) in decode.items() if ours and peer]
+    ours32 = decode[32][0]
     ppl = (f"; perplexity {ours32.fidelity.value:+.3%} vs the dequantized float reference"
            if ours32 and ours32.fidelity and ours32.fidelity.value is not None else "")
     out.append(Target("llm_gguf_decode_vs_llamacpp", "Single-stream decode on the GGUF blocks >= 1.0x llama.cpp on "
