@@ -125,6 +125,29 @@ def test_no_avx2_falls_back_to_exact_dense_weights(monkeypatch, caplog) -> None:
     torch.testing.assert_close(proj(x), x @ weight.dequantize().t())
 
 
+def test_width_follows_the_cpu() -> None:
+    assert native_gguf.kernel_width(("AVX2", "FMA")) == "avx2"
+    assert native_gguf.kernel_width(("AVX2", "FMA", "AVX-512F", "AVX-512BW", "AVX-512VL")) == "avx2"  # no VNNI
+    assert native_gguf.kernel_width(("AVX2", "FMA", *native_gguf.AVX512_ISA)) == "avx512"
+
+
+@settings(max_examples=12, deadline=None)
+@given(quant_type=st.sampled_from(TYPES), rows=st.integers(1, 40), blocks=st.integers(1, 6),
+       m=st.integers(1, 70), seed=st.integers(0, 2**31 - 1))
+def test_avx2_build_equals_avx512_build_bit_for_bit(quant_type, rows, blocks, m, seed) -> None:
+    """A CPU without AVX-512 (simulated through the same selection code) gets the 8-lane build: its results are the
+    16-lane build's bit for bit, for strips cut short by the matrix's end and batches through every group size."""
+    wide = kernels_or_skip()
+    if wide.width != "avx512":
+        pytest.skip("this CPU has no AVX-512 VNNI: only the AVX2 build runs here")
+    narrow = native_gguf.block_kernels(("SSE4.2", "AVX", "AVX2", "FMA"))
+    assert narrow is not None and narrow.width == "avx2" and narrow.path != wide.path
+    weight = random_blocks(quant_type, rows, 32 * blocks, seed)
+    x = torch.from_numpy(np.random.default_rng(seed + 1).standard_normal((m, 32 * blocks)).astype(np.float32))
+    out = [native_gguf.blocks_matmul(kernels, weight, x) for kernels in (wide, narrow)]
+    assert torch.equal(out[0].view(torch.int32), out[1].view(torch.int32))
+
+
 def test_disabled_native_kernels_fall_back(monkeypatch) -> None:
     monkeypatch.setenv("ARROWENGINE_RUNTIME_NATIVE_KERNELS", "0")
     native_gguf._load.cache_clear()

@@ -2,9 +2,11 @@
 a whole Llama decoder layer for one new token per row (``llama_layer.c``).
 
 The C file is compiled once per source/flags/compiler by the shared machinery of
-:mod:`arrowengine.runtime.native` and called through ctypes. It needs AVX2 + FMA (F16C comes with every such
-CPU); :func:`block_kernels` returns ``None`` (the reason logged once) without them, without a compiler, when the
-build fails, or with ``runtime.native_kernels: false``, and callers fall back to torch over dequantized weights.
+:mod:`arrowengine.runtime.native` and called through ctypes, at one of two widths: 16 lanes where the CPU has
+AVX-512 F/BW/VL and VNNI, 8 lanes (AVX2 + FMA; F16C comes with every such CPU) elsewhere. Both compute the same
+arithmetic per lane, so they give bit-identical results. :func:`block_kernels` returns ``None`` (the reason logged
+once) without AVX2 + FMA, without a compiler, when the build fails, or with ``runtime.native_kernels: false``, and
+callers fall back to torch over dequantized weights.
 """
 
 from __future__ import annotations
@@ -24,18 +26,21 @@ from arrowengine.hardware import cpu_info
 from arrowengine.runtime.native import _build, native_cache_dir
 from quant.gguf import GGUFBlocks
 
-__all__ = ["REQUIRED_ISA", "BertArgs", "BlockKernels", "LayerArgs", "block_kernels", "blocks_dequantize",
-           "blocks_matmul", "missing_isa", "read_bandwidth", "threads"]
+__all__ = ["AVX512_ISA", "REQUIRED_ISA", "BertArgs", "BlockKernels", "LayerArgs", "block_kernels", "blocks_dequantize",
+           "blocks_matmul", "kernel_width", "missing_isa", "read_bandwidth", "threads"]
 
 logger = logging.getLogger(__name__)
 
 # blocks_lib.c includes the others: one library with the block products, the decoder layer and the encoder layers
 _SOURCE = Path(__file__).with_name("blocks_lib.c")
 _INCLUDED = tuple(Path(__file__).with_name(name)
-                  for name in ("gguf_blocks.c", "llama_layer.c", "bert_layer.c", "exp2_poly.h"))
+                  for name in ("gguf_blocks.c", "lanes.h", "llama_layer.c", "bert_layer.c", "exp2_poly.h"))
 # -ffp-contract=off: the dequantization must round like gguf-py's numpy (no fused multiply-add)
 _FLAGS = ("-O3", "-mavx2", "-mfma", "-mf16c", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC")
 REQUIRED_ISA = ("AVX2", "FMA")
+# the 16-lane build: vpdpwssd (VNNI) takes 32 int16 products per instruction, the multiplier's full width
+AVX512_ISA = ("AVX-512F", "AVX-512BW", "AVX-512VL", "AVX512-VNNI")
+_WIDTH_FLAGS = {"avx2": (), "avx512": ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni")}
 
 
 def missing_isa(isa: Collection[str]) -> list[str]:
@@ -43,11 +48,17 @@ def missing_isa(isa: Collection[str]) -> list[str]:
     return [name for name in REQUIRED_ISA if name not in isa]
 
 
+def kernel_width(isa: Collection[str]) -> str:
+    """The build the block kernels use on a CPU with ``isa``: ``"avx512"`` (16 lanes) or ``"avx2"`` (8)."""
+    return "avx512" if all(name in isa for name in AVX512_ISA) else "avx2"
+
+
 @dataclass(frozen=True)
 class BlockKernels:
     """The loaded library: ``matmul``, ``dequantize``, ``read_bytes`` (``gguf_blocks.c``), ``layer``
     (``llama_layer.c``'s ``ae_llama_layers``: consecutive decoder layers in one call) and ``bert``
-    (``bert_layer.c``'s ``ae_bert_layers``: a whole BERT encoder in one call), as ctypes functions."""
+    (``bert_layer.c``'s ``ae_bert_layers``: a whole BERT encoder in one call), as ctypes functions; ``width`` is
+    the build (:func:`kernel_width`)."""
 
     matmul: ctypes._CFuncPtr
     dequantize: ctypes._CFuncPtr
@@ -55,6 +66,7 @@ class BlockKernels:
     layer: ctypes._CFuncPtr
     bert: ctypes._CFuncPtr
     path: Path
+    width: str
 
 
 class LayerArgs(ctypes.Structure):
@@ -85,13 +97,14 @@ class BertArgs(ctypes.Structure):
 
 
 @functools.cache
-def _load() -> BlockKernels | None:
+def _load(width: str) -> BlockKernels | None:
     runtime = load_config().runtime
     if not runtime.native_kernels:
         logger.info("native kernels disabled (runtime.native_kernels is false): GGUF blocks are dequantized")
         return None
     try:
-        path = _build(_SOURCE, (*_FLAGS, f"-I{_SOURCE.parent}"), native_cache_dir(runtime.cache_dir), _INCLUDED)
+        flags = (*_FLAGS, *_WIDTH_FLAGS[width], f"-I{_SOURCE.parent}")
+        path = _build(_SOURCE, flags, native_cache_dir(runtime.cache_dir), _INCLUDED)
         library = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as exc:
         logger.warning("native GGUF block kernels unavailable, the blocks are dequantized instead: %s", exc)
@@ -112,16 +125,18 @@ def _load() -> BlockKernels | None:
     bert = library.ae_bert_layers  # (args of n consecutive layers, n)
     bert.argtypes = [ctypes.POINTER(BertArgs), ctypes.c_int64]
     bert.restype = ctypes.c_int
-    return BlockKernels(matmul, dequantize, read_bytes, layer, bert, path)
+    return BlockKernels(matmul, dequantize, read_bytes, layer, bert, path, width)
 
 
 def block_kernels(isa: Collection[str] | None = None) -> BlockKernels | None:
-    """The native block kernels, or None where they cannot run (``isa`` simulates another CPU in tests)."""
-    missing = missing_isa(cpu_info().isa if isa is None else isa)
+    """The native block kernels at this CPU's width, or None where they cannot run (``isa`` simulates another CPU
+    in tests: an AVX2-only ``isa`` loads the 8-lane build, which runs on any AVX2 CPU)."""
+    isa = cpu_info().isa if isa is None else isa
+    missing = missing_isa(isa)
     if missing:
         _log_missing(tuple(missing))
         return None
-    return _load()
+    return _load(kernel_width(isa))
 
 
 @functools.cache

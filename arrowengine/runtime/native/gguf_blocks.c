@@ -1,19 +1,28 @@
-/* Matrix products over GGUF quantized blocks (Q8_0, Q4_0, Q4_1) read in place, AVX2 + FMA + F16C, OpenMP.
+/* Matrix products over GGUF quantized blocks (Q8_0, Q4_0, Q4_1) read in place, AVX-512 (VNNI) or AVX2, OpenMP.
  *
- * Built on first use by arrowengine/runtime/native/gguf.py and called through ctypes (no torch headers).
- * A weight matrix is N rows of K/32 blocks each, exactly as llama.cpp stores them:
+ * Built on first use by arrowengine/runtime/native/gguf.py and called through ctypes (no torch headers), once with
+ * AVX-512 F/BW/VL/VNNI where the CPU has them and once with AVX2 + FMA + F16C elsewhere: lanes.h maps the vector
+ * operations to 16 or 8 lanes, and every lane computes exactly the same arithmetic in both builds, so the two give
+ * bit-identical results (a test compares them). A weight matrix is N rows of K/32 blocks each, exactly as llama.cpp
+ * stores them:
  *   Q8_0: fp16 d, 32 x int8 q            value = q * d                (34 bytes)
  *   Q4_0: fp16 d, 16 bytes of nibbles     value = (q - 8) * d          (18 bytes)
  *   Q4_1: fp16 d, fp16 m, 16 bytes        value = q * d + m            (20 bytes)
  * (nibble byte j holds element j in its low half and element j + 16 in its high half).
  *
  * y = x W^T: each row of x is first quantized to int16 per block of 32 (scale amax / 32767, round to nearest:
- * llama.cpp's Q8 activation blocks with 8 more bits), then every block product is an integer dot product
- * (vpmaddwd) scaled once by d_w * d_x. Q4_1's min adds m * d_x * sum(q_x) per block.
- * Tiles of 4 rows of W are split across OpenMP threads. A batch of 4 or more rows of x goes through tile_group:
- * each weight block is unpacked once for 8 (or 4) rows of x, about half the cost per row of a lone row at 8 rows
- * (the unpacking and the scalar scale arithmetic cost as much as the products). One or two rows go through tile
- * (4 x 2 independent accumulators). Both read the weights from memory once per call and round identically.
+ * llama.cpp's Q8 activation blocks with 8 more bits), so every block product is an exact integer dot product,
+ * scaled once by d_w * d_x. Q4_1's min adds m_w * d_x * sum(q_x) per block.
+ *
+ * The weights go through in strips of one row per lane (16 or 8 rows): a strip's blocks are transposed in
+ * registers so that each lane holds one weight row's codes as int16 pairs, and each pair of x codes is broadcast
+ * to all lanes (vpdpwssd: 32 products per instruction, the multiplier's full width, with no horizontal sums).
+ * Each output is then, in its own lane: the integer product of every block converted once and multiplied by
+ * d_w * d_x into a running sum (one rounding per block, blocks in order), plus Q4_1's min terms summed apart. A row
+ * of x gets the same result alone and in any batch. The transposition is paid once per strip and block for up to 8
+ * rows of x (once per chunk of 64 for a prompt), which is what makes a decode batch cheap per row: the kernel the
+ * strips replaced kept the K dimension in the lanes and spent more on unpacking and per-block scale arithmetic than
+ * on the products (8 rows of x: 0.81 -> 0.51 ns per block and row on one Zen 4 core; 64 rows: 0.82 -> 0.43).
  *
  * ae_gguf_dequantize follows gguf-py's numpy arithmetic (one float32 rounding per product and sum), and the
  * file is compiled with -ffp-contract=off so no multiply-add is fused: its output is bit-identical to
@@ -26,12 +35,17 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lanes.h"
+
 enum { AE_Q8_0 = 8, AE_Q4_0 = 2, AE_Q4_1 = 3 }; /* GGML type ids */
 #define QK 32
-#define GROUP 8 /* rows of x in groups of 8 (then one of 4) go through tile_group; the rest through tile */
+#define GROUP 8   /* rows of x per pass over a strip's blocks (their accumulators stay in registers) */
 #define CHUNK 64  /* rows of x per pass over the weights (a multiple of GROUP) */
-#ifndef PREFETCH_TILES /* -DPREFETCH_TILES=n to try another distance */
-#define PREFETCH_TILES 1 /* tiles ahead to prefetch (1 measured best of 0, 1, 2, 4 on SmolLM2's shapes) */
+#ifndef PF_STRIPS /* -DPF_STRIPS=n to try another distance */
+#define PF_STRIPS 1 /* strips ahead to prefetch (1 measured best of 1, 2, 4 on SmolLM2's shapes) */
+#endif
+#ifndef STRIP_CHUNK
+#define STRIP_CHUNK 4 /* the shortest run of strips a thread takes (guided schedule) */
 #endif
 
 static int block_bytes(int type) {
@@ -127,178 +141,163 @@ static void quantize_row(const float *x, int64_t k, int16_t *q, float *d, float 
     }
 }
 
-/* The 32 weight codes of one block as two vectors of 16 int16 (elements 0..15 and 16..31): unsigned nibbles for
- * Q4_1, nibbles minus 8 for Q4_0, the signed bytes of Q8_0. */
-static inline __attribute__((always_inline)) void unpack16(int type, const uint8_t *blk, __m256i *a,
-                                                           __m256i *b) {
-    if (type == AE_Q8_0) {
-        *a = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 2)));
-        *b = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk + 18)));
-        return;
-    }
-    /* the 16 bytes widened to int16 once (a load folded into the widening), then each lane's low nibble is an
-     * element of the first half and its high nibble (the byte >> 4, never above 15) one of the second: three
-     * instructions where masking and shifting the bytes before widening them took six */
-    const __m256i bytes = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(blk + (type == AE_Q4_1 ? 4 : 2))));
-    *a = _mm256_and_si256(bytes, _mm256_set1_epi16(0x0F));
-    *b = _mm256_srli_epi16(bytes, 4);
-    if (type == AE_Q4_0) {
-        *a = _mm256_sub_epi16(*a, _mm256_set1_epi16(8));
-        *b = _mm256_sub_epi16(*b, _mm256_set1_epi16(8));
-    }
+/* T[c] lane i = bytes 4c..4c+3 of the strip's row i, from 16 bytes at off of each row (a 4x4 dword transpose in
+ * each 128-bit lane of rows loaded j, j + 4, ...). */
+static inline __attribute__((always_inline)) void transpose_rows(const uint8_t *const *rp, int64_t off, vint T[4]) {
+    const vint r0 = load_rows(rp, 0, off), r1 = load_rows(rp, 1, off), r2 = load_rows(rp, 2, off),
+               r3 = load_rows(rp, 3, off);
+    const vint t0 = V_UNLO32(r0, r1), t1 = V_UNHI32(r0, r1), t2 = V_UNLO32(r2, r3), t3 = V_UNHI32(r2, r3);
+    T[0] = V_UNLO64(t0, t2);
+    T[1] = V_UNHI64(t0, t2);
+    T[2] = V_UNLO64(t1, t3);
+    T[3] = V_UNHI64(t1, t3);
 }
 
-/* One tile: R consecutive weight rows (row stride rs) times MB rows of x, over all nb blocks. Every weight block
- * is unpacked once per tile and used for the MB rows of x; the R x MB accumulators are independent chains, so
- * the FMA latency hides behind each other. R and MB are compile-time constants at every call site (the loops
- * unroll and the accumulators live in registers). out[m * ldo + r]. */
-static inline __attribute__((always_inline)) void tile(int type, const uint8_t *w, int64_t rs, int64_t nb,
-                                                        const int16_t *qx, const float *dx, const float *sx,
-                                                        int64_t kq, const int R, const int MB, float *out,
-                                                        int64_t ldo) {
-    __m256 acc[4][2];
-    float mins[4][2];
-    for (int r = 0; r < R; r++)
-        for (int m = 0; m < MB; m++) {
-            acc[r][m] = _mm256_setzero_ps();
-            mins[r][m] = 0.0f;
-        }
-    const int bb = block_bytes(type);
-    for (int64_t b = 0; b < nb; b++) {
-        __m256i xa[2], xb[2];
-        for (int m = 0; m < MB; m++) {
-            xa[m] = _mm256_loadu_si256((const __m256i *)(qx + m * kq + b * QK));
-            xb[m] = _mm256_loadu_si256((const __m256i *)(qx + m * kq + b * QK + 16));
-        }
-        for (int r = 0; r < R; r++) {
-            const uint8_t *blk = w + r * rs + b * bb;
-            const float d = half_to_float(blk);
-            __m256i wa, wb;
-            unpack16(type, blk, &wa, &wb);
-            for (int m = 0; m < MB; m++) {
-                const __m256i p = _mm256_add_epi32(_mm256_madd_epi16(wa, xa[m]), _mm256_madd_epi16(wb, xb[m]));
-                acc[r][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * dx[m * nb + b]), acc[r][m]);
-                if (type == AE_Q4_1) mins[r][m] += half_to_float(blk + 2) * sx[m * nb + b];
+/* The strip's block b as 16 vectors of int16 pairs, lane i = weight row i: W[4c + s] holds the codes of elements
+ * (k, k + 2) with k = 4c + (s & 1) + (s & 2 ? 16 : 0) -- the order of the nibbles in a Q4 block's bytes, which
+ * Q8_0 follows so that one permuted copy of x serves every type. */
+static inline __attribute__((always_inline)) void unpack_strip(int type, const uint8_t *const *rp, int64_t off,
+                                                                vint W[16]) {
+    vint T[4];
+    if (type == AE_Q8_0) {
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            transpose_rows(rp, off + 2 + 16 * h, T);
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) {
+                W[4 * c + 2 * h] = V_SRAI16(V_SLLI16(T[c], 8), 8);
+                W[4 * c + 2 * h + 1] = V_SRAI16(T[c], 8);
             }
         }
+        return;
     }
-    for (int r = 0; r < R; r++)
-        for (int m = 0; m < MB; m++) out[m * ldo + r] = hsum256(acc[r][m]) + mins[r][m];
+    transpose_rows(rp, off + (type == AE_Q4_1 ? 4 : 2), T);
+    const vint mask = V_SET32(0x000F000F);
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; c++) {
+        W[4 * c] = V_AND(T[c], mask);
+        W[4 * c + 1] = V_AND(V_SRLI32(T[c], 8), mask);
+        W[4 * c + 2] = V_AND(V_SRLI32(T[c], 4), mask);
+        W[4 * c + 3] = V_AND(V_SRLI32(T[c], 12), mask);
+        if (type == AE_Q4_0)
+            for (int s = 0; s < 4; s++) W[4 * c + s] = V_SUB16(W[4 * c + s], V_SET16(8));
+    }
 }
 
-/* Four weight rows against one row of x (a single-stream decode step's products): the tile above with its scalar
- * scale work done for the four rows at once. The fp16 scale (and Q4_1's min) of the four rows' blocks are converted
- * in one instruction and multiplied by (d_x, s_x) in one more, where the scalar tile converted, multiplied and
- * broadcast per row; that work cost as much as the products. Same roundings as tile (and tile_group), so results
- * are bit-identical. For Q8_0 / Q4_0 the odd lanes convert code bytes as if they were fp16 and are never read. */
-static inline __attribute__((always_inline)) void tile4x1(int type, const uint8_t *w, int64_t rs, int64_t nb,
-                                                           const int16_t *qx, const float *dx, const float *sx,
-                                                           float *out) {
-    __m256 acc[4];
-    __m256 mins = _mm256_setzero_ps();
-    for (int r = 0; r < 4; r++) acc[r] = _mm256_setzero_ps();
+enum { UNPACK = 0, UNPACK_KEEP = 1, KEPT = 2 }; /* where a strip's unpacked blocks come from (strip's `cache`) */
+
+/* AE_LANES weight rows (pointers rp, clamped to the last row past the matrix's end; rs their stride) against MB
+ * rows of x (MB a literal at every call site: the accumulators unroll into registers). Each output is, in its own
+ * lane: the exact integer product of every block, converted once and multiplied by d_w * d_x into a running sum
+ * (blocks in order), plus Q4_1's min terms m_w * s_x summed apart in order. A row's result depends on nothing but
+ * its own x, whatever MB or strip it falls in. With `cache` UNPACK_KEEP the unpacked blocks are also stored in
+ * `kept` (18 vectors a block) for later groups of rows of the same strip, which read them back with KEPT. */
+static inline __attribute__((always_inline)) void strip(int type, const uint8_t *const *rp, const int32_t *gidx,
+                                                         int64_t rs, int64_t nb, const int32_t *xp, const float *dx,
+                                                         const float *sx, const int MB, float *y, int64_t ldy,
+                                                         int lanes, vint *kept, const int cache) {
+    vflt acc[GROUP], mins[GROUP];
+#pragma GCC unroll 8
+    for (int r = 0; r < MB; r++) {
+        acc[r] = F_ZERO();
+        mins[r] = F_ZERO();
+    }
     const int bb = block_bytes(type);
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = w + b * bb;
-        int32_t h[4];
-        for (int r = 0; r < 4; r++) memcpy(h + r, blk + r * rs, 4);
-        const __m256 dm = _mm256_cvtph_ps(_mm_setr_epi32(h[0], h[1], h[2], h[3])); /* d0 m0 d1 m1 ... */
-        const __m256 xs = _mm256_castpd_ps(_mm256_broadcastsd_pd(
-            _mm_castps_pd(_mm_unpacklo_ps(_mm_load_ss(dx + b), _mm_load_ss(sx + b))))); /* dx sx dx sx ... */
-        const __m256 prod = _mm256_mul_ps(dm, xs); /* d_r * d_x, m_r * s_x */
-        if (type == AE_Q4_1) mins = _mm256_add_ps(mins, prod);
-        const __m256i xa = _mm256_loadu_si256((const __m256i *)(qx + b * QK));
-        const __m256i xb = _mm256_loadu_si256((const __m256i *)(qx + b * QK + 16));
-        for (int r = 0; r < 4; r++) {
-            __m256i wa, wb;
-            unpack16(type, blk + r * rs, &wa, &wb);
-            const __m256i p = _mm256_add_epi32(_mm256_madd_epi16(wa, xa), _mm256_madd_epi16(wb, xb));
-            const __m256 scale = _mm256_permutevar8x32_ps(prod, _mm256_set1_epi32(2 * r));
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[r]);
+        vint W[16];
+        vflt d, m;
+        if (cache == KEPT) {
+#pragma GCC unroll 16
+            for (int v = 0; v < 16; v++) W[v] = kept[b * 18 + v];
+            d = (vflt)kept[b * 18 + 16];
+            m = (vflt)kept[b * 18 + 17];
+        } else {
+            /* the strip's rows are one contiguous run of memory read as 16 (8) interleaved streams, which the
+             * hardware prefetchers do not follow (a decode step's products ran at 6 GB/s): stream the next strip's
+             * bytes in at the pace this one is read */
+            const uint8_t *next = rp[0] + PF_STRIPS * AE_LANES * rs + b * AE_LANES * bb;
+            for (int o = 0; o < AE_LANES * bb; o += 64) _mm_prefetch((const char *)(next + o), _MM_HINT_T0);
+            unpack_strip(type, rp, b * bb, W);
+            load_scales(rp, gidx, b * bb, &d, &m);
+            if (cache == UNPACK_KEEP) {
+#pragma GCC unroll 16
+                for (int v = 0; v < 16; v++) kept[b * 18 + v] = W[v];
+                kept[b * 18 + 16] = (vint)d;
+                kept[b * 18 + 17] = (vint)m;
+            }
+        }
+        /* two integer chains per row: one row alone would otherwise wait on each product's latency */
+        vint p[GROUP][2];
+#pragma GCC unroll 8
+        for (int r = 0; r < MB; r++) p[r][0] = p[r][1] = V_ZERO();
+#pragma GCC unroll 16
+        for (int v = 0; v < 16; v++)
+#pragma GCC unroll 8
+            for (int r = 0; r < MB; r++)
+                p[r][v & 1] = V_DOT(p[r][v & 1], W[v], V_SET32(xp[(r * nb + b) * 16 + v]));
+#pragma GCC unroll 8
+        for (int r = 0; r < MB; r++) {
+            const vflt f = V_CVT(V_ADD32(p[r][0], p[r][1]));
+            acc[r] = F_FMA(f, F_MUL(d, F_SET(dx[r * nb + b])), acc[r]);
+            if (type == AE_Q4_1) mins[r] = F_ADD(mins[r], F_MUL(m, F_SET(sx[r * nb + b])));
         }
     }
-    float m8[8];
-    _mm256_storeu_ps(m8, mins);
-    for (int r = 0; r < 4; r++) out[r] = hsum256(acc[r]) + (type == AE_Q4_1 ? m8[2 * r + 1] : 0.0f);
+#pragma GCC unroll 8
+    for (int r = 0; r < MB; r++)
+        store_lanes(y + r * ldy, type == AE_Q4_1 ? F_ADD(acc[r], mins[r]) : acc[r], lanes);
 }
 
-/* One weight row against a group of MB (4 or 8) rows of x: the block is unpacked once for all MB rows, which is
- * what makes a decode batch cheaper per row than MB single-row products (the single-row tile spends about as much
- * on unpacking and on the scalar scale arithmetic as on the products). Arithmetic per (row of x, block) is the
- * single-row tile's exactly -- the scale d_w * d_x rounded once in float, Q4_1's min term m_w * s_x summed in the
- * same order -- so a row gets bit-identical results in a batch and alone. dxT and sxT hold the group's activation
- * scales block-major ([nb][8]), so the min terms of all MB rows are one vector multiply-add per block. (Codes
- * copied block-major too, to spare the compiler's spilled row pointers, measured no faster.) */
-static inline __attribute__((always_inline)) void tile_group(int type, const uint8_t *w, int64_t nb,
-                                                              const int16_t *qx, const float *dxT,
-                                                              const float *sxT, int64_t kq, const int MB,
-                                                              float *out, int64_t ldo) {
-    __m256 acc[8];
-    __m256 mins = _mm256_setzero_ps();
-    for (int m = 0; m < MB; m++) acc[m] = _mm256_setzero_ps();
-    const int bb = block_bytes(type);
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = w + b * bb;
-        const __m256 d = _mm256_set1_ps(half_to_float(blk));
-        __m256i wa, wb;
-        unpack16(type, blk, &wa, &wb);
-        if (type == AE_Q4_1) /* separate multiply and add: -ffp-contract=off, as in the scalar tile */
-            mins = _mm256_add_ps(mins, _mm256_mul_ps(_mm256_set1_ps(half_to_float(blk + 2)),
-                                                     _mm256_loadu_ps(sxT + b * 8)));
-        const int16_t *xq = qx + b * QK;
-        for (int m = 0; m < MB; m++) {
-            const __m256i p = _mm256_add_epi32(
-                _mm256_madd_epi16(wa, _mm256_loadu_si256((const __m256i *)(xq + m * kq))),
-                _mm256_madd_epi16(wb, _mm256_loadu_si256((const __m256i *)(xq + m * kq + 16))));
-            const __m256 scale = _mm256_mul_ps(d, _mm256_broadcast_ss(dxT + b * 8 + m));
-            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[m]);
-        }
+/* One group of 1..GROUP rows of x through a strip: the row count made a literal for strip. */
+static inline __attribute__((always_inline)) void group(int type, const uint8_t *const *rp, const int32_t *gidx,
+                                                         int64_t rs, int64_t nb, const int32_t *xp, const float *dx,
+                                                         const float *sx, int64_t rows, float *y, int64_t ldy,
+                                                         int lanes, vint *kept, const int cache) {
+    switch (rows) {
+    case 8: strip(type, rp, gidx, rs, nb, xp, dx, sx, 8, y, ldy, lanes, kept, cache); break;
+    case 7: strip(type, rp, gidx, rs, nb, xp, dx, sx, 7, y, ldy, lanes, kept, cache); break;
+    case 6: strip(type, rp, gidx, rs, nb, xp, dx, sx, 6, y, ldy, lanes, kept, cache); break;
+    case 5: strip(type, rp, gidx, rs, nb, xp, dx, sx, 5, y, ldy, lanes, kept, cache); break;
+    case 4: strip(type, rp, gidx, rs, nb, xp, dx, sx, 4, y, ldy, lanes, kept, cache); break;
+    case 3: strip(type, rp, gidx, rs, nb, xp, dx, sx, 3, y, ldy, lanes, kept, cache); break;
+    case 2: strip(type, rp, gidx, rs, nb, xp, dx, sx, 2, y, ldy, lanes, kept, cache); break;
+    default: strip(type, rp, gidx, rs, nb, xp, dx, sx, 1, y, ldy, lanes, kept, cache); break;
     }
-    float m8[8];
-    _mm256_storeu_ps(m8, mins);
-    for (int m = 0; m < MB; m++) out[m * ldo] = hsum256(acc[m]) + m8[m];
 }
 
-/* Weight rows j0..j0+R (R <= 4) against all m rows of x, written to y (inlined per block type). */
-static inline __attribute__((always_inline)) void rows_all_x(int type, const uint8_t *w, int64_t rs, int64_t nb,
-                                                              int64_t j0, int R, const int16_t *qx,
-                                                              const float *dx, const float *sx, const float *dxT,
-                                                              const float *sxT, int64_t k, int64_t m, float *y,
-                                                              int64_t ldy) {
-    const uint8_t *wj = w + j0 * rs;
-    /* a tile's rows are short (a few cache lines each) and read as R interleaved streams, too short for the
-     * hardware prefetcher to pick up: ask for the next tile's bytes while this one computes (prefetches never
-     * fault, so running past the matrix's end is harmless) */
-    for (int64_t off = 0; PREFETCH_TILES > 0 && off < R * rs; off += 64)
-        _mm_prefetch((const char *)(wj + PREFETCH_TILES * 4 * rs + off), _MM_HINT_T0);
-    int64_t r0 = 0;
-    for (; r0 + 4 <= m; r0 += r0 + GROUP <= m ? GROUP : 4) {
-        const int64_t g = r0 / GROUP; /* a group of 4 only ever comes last */
-        const float *dT = dxT + g * nb * GROUP, *sT = sxT + g * nb * GROUP;
-        for (int r = 0; r < R; r++) {
-            if (r0 + GROUP <= m)
-                tile_group(type, wj + r * rs, nb, qx + r0 * k, dT, sT, k, GROUP, y + r0 * ldy + j0 + r, ldy);
-            else
-                tile_group(type, wj + r * rs, nb, qx + r0 * k, dT, sT, k, 4, y + r0 * ldy + j0 + r, ldy);
+/* x's int16 codes as the (k, k + 2) pairs unpack_strip's W[v] multiplies: xp[b * 16 + v]. */
+static void pair_codes(const int16_t *q, int64_t nb, int32_t *xp) {
+    for (int64_t b = 0; b < nb; b++)
+        for (int v = 0; v < 16; v++) {
+            const int c = v / 4, s = v % 4;
+            const int k = 4 * c + (s & 1) + (s & 2 ? 16 : 0);
+            const uint16_t lo = (uint16_t)q[b * QK + k], hi = (uint16_t)q[b * QK + k + 2];
+            xp[b * 16 + v] = (int32_t)((uint32_t)lo | ((uint32_t)hi << 16));
         }
+}
+
+/* The strip of weight rows n0.. against all m rows of x (paired codes xp, scales dx, min terms sx), into y. More
+ * than GROUP rows (a prompt's chunk) unpack the strip once into `kept` when the thread has one. */
+static inline __attribute__((always_inline)) void strip_all_x(int type, const uint8_t *w, int64_t n, int64_t rs,
+                                                               int64_t nb, int64_t n0, const int32_t *xp,
+                                                               const float *dx, const float *sx, int64_t m,
+                                                               float *y, int64_t ldy, vint *kept) {
+    const uint8_t *rp[AE_LANES];
+    int32_t gidx[AE_LANES];
+    const int lanes = (int)(n - n0 < AE_LANES ? n - n0 : AE_LANES);
+    for (int i = 0; i < AE_LANES; i++) {
+        const int row = i < lanes ? i : lanes - 1;
+        rp[i] = w + (n0 + row) * rs;
+        gidx[i] = (int32_t)(row * rs);
     }
-    for (; r0 + 2 <= m; r0 += 2) {
-        const int16_t *q = qx + r0 * k;
+    const int keep = m > GROUP && kept != NULL;
+    for (int64_t r0 = 0; r0 < m; r0 += GROUP) {
+        const int64_t rows = m - r0 < GROUP ? m - r0 : GROUP;
+        const int32_t *x = xp + r0 * nb * 16;
         const float *d = dx + r0 * nb, *s = sx + r0 * nb;
-        float *o = y + r0 * ldy + j0;
-        if (R == 4) tile(type, wj, rs, nb, q, d, s, k, 4, 2, o, ldy);
-        else if (R == 3) tile(type, wj, rs, nb, q, d, s, k, 3, 2, o, ldy);
-        else if (R == 2) tile(type, wj, rs, nb, q, d, s, k, 2, 2, o, ldy);
-        else tile(type, wj, rs, nb, q, d, s, k, 1, 2, o, ldy);
-    }
-    if (r0 < m) {
-        const int16_t *q = qx + r0 * k;
-        const float *d = dx + r0 * nb, *s = sx + r0 * nb;
-        float *o = y + r0 * ldy + j0;
-        if (R == 4) tile4x1(type, wj, rs, nb, q, d, s, o);
-        else if (R == 3) tile(type, wj, rs, nb, q, d, s, k, 3, 1, o, ldy);
-        else if (R == 2) tile(type, wj, rs, nb, q, d, s, k, 2, 1, o, ldy);
-        else tile(type, wj, rs, nb, q, d, s, k, 1, 1, o, ldy);
+        float *o = y + r0 * ldy + n0;
+        if (!keep) group(type, rp, gidx, rs, nb, x, d, s, rows, o, ldy, lanes, kept, UNPACK);
+        else if (r0 == 0) group(type, rp, gidx, rs, nb, x, d, s, rows, o, ldy, lanes, kept, UNPACK_KEEP);
+        else group(type, rp, gidx, rs, nb, x, d, s, rows, o, ldy, lanes, kept, KEPT);
     }
 }
 
@@ -308,63 +307,50 @@ int ae_gguf_matmul(int type, const uint8_t *w, int64_t n, int64_t k, int64_t row
                    int64_t m, int64_t ldx, float *y, int64_t ldy, int threads) {
     if (block_bytes(type) == 0 || k % QK) return -2;
     const int64_t nb = k / QK;
-    int16_t *qx = (int16_t *)malloc(sizeof(int16_t) * (size_t)(m * k));
+    int16_t *qx = (int16_t *)malloc(sizeof(int16_t) * (size_t)k);
+    int32_t *xp = (int32_t *)malloc(sizeof(int32_t) * (size_t)(m * nb * 16));
     float *dx = (float *)malloc(sizeof(float) * (size_t)(m * nb) * 2);
-    if (!qx || !dx) {
+    if (!qx || !dx || !xp) {
         free(qx);
         free(dx);
+        free(xp);
         return -1;
     }
     float *sx = dx + m * nb;
-    for (int64_t r = 0; r < m; r++) quantize_row(x + r * ldx, k, qx + r * k, dx + r * nb, sx + r * nb);
-    /* block-major copies of the scales for tile_group: [group][block][8 rows] */
-    const int64_t groups = m >= 4 ? (m + GROUP - 1) / GROUP : 0;
-    float *dxT = groups ? (float *)calloc((size_t)(groups * nb * GROUP * 2), sizeof(float)) : NULL;
-    if (groups && !dxT) {
-        free(qx);
-        free(dx);
-        return -1;
+    for (int64_t r = 0; r < m; r++) {
+        quantize_row(x + r * ldx, k, qx, dx + r * nb, sx + r * nb);
+        pair_codes(qx, nb, xp + r * nb * 16);
     }
-    float *sxT = dxT + groups * nb * GROUP;
-    for (int64_t r = 0; r < groups * GROUP && r < m; r++)
-        for (int64_t b = 0; b < nb; b++) {
-            const int64_t at = ((r / GROUP) * nb + b) * GROUP + r % GROUP;
-            dxT[at] = dx[r * nb + b];
-            sxT[at] = sx[r * nb + b];
-        }
     if (threads < 1) threads = 1;
     if (n * m < 64) threads = 1; /* a thread team costs more than a handful of dot products */
-    const int64_t tiles = (n + 3) / 4;
-    /* a long x (a prompt) in chunks of CHUNK rows: every weight tile walks all rows of the chunk, which stay in the
-     * core's L2 (64 rows of int16 codes are 72-192 KiB for k = 576-1536), where the whole of a 512-row prompt would
-     * stream from L3 once per tile */
+    const int64_t strips = (n + AE_LANES - 1) / AE_LANES;
     for (int64_t c0 = 0; c0 < m; c0 += CHUNK) {
         const int64_t cm = m - c0 < CHUNK ? m - c0 : CHUNK;
-        const int16_t *cq = qx + c0 * k;
+        const int32_t *cx = xp + c0 * nb * 16;
         const float *cd = dx + c0 * nb, *cs = sx + c0 * nb;
-        const float *cdT = dxT ? dxT + c0 * nb : NULL, *csT = sxT ? sxT + c0 * nb : NULL;
         float *cy = y + c0 * ldy;
-        /* guided: each thread first takes a long contiguous run of rows (half of what is left), then shorter ones
-         * down to 16 tiles. Long runs are what the hardware prefetchers stream well: with chunks of 8 tiles the
-         * threads took turns over 11 KiB pieces and a one-row decode step's products read 11.5 GB/s where this
-         * reads 21 (SmolLM2's 96 MB of matrices in step order, 2 threads, AVX-512 EPYC: one row 8.4 -> 4.5 ms, 8 rows
-         * 18.2 -> 16.4 ms). The short pieces at the end still let
-         * one thread finish for the other when a server's HTTP or tokenizer thread preempts it (a static split
-         * would make the whole product wait for the preempted half). */
-#pragma omp parallel for schedule(guided, 16) num_threads(threads)
-        for (int64_t t = 0; t < tiles; t++) {
-            const int64_t j0 = t * 4;
-            const int R = (int)(n - j0 < 4 ? n - j0 : 4);
-            switch (type) { /* literal types: each call site is specialised for its block layout */
-            case AE_Q4_1: rows_all_x(AE_Q4_1, w, row_stride, nb, j0, R, cq, cd, cs, cdT, csT, k, cm, cy, ldy); break;
-            case AE_Q4_0: rows_all_x(AE_Q4_0, w, row_stride, nb, j0, R, cq, cd, cs, cdT, csT, k, cm, cy, ldy); break;
-            default: rows_all_x(AE_Q8_0, w, row_stride, nb, j0, R, cq, cd, cs, cdT, csT, k, cm, cy, ldy); break;
+        /* guided: each thread first takes a long contiguous run of strips (half of what is left), then shorter ones
+         * down to STRIP_CHUNK: long runs are what the prefetch streams; the short pieces at the end let one thread
+         * finish for the other when a server's HTTP or tokenizer thread preempts it */
+#pragma omp parallel num_threads(threads)
+        {
+            /* a prompt's strips are unpacked once per chunk into this thread's scratch (without it, once per group) */
+            vint *kept = cm > GROUP ? (vint *)aligned_alloc(64, sizeof(vint) * 18 * (size_t)nb) : NULL;
+#pragma omp for schedule(guided, STRIP_CHUNK)
+            for (int64_t t = 0; t < strips; t++) {
+                const int64_t n0 = t * AE_LANES;
+                switch (type) {
+                case AE_Q4_1: strip_all_x(AE_Q4_1, w, n, row_stride, nb, n0, cx, cd, cs, cm, cy, ldy, kept); break;
+                case AE_Q4_0: strip_all_x(AE_Q4_0, w, n, row_stride, nb, n0, cx, cd, cs, cm, cy, ldy, kept); break;
+                default: strip_all_x(AE_Q8_0, w, n, row_stride, nb, n0, cx, cd, cs, cm, cy, ldy, kept); break;
+                }
             }
+            free(kept);
         }
     }
     free(qx);
+    free(xp);
     free(dx);
-    free(dxT);
     return 0;
 }
 
