@@ -69,13 +69,15 @@ def smollm2(config: pytest.Config) -> tuple[Any, Any]:
 
 
 def tiny_llama(seed: int = 0, *, vocab_size: int = 512, layers: int = 2, rope_parameters: dict | None = None,
-               tie: bool = True, max_positions: int = 256) -> Any:
-    """A random-weight ``LlamaForCausalLM`` from a real (small) ``LlamaConfig``; GQA with 4 heads / 2 KV heads."""
+               tie: bool = True, max_positions: int = 256, hidden: int = 64, heads: int = 4,
+               kv_heads: int = 2) -> Any:
+    """A random-weight ``LlamaForCausalLM`` from a real (small) ``LlamaConfig``; GQA with 4 heads / 2 KV heads
+    (head_dim 16) unless told otherwise."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=160, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=160, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=max_positions,
                          tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2, pad_token_id=2,
                          rope_parameters=rope_parameters or {"rope_type": "default", "rope_theta": 10000.0},
                          initializer_range=0.1)

@@ -27,9 +27,10 @@ def to_blocks(weight: torch.Tensor, quant_type: str) -> GGUFBlocks:
     return GGUFBlocks(quant_type, tuple(weight.shape), torch.from_numpy(np.ascontiguousarray(data)))
 
 
-def block_and_float_models(seed: int = 0):
-    """The block model and a float LlamaForCausalLM holding exactly the dequantized blocks."""
-    model = tiny_llama(seed, layers=3)
+def block_and_float_models(seed: int = 0, **shape):
+    """The block model and a float LlamaForCausalLM holding exactly the dequantized blocks (``shape``: tiny_llama's
+    hidden / heads / kv_heads)."""
+    model = tiny_llama(seed, layers=3, **shape)
     state = {}
     for name, tensor in model.state_dict().items():
         if name == "lm_head.weight":
@@ -83,6 +84,26 @@ def test_native_layer_matches_the_torch_step_and_the_float_reference() -> None:
     assert float(cosine.min()) > 0.995, cosine
     agree = (ours_logits.argmax(-1) == want_logits.argmax(-1)).float().mean()
     assert agree >= 0.8, agree
+
+
+@pytest.mark.parametrize(("heads", "kv_heads"), [(4, 4), (4, 2), (6, 2), (8, 2), (5, 1)])
+def test_native_layer_with_64_wide_heads_in_every_grouping(heads, kv_heads) -> None:
+    """64-wide heads attend a KV head's whole group of query heads at once (1 to 4 per KV head; more go head by
+    head): the native step stays the torch step's (SDPA) to float summation order, and a row's logits in a batch
+    are its logits alone, bit for bit."""
+    blocks, _ = block_and_float_models(3, hidden=64 * heads, heads=heads, kv_heads=kv_heads)
+    fwd = LlamaForward(blocks, weight_quant="gguf")
+    native = DecodeStep(fwd)
+    assert isinstance(native._step, NativeBlockStep)
+    torch_step = DecodeStep(fwd)
+    torch_step._step = torch_step._eager
+    prompt = torch.randint(3, 512, (3, 9), generator=torch.Generator().manual_seed(heads))
+    ours, ours_logits = greedy(native, fwd, prompt, 10)
+    _, eager_logits = greedy(torch_step, fwd, prompt, 10, forced=ours)
+    # 3 layers of 64 x heads wide: the summation-order differences grow to ~6e-4 (also before the grouping)
+    torch.testing.assert_close(ours_logits, eager_logits, rtol=1e-4, atol=2e-3)
+    _, alone = greedy(native, fwd, prompt[1:2], 10, forced=ours[1:2])
+    assert torch.equal(alone[:, 0], ours_logits[:, 1])
 
 
 def test_native_layer_respects_the_padding_mask() -> None:
