@@ -2,7 +2,7 @@
 
 ``LLM``'s own loop runs a fixed batch whose rows share cache slots (left padding); continuous batching
 needs rows that join and leave between steps, each at its own length. Here every sequence owns one row
-of a ``[layers, rows, max_len + 1, 2 * kv_heads, head_dim]`` cache (the last slot is scratch): a prompt is
+of a ``[layers, rows, 2 * kv_heads, max_len + 1, head_dim]`` cache (the last slot is scratch): a prompt is
 prefilled into its row in chunks through ``LlamaForward.forward`` (a view of the row is a ``KVCache`` of
 batch 1), and one decode step feeds one token to each decoding row, writing its K/V at that row's own
 length and masking the slots past it. Rows in the step's range that are not decoding (free, or still
@@ -71,7 +71,7 @@ class BatchedDecoder:
         history for its own next turn."""
         if not 0 <= keep <= self.lengths[source]:
             raise ValueError(f"row {source} holds {self.lengths[source]} tokens; cannot copy {keep}")
-        self.cache.kv[:, target, :keep].copy_(self.cache.kv[:, source, :keep])
+        self.cache.kv[:, target, :, :keep].copy_(self.cache.kv[:, source, :, :keep])
         self.lengths[target] = keep
         self.tokens[target] = self.tokens[source][:keep]
         self._clean[target] = max(self._clean[target], keep)
@@ -134,7 +134,7 @@ class BatchedDecoder:
         end = int(write[list(rows)].max()) + 1
         for row in range(span):
             if self._clean[row] < end:
-                self.cache.kv[:, row, self._clean[row]:end].zero_()
+                self.cache.kv[:, row, :, self._clean[row]:end].zero_()
                 self._clean[row] = end
         # a decoding row sees its own slots 0..length; an idle row sees slot 0 only (its output is dropped)
         limit = torch.where(write == self.max_len, 0, write)
@@ -163,9 +163,9 @@ class BatchedDecoder:
             qk = qkv[:, :q_size + kv_heads * head_dim].view(bsz, qk_heads, head_dim)
             rolled = torch.roll(qk, half, -1).mul_(sin)
             qk.mul_(cos).add_(rolled)
-            kv[batch_index, write] = qkv[:, q_size:].reshape(bsz, 2 * kv_heads, head_dim)
-            slots = kv[:bsz, :end]
-            keys, values = slots[:, :, :kv_heads].transpose(1, 2), slots[:, :, kv_heads:].transpose(1, 2)
+            kv[batch_index, :, write] = qkv[:, q_size:].reshape(bsz, 2 * kv_heads, head_dim)
+            slots = kv[:bsz, :, :end]
+            keys, values = slots[:, :kv_heads], slots[:, kv_heads:]
             q = qkv[:, :q_size].view(bsz, kv_heads, n_rep, head_dim)
             attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
             h = h + o_proj(attn.reshape(bsz, q_size))

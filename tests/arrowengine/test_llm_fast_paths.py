@@ -51,7 +51,7 @@ def test_decode_step_with_padding_mask_equals_general_forward() -> None:
     expect = fwd.forward(feed, pos, cache_a, 6, mask)
     got = DecodeStep(fwd)(feed, pos, cache_b, 6, mask)
     assert torch.equal(got, expect)
-    assert torch.equal(cache_a.kv[:, :, :7], cache_b.kv[:, :, :7])  # slot 7 was never written
+    assert torch.equal(cache_a.kv[:, :, :, :7], cache_b.kv[:, :, :, :7])  # slot 7 was never written
 
 
 def test_fused_projections_match_unfused() -> None:

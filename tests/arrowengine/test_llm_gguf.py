@@ -123,7 +123,7 @@ def test_native_layer_respects_the_padding_mask() -> None:
     pos = torch.tensor([[3], [5]])
     torch.testing.assert_close(native(token, pos, cache_a, 5, mask), torch_step(token, pos, cache_b, 5, mask),
                                rtol=1e-4, atol=5e-4)
-    torch.testing.assert_close(cache_a.kv[:, :, 5], cache_b.kv[:, :, 5], rtol=1e-4, atol=2e-4)
+    torch.testing.assert_close(cache_a.kv[:, :, :, 5], cache_b.kv[:, :, :, 5], rtol=1e-4, atol=2e-4)
 
 
 def test_native_rows_at_their_own_lengths_match_each_row_alone() -> None:
@@ -150,7 +150,8 @@ def test_native_rows_at_their_own_lengths_match_each_row_alone() -> None:
         n = lengths[row]
         want = native(torch.tensor([[tokens[i]]]), torch.tensor([[n]]), alone[row].layers, n, None)[:, -1]
         torch.testing.assert_close(got[i:i + 1], want, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(shared.kv[:, row, :n + 1], alone[row].kv[:, 0, :n + 1], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(shared.kv[:, row, :, :n + 1], alone[row].kv[:, 0, :, :n + 1], rtol=1e-5,
+                                   atol=1e-5)
     assert not shared.kv[:, 1].any()  # the free row is untouched
 
 

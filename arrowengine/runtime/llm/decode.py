@@ -92,9 +92,9 @@ class DecodeStep:
             qk = qkv[:, :q_size + kv_heads * head_dim].view(bsz, qk_heads, head_dim)
             rolled = torch.roll(qk, half, -1).mul_(sin)
             qk.mul_(cos).add_(rolled)
-            kv[:, slot] = qkv[:, q_size:].view(bsz, 2 * kv_heads, head_dim)
-            slots = kv[:, :end]
-            keys, values = slots[:, :, :kv_heads].transpose(1, 2), slots[:, :, kv_heads:].transpose(1, 2)
+            kv[:, :, slot] = qkv[:, q_size:].view(bsz, 2 * kv_heads, head_dim)
+            slots = kv[:, :, :end]
+            keys, values = slots[:, :kv_heads], slots[:, kv_heads:]
             q = qkv[:, :q_size].view(bsz, kv_heads, n_rep, head_dim)  # query heads of a KV group as its rows
             attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
             h = h + o_proj(attn.reshape(bsz, q_size))

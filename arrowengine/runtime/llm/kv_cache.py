@@ -1,10 +1,12 @@
-"""A preallocated key/value cache: one tensor ``[layers, batch, max_len, 2 * kv_heads, head_dim]``.
+"""A preallocated key/value cache: one tensor ``[layers, batch, 2 * kv_heads, max_len, head_dim]``.
 
 Slots are shared by all rows of a batch: slot ``t`` holds the t-th token of every (left-padded) row, so a
 prefill writes slots ``0..T`` and each decode step writes one slot, with no reallocation during a run. Keys
-and values of a slot sit side by side (keys in heads ``0..kv_heads``, values after them), in the same order
-as the K and V columns of a fused QKV projection: a decode step stores both with one copy. Attention reads
-``[batch, kv_heads, len, head_dim]`` strided views (no copy).
+are heads ``0..kv_heads`` and values the heads after them, in the order of the K and V columns of a fused QKV
+projection. Each head's slots are one contiguous run (head-major), so attention over a head streams memory:
+with the heads of a slot side by side instead, a head's consecutive slots were 1.5 KB apart in SmolLM2 and
+a 512-token context's keys and values read at half the bandwidth (0.81 vs 1.65 ms a token, 2 threads).
+Attention reads ``[batch, kv_heads, len, head_dim]`` views (no copy).
 """
 
 from __future__ import annotations
@@ -30,17 +32,17 @@ class KVCache:
     def allocate(cls, layers: int, batch: int, kv_heads: int, max_len: int, head_dim: int, *,
                  dtype: torch.dtype, device: torch.device | str = "cpu") -> KVCache:
         """Uninitialised buffers (pages are touched only as slots fill)."""
-        return cls(torch.empty((layers, batch, max_len, 2 * kv_heads, head_dim), dtype=dtype, device=device))
+        return cls(torch.empty((layers, batch, 2 * kv_heads, max_len, head_dim), dtype=dtype, device=device))
 
     @property
     def kv_heads(self) -> int:
         """Key/value heads per layer."""
-        return self.kv.shape[3] // 2
+        return self.kv.shape[2] // 2
 
     @property
     def max_len(self) -> int:
         """Number of token slots."""
-        return self.kv.shape[2]
+        return self.kv.shape[3]
 
     @property
     def nbytes(self) -> int:
@@ -49,9 +51,9 @@ class KVCache:
 
     def view(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of ``layer`` over slots ``0..end``, each ``[B, kv_heads, end, head_dim]`` (views)."""
-        slots = self.layers[layer][:, :end]
+        slots = self.layers[layer][:, :, :end]
         heads = self.kv_heads
-        return slots[:, :, :heads].transpose(1, 2), slots[:, :, heads:].transpose(1, 2)
+        return slots[:, :heads], slots[:, heads:]
 
     def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store ``k``/``v`` ``[B, kv_heads, T, head_dim]`` at slots ``start..start+T`` of ``layer``.

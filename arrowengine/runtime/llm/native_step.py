@@ -116,7 +116,7 @@ class NativeBlockStep:
         for args, kv in zip(self.layers, caches, strict=True):
             if kv.dtype != torch.float32 or not kv.is_contiguous():
                 raise RuntimeError("the native decode step needs a contiguous float32 KV cache (new_cache)")
-            args.batch, args.slot, args.max_len, args.threads = bsz, slot, kv.shape[1], count
+            args.batch, args.slot, args.max_len, args.threads = bsz, slot, kv.shape[2], count
             args.h, args.cos, args.sin, args.kv = h.data_ptr(), cos.data_ptr(), sin.data_ptr(), kv.data_ptr()
             args.mask, args.slots, args.kv_rows = mask_ptr, slots_ptr, rows_ptr
         status = self.kernels.layer(self.layers, len(self.layers))

@@ -20,7 +20,7 @@ typedef struct {
     const float *attn_norm;   /* [hidden] */
     const float *mlp_norm;    /* [hidden] */
     const float *cos, *sin;   /* [batch, head_dim]: the tables' rows at each row's position */
-    float *kv;                /* this layer's cache [batch, max_len, 2 * kv_heads, head_dim] */
+    float *kv;                /* this layer's cache [batch, 2 * kv_heads, max_len, head_dim]: keys, then values */
     const uint8_t *mask;      /* [batch, slot + 1] (1 = attend) or NULL: every slot up to `slot` */
     int qkv_type, o_type, gate_up_type, down_type;
     const uint8_t *qkv, *o, *gate_up, *down;
@@ -161,7 +161,7 @@ static void attend(const float *q, const float *keys, const float *values, int64
     }
 }
 
-#define KV_AHEAD 8 /* slots: cache rows 1.5 KB apart escape the hardware prefetcher (batch 8: -17% time) */
+#define KV_AHEAD 8 /* slots ahead to prefetch */
 #ifdef __AVX512F__
 #define VALUE_PASS 32 /* value elements per pass over the slots: REP x 4 accumulators fit 32 registers */
 #else
@@ -243,7 +243,7 @@ static void silu_mul(const float *gate, const float *up, int64_t n, float *out) 
 int ae_llama_layer(const ae_layer_args *a) {
     const int64_t B = a->batch, H = a->hidden, hd = a->head_dim, nh = a->heads, nkv = a->kv_heads;
     const int64_t I = a->inter, q_size = nh * hd, kv_size = nkv * hd, qkv_n = q_size + 2 * kv_size;
-    const int64_t rep = nh / nkv, kv_row = 2 * kv_size; /* floats per cache slot */
+    const int64_t rep = nh / nkv, cache_head = a->max_len * hd, cache_row = 2 * nkv * cache_head; /* floats */
     if (nkv <= 0 || nh % nkv || hd % 2 || (a->slots == NULL) != (a->kv_rows == NULL)) return -2;
     if (a->slots && a->mask) return -2;
     int64_t len = a->slot + 1; /* the longest row's attention span (the scores scratch per head) */
@@ -267,17 +267,19 @@ int ae_llama_layer(const ae_layer_args *a) {
     for (int64_t b = 0; b < B; b++) {
         float *row = qkv + b * qkv_n;
         for (int64_t j = 0; j < nh + nkv; j++) rotate(row + j * hd, a->cos + b * hd, a->sin + b * hd, hd);
-        const int64_t cache_row = a->kv_rows ? a->kv_rows[b] : b, slot = a->slots ? a->slots[b] : a->slot;
-        memcpy(a->kv + (cache_row * a->max_len + slot) * kv_row, row + q_size, sizeof(float) * (size_t)kv_row);
+        const int64_t r = a->kv_rows ? a->kv_rows[b] : b, slot = a->slots ? a->slots[b] : a->slot;
+        for (int64_t j = 0; j < 2 * nkv; j++) /* K heads, then V heads: each to its own run of slots */
+            memcpy(a->kv + r * cache_row + j * cache_head + slot * hd, row + q_size + j * hd,
+                   sizeof(float) * (size_t)hd);
     }
     const float scale = 1.0f / sqrtf((float)hd);
     const int team = (B * nh * len >= 2048) ? a->threads : 1; /* short contexts: a thread team costs more */
 #pragma omp parallel for schedule(static) num_threads(team) collapse(2)
     for (int64_t b = 0; b < B; b++)
         for (int64_t g = 0; g < nkv; g++) {
-            const int64_t cache_row = a->kv_rows ? a->kv_rows[b] : b, head = g * rep;
-            const float *keys = a->kv + cache_row * a->max_len * kv_row + g * hd;
-            attend_heads(qkv + b * qkv_n + head * hd, keys, keys + kv_size, kv_row, hd, rep,
+            const int64_t r = a->kv_rows ? a->kv_rows[b] : b, head = g * rep;
+            const float *keys = a->kv + r * cache_row + g * cache_head;
+            attend_heads(qkv + b * qkv_n + head * hd, keys, keys + nkv * cache_head, hd, hd, rep,
                          a->slots ? a->slots[b] + 1 : len, a->mask ? a->mask + b * len : NULL, scale,
                          scores + (b * nh + head) * len, att + b * q_size + head * hd);
         }
