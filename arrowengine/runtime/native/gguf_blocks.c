@@ -114,11 +114,13 @@ static inline void store_pairs(__m256i lo, __m256i hi, int32_t *out) {
 }
 
 /* One row of x (k floats) -> int16 codes stored as pairs (xp: 16 dwords a block, see store_pairs), per-block scale
- * d (amax / 32767) and the codes' sum as a float (exact: |sum| < 2^21), for Q4_1's min.
+ * d (amax / 32767) and the codes' sum as a float (exact: |sum| < 2^21), for Q4_1's min. Block b of the row goes
+ * to xp[b * rows * 16], d[b * rows], qsum[b * rows]: the rows of a chunk block-major, so the kernel reaches every
+ * row of a group from one pointer per block (constant offsets; with a pointer per row it ran out of registers).
  * int16 keeps the rounding of the activations 256x finer than llama.cpp's int8 blocks. int8 activations here (one
  * vpdpbusd per 4 products where vpdpwssd takes 2: a 1.6x faster 8-row kernel) measured +0.42% perplexity on
  * SmolLM2 and the float reference's greedy continuation on 2 of 20 chat prompts; int16: +0.001% and 20 of 20. */
-static void quantize_row(const float *x, int64_t k, int32_t *xp, float *d, float *qsum) {
+static void quantize_row(const float *x, int64_t k, int64_t rows, int32_t *xp, float *d, float *qsum) {
     const __m256 sign = _mm256_set1_ps(-0.0f);
     for (int64_t b = 0; b < k / QK; b++) {
         const float *xb = x + b * QK;
@@ -141,10 +143,10 @@ static void quantize_row(const float *x, int64_t k, int32_t *xp, float *d, float
         __m128i s = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
         s = _mm_hadd_epi32(s, s);
         s = _mm_hadd_epi32(s, s);
-        store_pairs(i32[0], i32[2], xp + b * 16);     /* c = 0, 1: elements 0..7 with 16..23 */
-        store_pairs(i32[1], i32[3], xp + b * 16 + 8); /* c = 2, 3: elements 8..15 with 24..31 */
-        d[b] = scale;
-        qsum[b] = (float)_mm_cvtsi128_si32(s);
+        store_pairs(i32[0], i32[2], xp + b * rows * 16);     /* c = 0, 1: elements 0..7 with 16..23 */
+        store_pairs(i32[1], i32[3], xp + b * rows * 16 + 8); /* c = 2, 3: elements 8..15 with 24..31 */
+        d[b * rows] = scale;
+        qsum[b * rows] = (float)_mm_cvtsi128_si32(s);
     }
 }
 
@@ -200,7 +202,8 @@ enum { UNPACK = 0, UNPACK_KEEP = 1, KEPT = 2 }; /* where a strip's unpacked bloc
  * are also stored in `kept` (18 vectors a block) for later groups of rows of the same strip, which read them back
  * with KEPT. */
 static inline __attribute__((always_inline)) void strip(int type, const uint8_t *const *rp, const int32_t *gidx,
-                                                         int64_t rs, int64_t nb, const int32_t *xp, const float *dx,
+                                                         int64_t rs, int64_t nb, int64_t xr, const int32_t *xp,
+                                                         const float *dx,
                                                          const float *qs, const int MB, float *y, int64_t ldy,
                                                          int lanes, vint *kept, const int cache) {
     vflt acc[GROUP];
@@ -240,7 +243,7 @@ static inline __attribute__((always_inline)) void strip(int type, const uint8_t 
 #pragma GCC unroll 8
             for (int r = 0; r < MB; r++) {
                 const int c = chains == 2 ? v & 1 : 0;
-                p[r][c] = V_DOT(p[r][c], W[v], V_SET32(xp[(r * nb + b) * 16 + v]));
+                p[r][c] = V_DOT(p[r][c], W[v], V_SET32(xp[(b * xr + r) * 16 + v]));
             }
         /* the block's contribution d_x (d_w P + m_w S): Q4_1's min folded in before the one multiply by d_x; the
          * other types multiply by d_w d_x, which does not wait for the products */
@@ -248,9 +251,9 @@ static inline __attribute__((always_inline)) void strip(int type, const uint8_t 
         for (int r = 0; r < MB; r++) {
             const vflt f = V_CVT(chains == 2 ? V_ADD32(p[r][0], p[r][1]) : p[r][0]);
             if (type == AE_Q4_1)
-                acc[r] = F_FMA(F_FMA(m, F_SET(qs[r * nb + b]), F_MUL(d, f)), F_SET(dx[r * nb + b]), acc[r]);
+                acc[r] = F_FMA(F_FMA(m, F_SET(qs[b * xr + r]), F_MUL(d, f)), F_SET(dx[b * xr + r]), acc[r]);
             else
-                acc[r] = F_FMA(f, F_MUL(d, F_SET(dx[r * nb + b])), acc[r]);
+                acc[r] = F_FMA(f, F_MUL(d, F_SET(dx[b * xr + r])), acc[r]);
         }
     }
 #pragma GCC unroll 8
@@ -259,22 +262,24 @@ static inline __attribute__((always_inline)) void strip(int type, const uint8_t 
 
 /* One group of 1..GROUP rows of x through a strip: the row count made a literal for strip. */
 static inline __attribute__((always_inline)) void group(int type, const uint8_t *const *rp, const int32_t *gidx,
-                                                         int64_t rs, int64_t nb, const int32_t *xp, const float *dx,
+                                                         int64_t rs, int64_t nb, int64_t xr, const int32_t *xp,
+                                                         const float *dx,
                                                          const float *qs, int64_t rows, float *y, int64_t ldy,
                                                          int lanes, vint *kept, const int cache) {
     switch (rows) {
-    case 8: strip(type, rp, gidx, rs, nb, xp, dx, qs, 8, y, ldy, lanes, kept, cache); break;
-    case 7: strip(type, rp, gidx, rs, nb, xp, dx, qs, 7, y, ldy, lanes, kept, cache); break;
-    case 6: strip(type, rp, gidx, rs, nb, xp, dx, qs, 6, y, ldy, lanes, kept, cache); break;
-    case 5: strip(type, rp, gidx, rs, nb, xp, dx, qs, 5, y, ldy, lanes, kept, cache); break;
-    case 4: strip(type, rp, gidx, rs, nb, xp, dx, qs, 4, y, ldy, lanes, kept, cache); break;
-    case 3: strip(type, rp, gidx, rs, nb, xp, dx, qs, 3, y, ldy, lanes, kept, cache); break;
-    case 2: strip(type, rp, gidx, rs, nb, xp, dx, qs, 2, y, ldy, lanes, kept, cache); break;
-    default: strip(type, rp, gidx, rs, nb, xp, dx, qs, 1, y, ldy, lanes, kept, cache); break;
+    case 8: strip(type, rp, gidx, rs, nb, xr, xp, dx, qs, 8, y, ldy, lanes, kept, cache); break;
+    case 7: strip(type, rp, gidx, rs, nb, xr, xp, dx, qs, 7, y, ldy, lanes, kept, cache); break;
+    case 6: strip(type, rp, gidx, rs, nb, xr, xp, dx, qs, 6, y, ldy, lanes, kept, cache); break;
+    case 5: strip(type, rp, gidx, rs, nb, xr, xp, dx, qs, 5, y, ldy, lanes, kept, cache); break;
+    case 4: strip(type, rp, gidx, rs, nb, xr, xp, dx, qs, 4, y, ldy, lanes, kept, cache); break;
+    case 3: strip(type, rp, gidx, rs, nb, xr, xp, dx, qs, 3, y, ldy, lanes, kept, cache); break;
+    case 2: strip(type, rp, gidx, rs, nb, xr, xp, dx, qs, 2, y, ldy, lanes, kept, cache); break;
+    default: strip(type, rp, gidx, rs, nb, xr, xp, dx, qs, 1, y, ldy, lanes, kept, cache); break;
     }
 }
 
-/* The strip of weight rows n0.. against all m rows of x (paired codes xp, scales dx, code sums qs), into y. More
+/* The strip of weight rows n0.. against all m rows of a chunk of x (paired codes xp, scales dx, code sums qs:
+ * block-major, see quantize_row), into y. More
  * than GROUP rows (a prompt's chunk) unpack the strip once into `kept` when the thread has one. */
 static inline __attribute__((always_inline)) void strip_all_x(int type, const uint8_t *w, int64_t n, int64_t rs,
                                                                int64_t nb, int64_t n0, const int32_t *xp,
@@ -291,12 +296,12 @@ static inline __attribute__((always_inline)) void strip_all_x(int type, const ui
     const int keep = m > GROUP && kept != NULL;
     for (int64_t r0 = 0; r0 < m; r0 += GROUP) {
         const int64_t rows = m - r0 < GROUP ? m - r0 : GROUP;
-        const int32_t *x = xp + r0 * nb * 16;
-        const float *d = dx + r0 * nb, *s = qs + r0 * nb;
+        const int32_t *x = xp + r0 * 16;
+        const float *d = dx + r0, *s = qs + r0;
         float *o = y + r0 * ldy + n0;
-        if (!keep) group(type, rp, gidx, rs, nb, x, d, s, rows, o, ldy, lanes, kept, UNPACK);
-        else if (r0 == 0) group(type, rp, gidx, rs, nb, x, d, s, rows, o, ldy, lanes, kept, UNPACK_KEEP);
-        else group(type, rp, gidx, rs, nb, x, d, s, rows, o, ldy, lanes, kept, KEPT);
+        if (!keep) group(type, rp, gidx, rs, nb, m, x, d, s, rows, o, ldy, lanes, kept, UNPACK);
+        else if (r0 == 0) group(type, rp, gidx, rs, nb, m, x, d, s, rows, o, ldy, lanes, kept, UNPACK_KEEP);
+        else group(type, rp, gidx, rs, nb, m, x, d, s, rows, o, ldy, lanes, kept, KEPT);
     }
 }
 
@@ -314,7 +319,6 @@ int ae_gguf_matmul(int type, const uint8_t *w, int64_t n, int64_t k, int64_t row
         return -1;
     }
     float *qs = dx + m * nb;
-    for (int64_t r = 0; r < m; r++) quantize_row(x + r * ldx, k, xp + r * nb * 16, dx + r * nb, qs + r * nb);
     if (threads < 1) threads = 1;
     if (n * m < 64) threads = 1; /* a thread team costs more than a handful of dot products */
     const int64_t strips = (n + AE_LANES - 1) / AE_LANES;
@@ -322,6 +326,9 @@ int ae_gguf_matmul(int type, const uint8_t *w, int64_t n, int64_t k, int64_t row
         const int64_t cm = m - c0 < CHUNK ? m - c0 : CHUNK;
         const int32_t *cx = xp + c0 * nb * 16;
         const float *cd = dx + c0 * nb, *cs = qs + c0 * nb;
+        for (int64_t r = 0; r < cm; r++) /* the chunk's rows block-major (see quantize_row) */
+            quantize_row(x + (c0 + r) * ldx, k, cm, xp + c0 * nb * 16 + r * 16, dx + c0 * nb + r,
+                         qs + c0 * nb + r);
         float *cy = y + c0 * ldy;
         /* guided: each thread first takes a long contiguous run of strips (half of what is left), then shorter ones
          * down to STRIP_CHUNK: long runs are what the prefetch streams; the short pieces at the end let one thread
