@@ -196,14 +196,14 @@ static inline __attribute__((always_inline)) void unpack_strip(int type, const u
 enum { UNPACK = 0, UNPACK_KEEP = 1, KEPT = 2 }; /* where a strip's unpacked blocks come from (strip's `cache`) */
 
 /* AE_LANES weight rows (pointers rp, clamped to the last row past the matrix's end; rs their stride) against MB
- * rows of x (MB a literal at every call site: the accumulators unroll into registers). Each output is, in its own
+ * rows of x (MB a literal at every call site: the accumulators unroll into registers; x's codes and scales
+ * block-major with xr rows a block, see quantize_row). Each output is, in its own
  * lane, the running sum over the blocks in order of d_x (d_w P + m_w S) (see the file's head). A row's result
  * depends on nothing but its own x, whatever MB or strip it falls in. With `cache` UNPACK_KEEP the unpacked blocks
  * are also stored in `kept` (18 vectors a block) for later groups of rows of the same strip, which read them back
  * with KEPT. */
-static inline __attribute__((always_inline)) void strip(int type, const uint8_t *const *rp, const int32_t *gidx,
-                                                         int64_t rs, int64_t nb, int64_t xr, const int32_t *xp,
-                                                         const float *dx,
+static inline __attribute__((always_inline)) void strip(int type, const uint8_t *const *rp, int64_t rs,
+                                                         int64_t nb, int64_t xr, const int32_t *xp, const float *dx,
                                                          const float *qs, const int MB, float *y, int64_t ldy,
                                                          int lanes, vint *kept, const int cache) {
     vflt acc[GROUP];
@@ -225,7 +225,7 @@ static inline __attribute__((always_inline)) void strip(int type, const uint8_t 
             const uint8_t *next = rp[0] + PF_STRIPS * AE_LANES * rs + b * AE_LANES * bb;
             for (int o = 0; o < AE_LANES * bb; o += 64) _mm_prefetch((const char *)(next + o), _MM_HINT_T0);
             unpack_strip(type, rp, b * bb, W);
-            load_scales(rp, gidx, b * bb, &d, &m);
+            load_scales(rp, b * bb, &d, &m);
             if (cache == UNPACK_KEEP) {
 #pragma GCC unroll 16
                 for (int v = 0; v < 16; v++) kept[b * 18 + v] = W[v];
@@ -261,20 +261,19 @@ static inline __attribute__((always_inline)) void strip(int type, const uint8_t 
 }
 
 /* One group of 1..GROUP rows of x through a strip: the row count made a literal for strip. */
-static inline __attribute__((always_inline)) void group(int type, const uint8_t *const *rp, const int32_t *gidx,
-                                                         int64_t rs, int64_t nb, int64_t xr, const int32_t *xp,
-                                                         const float *dx,
+static inline __attribute__((always_inline)) void group(int type, const uint8_t *const *rp, int64_t rs,
+                                                         int64_t nb, int64_t xr, const int32_t *xp, const float *dx,
                                                          const float *qs, int64_t rows, float *y, int64_t ldy,
                                                          int lanes, vint *kept, const int cache) {
     switch (rows) {
-    case 8: strip(type, rp, gidx, rs, nb, xr, xp, dx, qs, 8, y, ldy, lanes, kept, cache); break;
-    case 7: strip(type, rp, gidx, rs, nb, xr, xp, dx, qs, 7, y, ldy, lanes, kept, cache); break;
-    case 6: strip(type, rp, gidx, rs, nb, xr, xp, dx, qs, 6, y, ldy, lanes, kept, cache); break;
-    case 5: strip(type, rp, gidx, rs, nb, xr, xp, dx, qs, 5, y, ldy, lanes, kept, cache); break;
-    case 4: strip(type, rp, gidx, rs, nb, xr, xp, dx, qs, 4, y, ldy, lanes, kept, cache); break;
-    case 3: strip(type, rp, gidx, rs, nb, xr, xp, dx, qs, 3, y, ldy, lanes, kept, cache); break;
-    case 2: strip(type, rp, gidx, rs, nb, xr, xp, dx, qs, 2, y, ldy, lanes, kept, cache); break;
-    default: strip(type, rp, gidx, rs, nb, xr, xp, dx, qs, 1, y, ldy, lanes, kept, cache); break;
+    case 8: strip(type, rp, rs, nb, xr, xp, dx, qs, 8, y, ldy, lanes, kept, cache); break;
+    case 7: strip(type, rp, rs, nb, xr, xp, dx, qs, 7, y, ldy, lanes, kept, cache); break;
+    case 6: strip(type, rp, rs, nb, xr, xp, dx, qs, 6, y, ldy, lanes, kept, cache); break;
+    case 5: strip(type, rp, rs, nb, xr, xp, dx, qs, 5, y, ldy, lanes, kept, cache); break;
+    case 4: strip(type, rp, rs, nb, xr, xp, dx, qs, 4, y, ldy, lanes, kept, cache); break;
+    case 3: strip(type, rp, rs, nb, xr, xp, dx, qs, 3, y, ldy, lanes, kept, cache); break;
+    case 2: strip(type, rp, rs, nb, xr, xp, dx, qs, 2, y, ldy, lanes, kept, cache); break;
+    default: strip(type, rp, rs, nb, xr, xp, dx, qs, 1, y, ldy, lanes, kept, cache); break;
     }
 }
 
@@ -286,12 +285,10 @@ static inline __attribute__((always_inline)) void strip_all_x(int type, const ui
                                                                const float *dx, const float *qs, int64_t m,
                                                                float *y, int64_t ldy, vint *kept) {
     const uint8_t *rp[AE_LANES];
-    int32_t gidx[AE_LANES];
     const int lanes = (int)(n - n0 < AE_LANES ? n - n0 : AE_LANES);
     for (int i = 0; i < AE_LANES; i++) {
         const int row = i < lanes ? i : lanes - 1;
         rp[i] = w + (n0 + row) * rs;
-        gidx[i] = (int32_t)(row * rs);
     }
     const int keep = m > GROUP && kept != NULL;
     for (int64_t r0 = 0; r0 < m; r0 += GROUP) {
@@ -299,9 +296,9 @@ static inline __attribute__((always_inline)) void strip_all_x(int type, const ui
         const int32_t *x = xp + r0 * 16;
         const float *d = dx + r0, *s = qs + r0;
         float *o = y + r0 * ldy + n0;
-        if (!keep) group(type, rp, gidx, rs, nb, m, x, d, s, rows, o, ldy, lanes, kept, UNPACK);
-        else if (r0 == 0) group(type, rp, gidx, rs, nb, m, x, d, s, rows, o, ldy, lanes, kept, UNPACK_KEEP);
-        else group(type, rp, gidx, rs, nb, m, x, d, s, rows, o, ldy, lanes, kept, KEPT);
+        if (!keep) group(type, rp, rs, nb, m, x, d, s, rows, o, ldy, lanes, kept, UNPACK);
+        else if (r0 == 0) group(type, rp, rs, nb, m, x, d, s, rows, o, ldy, lanes, kept, UNPACK_KEEP);
+        else group(type, rp, rs, nb, m, x, d, s, rows, o, ldy, lanes, kept, KEPT);
     }
 }
 
