@@ -4,7 +4,7 @@ Profiled on SmolLM2-135M (1 thread, 32 tokens, cProfile CPU time): the torch dec
 spent ~35 ms per token in the block products and ~25 ms in everything else (RMSNorm ~8 ms in 61 calls, the
 Python layer loop ~7 ms, attention ~3.5 ms, ~400 other small ops). Here each layer is one ctypes call with the
 per-layer constants (weights, norms, shapes) filled in once; a step only sets the hidden state, the rotary
-rows, the cache slot and the mask. The final norm and the (tied) lm_head stay in torch: two calls.
+rows, the cache slot and the mask. The final norm is one more C call and the (tied) lm_head one block product.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 
 import torch
-import torch.nn.functional as F
 
 from arrowengine.runtime.llm.llama import LlamaForward
 
@@ -59,7 +58,7 @@ class NativeBlockStep:
                 gate_up=gate_up.data.data_ptr(), down=down.data.data_ptr(), qkv_stride=qkv.data.stride(0),
                 o_stride=o.data.stride(0), gate_up_stride=gate_up.data.stride(0), down_stride=down.data.stride(0))
             self.layers[index] = args
-        for norm in (lw.attn_norm for lw in forward.layers):
+        for norm in (*(lw.attn_norm for lw in forward.layers), forward.norm):
             assert norm.is_contiguous() and norm.dtype == torch.float32
 
     @classmethod
@@ -122,5 +121,7 @@ class NativeBlockStep:
         status = self.kernels.layer(self.layers, len(self.layers))
         if status != 0:
             raise MemoryError(f"the native decoder layer failed with status {status}")
-        h = F.rms_norm(h, fwd.norm.shape, fwd.norm, fwd.spec.rms_norm_eps)
-        return fwd.lm_head(h).view(bsz, 1, -1)
+        normed = torch.empty_like(h)  # the final norm in C too: a torch op here woke torch's thread pool
+        self.kernels.rms_norm(h.data_ptr(), fwd.norm.data_ptr(), bsz, h.shape[1], fwd.spec.rms_norm_eps,
+                              normed.data_ptr())
+        return fwd.lm_head(normed).view(bsz, 1, -1)

@@ -56,7 +56,8 @@ def kernel_width(isa: Collection[str]) -> str:
 @dataclass(frozen=True)
 class BlockKernels:
     """The loaded library: ``matmul``, ``dequantize``, ``read_bytes`` (``gguf_blocks.c``), ``layer``
-    (``llama_layer.c``'s ``ae_llama_layers``: consecutive decoder layers in one call) and ``bert``
+    (``llama_layer.c``'s ``ae_llama_layers``: consecutive decoder layers in one call), ``rms_norm``
+    (``ae_rms_norm_rows``: the decoder's final norm) and ``bert``
     (``bert_layer.c``'s ``ae_bert_layers``: a whole BERT encoder in one call), as ctypes functions; ``width`` is
     the build (:func:`kernel_width`)."""
 
@@ -64,6 +65,7 @@ class BlockKernels:
     dequantize: ctypes._CFuncPtr
     read_bytes: ctypes._CFuncPtr
     layer: ctypes._CFuncPtr
+    rms_norm: ctypes._CFuncPtr
     bert: ctypes._CFuncPtr
     path: Path
     width: str
@@ -122,10 +124,13 @@ def _load(width: str) -> BlockKernels | None:
     layer = library.ae_llama_layers  # (args of n consecutive layers, n)
     layer.argtypes = [ctypes.POINTER(LayerArgs), ctypes.c_int64]
     layer.restype = ctypes.c_int
+    rms_norm = library.ae_rms_norm_rows  # (x, weight, rows, n, eps, out)
+    rms_norm.argtypes = [ptr, ptr, i64, i64, ctypes.c_float, ptr]
+    rms_norm.restype = ctypes.c_int
     bert = library.ae_bert_layers  # (args of n consecutive layers, n)
     bert.argtypes = [ctypes.POINTER(BertArgs), ctypes.c_int64]
     bert.restype = ctypes.c_int
-    return BlockKernels(matmul, dequantize, read_bytes, layer, bert, path, width)
+    return BlockKernels(matmul, dequantize, read_bytes, layer, rms_norm, bert, path, width)
 
 
 def block_kernels(isa: Collection[str] | None = None) -> BlockKernels | None:

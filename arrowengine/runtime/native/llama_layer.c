@@ -310,3 +310,11 @@ int ae_llama_layers(const ae_layer_args *a, int64_t n) {
     }
     return 0;
 }
+
+/* RMSNorm of `rows` rows of n floats with weight w into out: the decoder's final norm, so a native decode step
+ * runs no torch op between its layers and the lm_head (F.rms_norm there took ~0.2 ms a step, most of it waking
+ * torch's own thread pool). Returns 0. */
+int ae_rms_norm_rows(const float *x, const float *w, int64_t rows, int64_t n, float eps, float *out) {
+    for (int64_t r = 0; r < rows; r++) rms_norm(x + r * n, w, n, eps, out + r * n);
+    return 0;
+}
