@@ -106,7 +106,7 @@ static inline float hsum256(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* Two blocks' worth of codes as the pairs the strip kernel multiplies: dword 4c + s of a block holds the codes of
+/* Half a block's codes as the pairs the strip kernel multiplies: dword 4c + s of a block holds the codes of
  * elements (k, k + 2), k = 4c + (s & 1) + (s & 2 ? 16 : 0), as int16 (low, high) -- the order of a Q4 block's
  * nibbles (see unpack_strip). lo holds elements j..j+7 and hi elements j+16..j+23 as int32; out gets 8 dwords. */
 static inline void store_pairs(__m256i lo, __m256i hi, int32_t *out) {
@@ -199,9 +199,9 @@ enum { UNPACK = 0, UNPACK_KEEP = 1, KEPT = 2 }; /* where a strip's unpacked bloc
 
 /* AE_LANES weight rows (pointers rp, clamped to the last row past the matrix's end; rs their stride) against MB
  * rows of x (MB a literal at every call site: the accumulators unroll into registers; x's codes and scales
- * block-major with xr rows a block, see quantize_row). Each output is, in its own
- * lane, the running sum over the blocks in order of d_x (d_w P + m_w S) (see the file's head). A row's result
- * depends on nothing but its own x, whatever MB or strip it falls in. With `cache` UNPACK_KEEP the unpacked blocks
+ * block-major with xr rows a block, see quantize_row). Each output is, in its own lane, the running sum over the
+ * blocks in order of d_x (d_w P + m_w S) (see the file's head). A row's result depends on nothing but its own x,
+ * whatever MB or strip it falls in. With `cache` UNPACK_KEEP the unpacked blocks
  * are also stored in `kept` (18 vectors a block) for later groups of rows of the same strip, which read them back
  * with KEPT. */
 static inline __attribute__((always_inline)) void strip(int type, const uint8_t *const *rp, int64_t rs,
@@ -280,8 +280,8 @@ static inline __attribute__((always_inline)) void group(int type, const uint8_t 
 }
 
 /* The strip of weight rows n0.. against all m rows of a chunk of x (paired codes xp, scales dx, code sums qs:
- * block-major, see quantize_row), into y. More
- * than GROUP rows (a prompt's chunk) unpack the strip once into `kept` when the thread has one. */
+ * block-major, see quantize_row), into y. More than GROUP rows (a prompt's chunk) unpack the strip once into
+ * `kept` when the thread has one. */
 static inline __attribute__((always_inline)) void strip_all_x(int type, const uint8_t *w, int64_t n, int64_t rs,
                                                                int64_t nb, int64_t n0, const int32_t *xp,
                                                                const float *dx, const float *qs, int64_t m,
@@ -323,11 +323,10 @@ int ae_gguf_matmul(int type, const uint8_t *w, int64_t n, int64_t k, int64_t row
     const int64_t strips = (n + AE_LANES - 1) / AE_LANES;
     for (int64_t c0 = 0; c0 < m; c0 += CHUNK) {
         const int64_t cm = m - c0 < CHUNK ? m - c0 : CHUNK;
-        const int32_t *cx = xp + c0 * nb * 16;
-        const float *cd = dx + c0 * nb, *cs = qs + c0 * nb;
+        int32_t *cx = xp + c0 * nb * 16;
+        float *cd = dx + c0 * nb, *cs = qs + c0 * nb;
         for (int64_t r = 0; r < cm; r++) /* the chunk's rows block-major (see quantize_row) */
-            quantize_row(x + (c0 + r) * ldx, k, cm, xp + c0 * nb * 16 + r * 16, dx + c0 * nb + r,
-                         qs + c0 * nb + r);
+            quantize_row(x + (c0 + r) * ldx, k, cm, cx + r * 16, cd + r, cs + r);
         float *cy = y + c0 * ldy;
         /* guided: each thread first takes a long contiguous run of strips (half of what is left), then shorter ones
          * down to STRIP_CHUNK: long runs are what the prefetch streams; the short pieces at the end let one thread

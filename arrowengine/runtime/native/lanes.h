@@ -1,8 +1,15 @@
 /* The vector operations of gguf_blocks.c's strip kernel at the build's width: 16 lanes with AVX-512 F/BW (vpdpwssd
  * with VNNI, vpmaddwd + vpaddd without), 8 with AVX2. Each macro does the same per-lane arithmetic at either width,
- * which is what makes the two builds' results bit-identical. Included by gguf_blocks.c only. */
+ * which is what makes the two builds' results bit-identical. Included by gguf_blocks.c (so also seen by
+ * llama_layer.c and bert_layer.c, which blocks_lib.c includes after it). */
 #ifndef AE_LANES_H
 #define AE_LANES_H
+
+/* Lanes 0..n-1 of an 8-lane vector (n <= 8) as a maskload / maskstore mask (both builds: llama_layer.c uses it). */
+static inline __m256i first_lanes(int64_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #define AE_LANES 16
 typedef __m512i vint;
@@ -100,8 +107,7 @@ static inline __attribute__((always_inline)) void load_scales(const uint8_t *con
 }
 static inline __attribute__((always_inline)) void store_lanes(float *y, vflt v, int lanes) {
     if (lanes == AE_LANES) _mm256_storeu_ps(y, v);
-    else _mm256_maskstore_ps(y, _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
-                             v);
+    else _mm256_maskstore_ps(y, first_lanes(lanes), v);
 }
 #endif
 #endif /* AE_LANES_H */
