@@ -43,6 +43,14 @@ static void rms_norm(const float *x, const float *w, int64_t n, float eps, float
     for (i = 0; i < n; i++) out[i] = (x[i] * inv) * w[i];
 }
 
+/* RMSNorm of `rows` rows of n floats with weight w into out: the layer's two norms and, called from Python, the
+ * decoder's final norm, so a native decode step runs no torch op between its layers and the lm_head (F.rms_norm
+ * there took ~0.2 ms a step, most of it waking torch's own thread pool). Returns 0. */
+int ae_rms_norm_rows(const float *x, const float *w, int64_t rows, int64_t n, float eps, float *out) {
+    for (int64_t r = 0; r < rows; r++) rms_norm(x + r * n, w, n, eps, out + r * n);
+    return 0;
+}
+
 static void rotate(float *x, const float *cos, const float *sin, int64_t dim) {
     const int64_t half = dim / 2;
     for (int64_t i = 0; i < half; i++) {
@@ -76,11 +84,6 @@ static inline __m256 exp8(__m256 x) {
     const __m256 p = AE_EXP2_FRACTION(_mm256_fmadd_ps, _mm256_set1_ps, f);
     const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(whole), _mm256_set1_epi32(127)), 23);
     return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(bits)), live);
-}
-
-/* Lanes 0..n-1 of a vector (n <= 8) as a maskload / maskstore mask. */
-static inline __m256i first_lanes(int64_t n) {
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
 /* Four keys' dot products with q, interleaved: each key's chain of FMAs is the one dot() runs (so the scores are
@@ -175,12 +178,11 @@ static void attend(const float *q, const float *keys, const float *values, int64
  * output element the chain of weigh_values, in the same order: results are attend's bit for bit (a skipped p = 0
  * slot and an FMA with p = 0 differ only for non-finite values). */
 static inline __attribute__((always_inline)) void attend_group(const float *q, const float *keys, const float *values,
-                                                                int64_t stride, int64_t len, const uint8_t *mask,
-                                                                float scale, float *scores, float *out,
-                                                                const int REP) {
+                                                                int64_t len, const uint8_t *mask, float scale,
+                                                                float *scores, float *out, const int REP) {
     for (int64_t t = 0; t < len; t++) {
-        const float *k = keys + t * stride;
-        for (int c = 0; c < 64; c += 16) _mm_prefetch((const char *)(k + KV_AHEAD * stride + c), _MM_HINT_T0);
+        const float *k = keys + t * 64;
+        for (int c = 0; c < 64; c += 16) _mm_prefetch((const char *)(k + KV_AHEAD * 64 + c), _MM_HINT_T0);
         __m256 acc[4];
         for (int j = 0; j < REP; j++) acc[j] = _mm256_setzero_ps();
         for (int i = 0; i < 64; i += 8) {
@@ -195,9 +197,8 @@ static inline __attribute__((always_inline)) void attend_group(const float *q, c
         for (int j = 0; j < REP; j++)
             for (int c = 0; c < VALUE_PASS / 8; c++) acc[j][c] = _mm256_setzero_ps();
         for (int64_t t = 0; t < len; t++) {
-            const float *v = values + t * stride + c0;
-            for (int c = 0; c < VALUE_PASS; c += 16)
-                _mm_prefetch((const char *)(v + KV_AHEAD * stride + c), _MM_HINT_T0);
+            const float *v = values + t * 64 + c0;
+            for (int c = 0; c < VALUE_PASS; c += 16) _mm_prefetch((const char *)(v + KV_AHEAD * 64 + c), _MM_HINT_T0);
             for (int j = 0; j < REP; j++) {
                 const float p = scores[j * len + t];
                 if (p == 0.0f) continue;
@@ -211,20 +212,21 @@ static inline __attribute__((always_inline)) void attend_group(const float *q, c
     }
 }
 
-/* One KV head's group of `rep` query heads (see attend_group; other shapes head by head through attend). */
-static void attend_heads(const float *q, const float *keys, const float *values, int64_t stride, int64_t head_dim,
-                         int64_t rep, int64_t len, const uint8_t *mask, float scale, float *scores, float *out) {
+/* One KV head's group of `rep` query heads over its cache slots (keys and values each a head's slots back to back,
+ * see kv_cache.py; see attend_group; other shapes head by head through attend). */
+static void attend_heads(const float *q, const float *keys, const float *values, int64_t head_dim, int64_t rep,
+                         int64_t len, const uint8_t *mask, float scale, float *scores, float *out) {
     if (head_dim == 64) {
         switch (rep) {
-        case 1: attend_group(q, keys, values, stride, len, mask, scale, scores, out, 1); return;
-        case 2: attend_group(q, keys, values, stride, len, mask, scale, scores, out, 2); return;
-        case 3: attend_group(q, keys, values, stride, len, mask, scale, scores, out, 3); return;
-        case 4: attend_group(q, keys, values, stride, len, mask, scale, scores, out, 4); return;
+        case 1: attend_group(q, keys, values, len, mask, scale, scores, out, 1); return;
+        case 2: attend_group(q, keys, values, len, mask, scale, scores, out, 2); return;
+        case 3: attend_group(q, keys, values, len, mask, scale, scores, out, 3); return;
+        case 4: attend_group(q, keys, values, len, mask, scale, scores, out, 4); return;
         default: break;
         }
     }
     for (int64_t j = 0; j < rep; j++)
-        attend(q + j * head_dim, keys, values, stride, head_dim, len, mask, scale, scores + j * len,
+        attend(q + j * head_dim, keys, values, head_dim, head_dim, len, mask, scale, scores + j * len,
                out + j * head_dim);
 }
 
@@ -261,7 +263,7 @@ int ae_llama_layer(const ae_layer_args *a) {
     float *x = buf, *qkv = x + B * H, *att = qkv + B * qkv_n, *gu = att + B * q_size, *act = gu + B * 2 * I;
     float *scores = act + B * I;
     int rc;
-    for (int64_t b = 0; b < B; b++) rms_norm(a->h + b * H, a->attn_norm, H, a->eps, x + b * H);
+    ae_rms_norm_rows(a->h, a->attn_norm, B, H, a->eps, x);
     rc = ae_gguf_matmul(a->qkv_type, a->qkv, qkv_n, H, a->qkv_stride, x, B, H, qkv, qkv_n, a->threads);
     if (rc) goto done;
     for (int64_t b = 0; b < B; b++) {
@@ -279,7 +281,7 @@ int ae_llama_layer(const ae_layer_args *a) {
         for (int64_t g = 0; g < nkv; g++) {
             const int64_t r = a->kv_rows ? a->kv_rows[b] : b, head = g * rep;
             const float *keys = a->kv + r * cache_row + g * cache_head;
-            attend_heads(qkv + b * qkv_n + head * hd, keys, keys + nkv * cache_head, hd, hd, rep,
+            attend_heads(qkv + b * qkv_n + head * hd, keys, keys + nkv * cache_head, hd, rep,
                          a->slots ? a->slots[b] + 1 : len, a->mask ? a->mask + b * len : NULL, scale,
                          scores + (b * nh + head) * len, att + b * q_size + head * hd);
         }
@@ -287,7 +289,7 @@ int ae_llama_layer(const ae_layer_args *a) {
     rc = ae_gguf_matmul(a->o_type, a->o, H, q_size, a->o_stride, att, B, q_size, x, H, a->threads);
     if (rc) goto done;
     for (int64_t i = 0; i < B * H; i++) a->h[i] += x[i];
-    for (int64_t b = 0; b < B; b++) rms_norm(a->h + b * H, a->mlp_norm, H, a->eps, x + b * H);
+    ae_rms_norm_rows(a->h, a->mlp_norm, B, H, a->eps, x);
     rc = ae_gguf_matmul(a->gate_up_type, a->gate_up, 2 * I, H, a->gate_up_stride, x, B, H, gu, 2 * I, a->threads);
     if (rc) goto done;
 #pragma omp parallel for schedule(static) num_threads(B > 1 ? a->threads : 1)
@@ -308,13 +310,5 @@ int ae_llama_layers(const ae_layer_args *a, int64_t n) {
         const int rc = ae_llama_layer(a + i);
         if (rc) return rc;
     }
-    return 0;
-}
-
-/* RMSNorm of `rows` rows of n floats with weight w into out: the decoder's final norm, so a native decode step
- * runs no torch op between its layers and the lm_head (F.rms_norm there took ~0.2 ms a step, most of it waking
- * torch's own thread pool). Returns 0. */
-int ae_rms_norm_rows(const float *x, const float *w, int64_t rows, int64_t n, float eps, float *out) {
-    for (int64_t r = 0; r < rows; r++) rms_norm(x + r * n, w, n, eps, out + r * n);
     return 0;
 }
