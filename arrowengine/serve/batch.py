@@ -164,7 +164,7 @@ class BatchedDecoder:
             rolled = torch.roll(qk, half, -1).mul_(sin)
             qk.mul_(cos).add_(rolled)
             kv[batch_index, :, write] = qkv[:, q_size:].reshape(bsz, 2 * kv_heads, head_dim)
-            slots = kv[:bsz, :, :end]
+            slots = kv[:bsz, :, :end] if kv.dtype == h.dtype else kv[:bsz, :, :end].to(h.dtype)  # fp16: widened
             keys, values = slots[:, :kv_heads], slots[:, kv_heads:]
             q = qkv[:, :q_size].view(bsz, kv_heads, n_rep, head_dim)
             attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)

@@ -57,7 +57,10 @@ class DecodeStep:
         from arrowengine.runtime.llm.native_step import NativeBlockStep
 
         # a GGUF block model runs each layer as one C call; every other model the torch step below
-        self._step = NativeBlockStep.create(forward) or self._eager
+        native = NativeBlockStep.create(forward)
+        self._step = native or self._eager
+        if native is not None and native.half_cache:
+            forward.kv_dtype = torch.float16
 
     @property
     def native(self) -> Any:
@@ -93,7 +96,7 @@ class DecodeStep:
             rolled = torch.roll(qk, half, -1).mul_(sin)
             qk.mul_(cos).add_(rolled)
             kv[:, :, slot] = qkv[:, q_size:].view(bsz, 2 * kv_heads, head_dim)
-            slots = kv[:, :, :end]
+            slots = kv[:, :, :end] if kv.dtype == h.dtype else kv[:, :, :end].to(h.dtype)  # fp16: widened
             keys, values = slots[:, :kv_heads], slots[:, kv_heads:]
             q = qkv[:, :q_size].view(bsz, kv_heads, n_rep, head_dim)  # query heads of a KV group as its rows
             attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)

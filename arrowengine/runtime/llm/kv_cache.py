@@ -6,7 +6,9 @@ are heads ``0..kv_heads`` and values the heads after them, in the order of the K
 projection. Each head's slots are one contiguous run (head-major), so attention over a head streams memory:
 with the heads of a slot side by side instead, a head's consecutive slots were 1.5 KB apart in SmolLM2 and
 a 512-token context's keys and values read at half the bandwidth (0.81 vs 1.65 ms a token, 2 threads).
-Attention reads ``[batch, kv_heads, len, head_dim]`` views (no copy).
+Attention reads ``[batch, kv_heads, len, head_dim]`` views (no copy). The dtype is the model's
+``kv_dtype``: the activations' dtype, or fp16 where the native block step reads it (64-wide heads; half the bytes
+of decode-time attention, which waits on memory); the torch paths widen an fp16 cache's slots before attention.
 """
 
 from __future__ import annotations

@@ -137,6 +137,9 @@ class LlamaForward:
         self.config = model.config
         self.spec = LlamaSpec.from_config(model.config)
         self.dtype = dtype
+        # the KV cache's dtype: the activations' unless the decode step reads fp16 keys and values (DecodeStep
+        # sets it for the native block step); prefill attention reads the same rounded slots
+        self.kv_dtype = dtype
         inner = model.model
         source = inner.embed_tokens.weight
         blocks = not isinstance(source, torch.Tensor)  # GGUF blocks (a block model, see block_model.py)
@@ -210,10 +213,10 @@ class LlamaForward:
         return total + self.norm.numel() * self.norm.element_size()
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
-        """A KV cache for ``batch`` rows of up to ``max_len`` tokens, in the model dtype."""
+        """A KV cache for ``batch`` rows of up to ``max_len`` tokens, in :attr:`kv_dtype`."""
         s = self.spec
         return KVCache.allocate(s.num_layers, batch, s.num_kv_heads, max_len, s.head_dim,
-                                dtype=self.dtype, device=self.device)
+                                dtype=self.kv_dtype, device=self.device)
 
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Embedding rows of ``tokens`` in the activation dtype."""
@@ -251,6 +254,8 @@ class LlamaForward:
             k = _rotate(k.view(bsz, seq, s.num_kv_heads, s.head_dim).transpose(1, 2), cos, sin)
             v = v.view(bsz, seq, s.num_kv_heads, s.head_dim).transpose(1, 2)
             keys, values = cache.write(i, start, k, v)
+            if keys.dtype != q.dtype:  # an fp16 cache: attend over the rounded slots, as the decode step does
+                keys, values = keys.to(q.dtype), values.to(q.dtype)
             if seq == 1:
                 # one query per row: fold the query heads of a KV group into its "sequence" axis (no repeat)
                 qg = q.reshape(bsz, s.num_kv_heads, n_rep, s.head_dim)

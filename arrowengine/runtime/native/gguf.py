@@ -81,7 +81,7 @@ class LayerArgs(ctypes.Structure):
         (name, ctypes.c_int) for name in ("qkv_type", "o_type", "gate_up_type", "down_type")] + [
         (name, ctypes.c_void_p) for name in ("qkv", "o", "gate_up", "down")] + [
         (name, ctypes.c_int64) for name in ("qkv_stride", "o_stride", "gate_up_stride", "down_stride")] + [
-        (name, ctypes.c_void_p) for name in ("slots", "kv_rows")]
+        (name, ctypes.c_void_p) for name in ("slots", "kv_rows")] + [("kv_half", ctypes.c_int)]
 
 
 class BertArgs(ctypes.Structure):

@@ -2,8 +2,8 @@
  *
  * Included by blocks_lib.c after gguf_blocks.c, so the matrix products are the same code the per-projection path
  * runs. A decode step of a 135M model does ~1,000 small torch ops per token; here a layer is: RMSNorm -> fused
- * QKV -> rotary on Q and K -> K/V appended to the cache -> grouped-query attention over the cache (optional row
- * mask) -> O + residual -> RMSNorm -> fused gate/up -> SiLU(gate) * up -> down + residual, with scratch buffers
+ * QKV -> rotary on Q and K -> K/V appended to the cache (float32, or fp16 for 64-wide heads: see attend_group) ->
+ * grouped-query attention over the cache (optional row mask) -> O + residual -> RMSNorm -> fused gate/up -> SiLU(gate) * up -> down + residual, with scratch buffers
  * from one allocation.
  *
  * Numerics follow the torch decode step: RMSNorm x * rsqrt(mean(x^2) + eps) * w in float32; rotary
@@ -20,7 +20,8 @@ typedef struct {
     const float *attn_norm;   /* [hidden] */
     const float *mlp_norm;    /* [hidden] */
     const float *cos, *sin;   /* [batch, head_dim]: the tables' rows at each row's position */
-    float *kv;                /* this layer's cache [batch, 2 * kv_heads, max_len, head_dim]: keys, then values */
+    void *kv;                 /* this layer's cache [batch, 2 * kv_heads, max_len, head_dim]: keys, then values
+                               * (float32, or fp16 with kv_half) */
     const uint8_t *mask;      /* [batch, slot + 1] (1 = attend) or NULL: every slot up to `slot` */
     int qkv_type, o_type, gate_up_type, down_type;
     const uint8_t *qkv, *o, *gate_up, *down;
@@ -28,6 +29,9 @@ typedef struct {
     /* rows at their own lengths (continuous batching), both NULL for a shared slot: row b writes its K/V at
      * cache row kv_rows[b], slot slots[b], and attends slots 0..slots[b] (mask must then be NULL) */
     const int64_t *slots, *kv_rows;
+    /* 1: the cache holds fp16 (IEEE half) keys and values, 0: float32. Half needs head_dim 64 and 1-4 query heads
+     * per KV head (the grouped kernel's shapes; kv_cache.py chooses the dtype accordingly) */
+    int kv_half;
 } ae_layer_args;
 
 static void rms_norm(const float *x, const float *w, int64_t n, float eps, float *out) {
@@ -171,22 +175,34 @@ static void attend(const float *q, const float *keys, const float *values, int64
 #define VALUE_PASS 16 /* 16 registers: REP x 2 accumulators */
 #endif
 
+/* 8 cache elements from p (float32, or fp16 with HALF) as floats */
+static inline __attribute__((always_inline)) __m256 load_kv(const void *p, int64_t i, const int HALF) {
+    return HALF ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)))
+                : _mm256_loadu_ps((const float *)p + i);
+}
+
 /* The REP (1..4) query heads that share one KV head, 64-dimensional (grouped-query attention: SmolLM2 has 3 query
  * heads per KV head, Llama-3.2-1B 4), over slots 0..len: each key and value vector is loaded once for the group
  * where attend loads it once per head, and slots KV_AHEAD ahead are prefetched. q, scores (REP x len) and out
  * are the group's heads back to back. Per head, every score is the FMA chain and sum dot4 computes, and every
  * output element the chain of weigh_values, in the same order: results are attend's bit for bit (a skipped p = 0
- * slot and an FMA with p = 0 differ only for non-finite values). */
-static inline __attribute__((always_inline)) void attend_group(const float *q, const float *keys, const float *values,
+ * slot and an FMA with p = 0 differ only for non-finite values). With HALF the keys and values are fp16 and
+ * widened exactly on load (the same arithmetic on the rounded values): half the bytes, and attention at decode
+ * time waits on memory, not on the FMAs (a C driver over SmolLM2's cache after the weights had evicted it:
+ * 8 rows x 64 slots 3.4 -> 2.4 ms, one row x 512 slots 2.6 -> 1.6 ms, one thread). */
+static inline __attribute__((always_inline)) void attend_group(const float *q, const void *keys, const void *values,
                                                                 int64_t len, const uint8_t *mask, float scale,
-                                                                float *scores, float *out, const int REP) {
+                                                                float *scores, float *out, const int REP,
+                                                                const int HALF) {
+    const int64_t es = HALF ? 2 : 4; /* bytes per element */
     for (int64_t t = 0; t < len; t++) {
-        const float *k = keys + t * 64;
-        for (int c = 0; c < 64; c += 16) _mm_prefetch((const char *)(k + KV_AHEAD * 64 + c), _MM_HINT_T0);
+        const int64_t k = t * 64;
+        for (int64_t c = 0; c < 64 * es; c += 64)
+            _mm_prefetch((const char *)keys + (k + KV_AHEAD * 64) * es + c, _MM_HINT_T0);
         __m256 acc[4];
         for (int j = 0; j < REP; j++) acc[j] = _mm256_setzero_ps();
         for (int i = 0; i < 64; i += 8) {
-            const __m256 kv = _mm256_loadu_ps(k + i);
+            const __m256 kv = load_kv(keys, k + i, HALF);
             for (int j = 0; j < REP; j++) acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(q + j * 64 + i), kv, acc[j]);
         }
         for (int j = 0; j < REP; j++) scores[j * len + t] = hsum256(acc[j]);
@@ -197,14 +213,16 @@ static inline __attribute__((always_inline)) void attend_group(const float *q, c
         for (int j = 0; j < REP; j++)
             for (int c = 0; c < VALUE_PASS / 8; c++) acc[j][c] = _mm256_setzero_ps();
         for (int64_t t = 0; t < len; t++) {
-            const float *v = values + t * 64 + c0;
-            for (int c = 0; c < VALUE_PASS; c += 16) _mm_prefetch((const char *)(v + KV_AHEAD * 64 + c), _MM_HINT_T0);
+            const int64_t v = t * 64 + c0;
+            for (int64_t c = 0; c < VALUE_PASS * es; c += 64)
+                _mm_prefetch((const char *)values + (v + KV_AHEAD * 64) * es + c, _MM_HINT_T0);
+            __m256 vv[VALUE_PASS / 8];
+            for (int c = 0; c < VALUE_PASS / 8; c++) vv[c] = load_kv(values, v + 8 * c, HALF);
             for (int j = 0; j < REP; j++) {
                 const float p = scores[j * len + t];
                 if (p == 0.0f) continue;
                 const __m256 pv = _mm256_set1_ps(p);
-                for (int c = 0; c < VALUE_PASS / 8; c++)
-                    acc[j][c] = _mm256_fmadd_ps(pv, _mm256_loadu_ps(v + 8 * c), acc[j][c]);
+                for (int c = 0; c < VALUE_PASS / 8; c++) acc[j][c] = _mm256_fmadd_ps(pv, vv[c], acc[j][c]);
             }
         }
         for (int j = 0; j < REP; j++)
@@ -213,21 +231,42 @@ static inline __attribute__((always_inline)) void attend_group(const float *q, c
 }
 
 /* One KV head's group of `rep` query heads over its cache slots (keys and values each a head's slots back to back,
- * see kv_cache.py; see attend_group; other shapes head by head through attend). */
-static void attend_heads(const float *q, const float *keys, const float *values, int64_t head_dim, int64_t rep,
-                         int64_t len, const uint8_t *mask, float scale, float *scores, float *out) {
+ * see kv_cache.py; see attend_group; other shapes head by head through attend, float32 only: the layer refuses
+ * an fp16 cache for them). */
+static void attend_heads(const float *q, const void *keys, const void *values, int64_t head_dim, int64_t rep,
+                         int64_t len, const uint8_t *mask, float scale, float *scores, float *out, int half) {
+    if (head_dim == 64 && half) {
+        switch (rep) {
+        case 1: attend_group(q, keys, values, len, mask, scale, scores, out, 1, 1); return;
+        case 2: attend_group(q, keys, values, len, mask, scale, scores, out, 2, 1); return;
+        case 3: attend_group(q, keys, values, len, mask, scale, scores, out, 3, 1); return;
+        default: attend_group(q, keys, values, len, mask, scale, scores, out, 4, 1); return;
+        }
+    }
     if (head_dim == 64) {
         switch (rep) {
-        case 1: attend_group(q, keys, values, len, mask, scale, scores, out, 1); return;
-        case 2: attend_group(q, keys, values, len, mask, scale, scores, out, 2); return;
-        case 3: attend_group(q, keys, values, len, mask, scale, scores, out, 3); return;
-        case 4: attend_group(q, keys, values, len, mask, scale, scores, out, 4); return;
+        case 1: attend_group(q, keys, values, len, mask, scale, scores, out, 1, 0); return;
+        case 2: attend_group(q, keys, values, len, mask, scale, scores, out, 2, 0); return;
+        case 3: attend_group(q, keys, values, len, mask, scale, scores, out, 3, 0); return;
+        case 4: attend_group(q, keys, values, len, mask, scale, scores, out, 4, 0); return;
         default: break;
         }
     }
     for (int64_t j = 0; j < rep; j++)
-        attend(q + j * head_dim, keys, values, head_dim, head_dim, len, mask, scale, scores + j * len,
-               out + j * head_dim);
+        attend(q + j * head_dim, (const float *)keys, (const float *)values, head_dim, head_dim, len, mask, scale,
+               scores + j * len, out + j * head_dim);
+}
+
+/* Row b's key (or value) head vector src[head_dim] into the cache slot dst: a copy, or rounded to fp16 (nearest
+ * even, as torch's .to(torch.float16) rounds the slots a prefill writes). */
+static void store_kv(void *dst, const float *src, int64_t head_dim, int half) {
+    if (!half) {
+        memcpy(dst, src, sizeof(float) * (size_t)head_dim);
+        return;
+    }
+    for (int64_t i = 0; i < head_dim; i += 8)
+        _mm_storeu_si128((__m128i *)((uint16_t *)dst + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
 
 /* out[i] = silu(gate[i]) * up[i] = gate / (1 + exp(-gate)) * up, 8 at a time. */
@@ -245,8 +284,9 @@ static void silu_mul(const float *gate, const float *up, int64_t n, float *out) 
 int ae_llama_layer(const ae_layer_args *a) {
     const int64_t B = a->batch, H = a->hidden, hd = a->head_dim, nh = a->heads, nkv = a->kv_heads;
     const int64_t I = a->inter, q_size = nh * hd, kv_size = nkv * hd, qkv_n = q_size + 2 * kv_size;
-    const int64_t rep = nh / nkv, cache_head = a->max_len * hd, cache_row = 2 * nkv * cache_head; /* floats */
+    const int64_t rep = nh / nkv, cache_head = a->max_len * hd, cache_row = 2 * nkv * cache_head; /* elements */
     if (nkv <= 0 || nh % nkv || hd % 2 || (a->slots == NULL) != (a->kv_rows == NULL)) return -2;
+    if (a->kv_half && (hd != 64 || rep > 4)) return -2;
     if (a->slots && a->mask) return -2;
     int64_t len = a->slot + 1; /* the longest row's attention span (the scores scratch per head) */
     if (a->slots) {
@@ -266,25 +306,25 @@ int ae_llama_layer(const ae_layer_args *a) {
     ae_rms_norm_rows(a->h, a->attn_norm, B, H, a->eps, x);
     rc = ae_gguf_matmul(a->qkv_type, a->qkv, qkv_n, H, a->qkv_stride, x, B, H, qkv, qkv_n, a->threads);
     if (rc) goto done;
-    for (int64_t b = 0; b < B; b++) {
-        float *row = qkv + b * qkv_n;
-        for (int64_t j = 0; j < nh + nkv; j++) rotate(row + j * hd, a->cos + b * hd, a->sin + b * hd, hd);
-        const int64_t r = a->kv_rows ? a->kv_rows[b] : b, slot = a->slots ? a->slots[b] : a->slot;
-        for (int64_t j = 0; j < 2 * nkv; j++) /* K heads, then V heads: each to its own run of slots */
-            memcpy(a->kv + r * cache_row + j * cache_head + slot * hd, row + q_size + j * hd,
-                   sizeof(float) * (size_t)hd);
-    }
     const float scale = 1.0f / sqrtf((float)hd);
     const int team = (B * nh * len >= 2048) ? a->threads : 1; /* short contexts: a thread team costs more */
-#pragma omp parallel for schedule(static) num_threads(team) collapse(2)
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t g = 0; g < nkv; g++) {
-            const int64_t r = a->kv_rows ? a->kv_rows[b] : b, head = g * rep;
-            const float *keys = a->kv + r * cache_row + g * cache_head;
-            attend_heads(qkv + b * qkv_n + head * hd, keys, keys + nkv * cache_head, hd, rep,
-                         a->slots ? a->slots[b] + 1 : len, a->mask ? a->mask + b * len : NULL, scale,
-                         scores + (b * nh + head) * len, att + b * q_size + head * hd);
-        }
+    const int half = a->kv_half;
+    const int64_t es = half ? 2 : 4; /* bytes per cache element */
+    /* per row and KV head: rotary on its query heads and its key, its key and value into the cache, attention */
+#pragma omp parallel for schedule(static) num_threads(team)
+    for (int64_t it = 0; it < B * nkv; it++) {
+        const int64_t b = it / nkv, g = it % nkv, head = g * rep;
+        const int64_t r = a->kv_rows ? a->kv_rows[b] : b, slot = a->slots ? a->slots[b] : a->slot;
+        float *row = qkv + b * qkv_n;
+        for (int64_t j = head; j < head + rep; j++) rotate(row + j * hd, a->cos + b * hd, a->sin + b * hd, hd);
+        rotate(row + q_size + g * hd, a->cos + b * hd, a->sin + b * hd, hd);
+        char *keys = (char *)a->kv + (r * cache_row + g * cache_head) * es, *values = keys + nkv * cache_head * es;
+        store_kv(keys + slot * hd * es, row + q_size + g * hd, hd, half);
+        store_kv(values + slot * hd * es, row + q_size + kv_size + g * hd, hd, half);
+        attend_heads(row + head * hd, keys, values, hd, rep, a->slots ? a->slots[b] + 1 : len,
+                     a->mask ? a->mask + b * len : NULL, scale, scores + (b * nh + head) * len,
+                     att + b * q_size + head * hd, half);
+    }
     /* h += O att; then the MLP on the updated h */
     rc = ae_gguf_matmul(a->o_type, a->o, H, q_size, a->o_stride, att, B, q_size, x, H, a->threads);
     if (rc) goto done;
