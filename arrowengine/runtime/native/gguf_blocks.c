@@ -108,7 +108,7 @@ static inline float hsum256(__m256 v) {
 
 /* Half a block's codes as the pairs the strip kernel multiplies: dword 4c + s of a block holds the codes of
  * elements (k, k + 2), k = 4c + (s & 1) + (s & 2 ? 16 : 0), as int16 (low, high) -- the order of a Q4 block's
- * nibbles (see unpack_strip). lo holds elements j..j+7 and hi elements j+16..j+23 as int32; out gets 8 dwords. */
+ * nibbles (see unpack_quarter). lo holds elements j..j+7 and hi elements j+16..j+23 as int32; out gets 8 dwords. */
 static inline void store_pairs(__m256i lo, __m256i hi, int32_t *out) {
     const __m256i first = _mm256_unpacklo_epi64(lo, hi), second = _mm256_unpackhi_epi64(lo, hi);
     _mm256_storeu_si256((__m256i *)out, _mm256_or_si256(_mm256_and_si256(first, _mm256_set1_epi32(0xFFFF)),
@@ -164,35 +164,37 @@ static inline __attribute__((always_inline)) void transpose_rows(const uint8_t *
     T[3] = V_UNHI64(t1, t3);
 }
 
-/* The strip's block b as 16 vectors of int16 pairs, lane i = weight row i: W[4c + s] holds the codes of elements
- * (k, k + 2) with k = 4c + (s & 1) + (s & 2 ? 16 : 0) -- the order of the nibbles in a Q4 block's bytes, which
- * Q8_0 follows so that one permuted copy of x serves every type. */
-static inline __attribute__((always_inline)) void unpack_strip(int type, const uint8_t *const *rp, int64_t off,
-                                                                vint W[16]) {
-    vint T[4];
+/* The strip's block (at byte offset off of each row) transposed: T[c] lane i = bytes 4c..4c+3 of row i's codes
+ * (Q8_0: T[c] the first 16 code bytes, T[4 + c] the last 16). */
+static inline __attribute__((always_inline)) void transpose_block(int type, const uint8_t *const *rp, int64_t off,
+                                                                   vint T[8]) {
     if (type == AE_Q8_0) {
-#pragma GCC unroll 2
-        for (int h = 0; h < 2; h++) {
-            transpose_rows(rp, off + 2 + 16 * h, T);
-#pragma GCC unroll 4
-            for (int c = 0; c < 4; c++) {
-                W[4 * c + 2 * h] = V_SRAI16(V_SLLI16(T[c], 8), 8);
-                W[4 * c + 2 * h + 1] = V_SRAI16(T[c], 8);
-            }
-        }
+        transpose_rows(rp, off + 2, T);
+        transpose_rows(rp, off + 18, T + 4);
+    } else {
+        transpose_rows(rp, off + (type == AE_Q4_1 ? 4 : 2), T);
+    }
+}
+
+/* Quarter c of the transposed block as 4 vectors of int16 pairs, lane i = weight row i: W[s] holds the codes of
+ * elements (k, k + 2) with k = 4c + (s & 1) + (s & 2 ? 16 : 0) -- the order of the nibbles in a Q4 block's bytes,
+ * which Q8_0 follows so that one permuted copy of x serves every type. A quarter at a time, right before its
+ * products, keeps 4 of them live where the whole block's 16 spilled the 8-row accumulators to the stack. */
+static inline __attribute__((always_inline)) void unpack_quarter(int type, const vint T[8], int c, vint W[4]) {
+    if (type == AE_Q8_0) {
+        W[0] = V_SRAI16(V_SLLI16(T[c], 8), 8);
+        W[1] = V_SRAI16(T[c], 8);
+        W[2] = V_SRAI16(V_SLLI16(T[4 + c], 8), 8);
+        W[3] = V_SRAI16(T[4 + c], 8);
         return;
     }
-    transpose_rows(rp, off + (type == AE_Q4_1 ? 4 : 2), T);
     const vint mask = V_SET32(0x000F000F);
-#pragma GCC unroll 4
-    for (int c = 0; c < 4; c++) {
-        W[4 * c] = V_AND(T[c], mask);
-        W[4 * c + 1] = V_AND(V_SRLI32(T[c], 8), mask);
-        W[4 * c + 2] = V_AND(V_SRLI32(T[c], 4), mask);
-        W[4 * c + 3] = V_AND(V_SRLI32(T[c], 12), mask);
-        if (type == AE_Q4_0)
-            for (int s = 0; s < 4; s++) W[4 * c + s] = V_SUB16(W[4 * c + s], V_SET16(8));
-    }
+    W[0] = V_AND(T[c], mask);
+    W[1] = V_AND(V_SRLI32(T[c], 8), mask);
+    W[2] = V_AND(V_SRLI32(T[c], 4), mask);
+    W[3] = V_AND(V_SRLI32(T[c], 12), mask);
+    if (type == AE_Q4_0)
+        for (int s = 0; s < 4; s++) W[s] = V_SUB16(W[s], V_SET16(8));
 }
 
 enum { UNPACK = 0, UNPACK_KEEP = 1, KEPT = 2 }; /* where a strip's unpacked blocks come from (strip's `cache`) */
@@ -213,11 +215,9 @@ static inline __attribute__((always_inline)) void strip(int type, const uint8_t 
     for (int r = 0; r < MB; r++) acc[r] = F_ZERO();
     const int bb = block_bytes(type);
     for (int64_t b = 0; b < nb; b++) {
-        vint W[16];
+        vint T[8];
         vflt d, m;
         if (cache == KEPT) {
-#pragma GCC unroll 16
-            for (int v = 0; v < 16; v++) W[v] = kept[b * 18 + v];
             d = (vflt)kept[b * 18 + 16];
             m = (vflt)kept[b * 18 + 17];
         } else {
@@ -226,11 +226,9 @@ static inline __attribute__((always_inline)) void strip(int type, const uint8_t 
              * bytes in at the pace this one is read */
             const uint8_t *next = rp[0] + PF_STRIPS * AE_LANES * rs + b * AE_LANES * bb;
             for (int o = 0; o < AE_LANES * bb; o += 64) _mm_prefetch((const char *)(next + o), _MM_HINT_T0);
-            unpack_strip(type, rp, b * bb, W);
+            transpose_block(type, rp, b * bb, T);
             load_scales(rp, b * bb, &d, &m);
             if (cache == UNPACK_KEEP) {
-#pragma GCC unroll 16
-                for (int v = 0; v < 16; v++) kept[b * 18 + v] = W[v];
                 kept[b * 18 + 16] = (vint)d;
                 kept[b * 18 + 17] = (vint)m;
             }
@@ -240,13 +238,26 @@ static inline __attribute__((always_inline)) void strip(int type, const uint8_t 
         vint p[GROUP][2];
 #pragma GCC unroll 8
         for (int r = 0; r < MB; r++) p[r][0] = p[r][1] = V_ZERO();
-#pragma GCC unroll 16
-        for (int v = 0; v < 16; v++)
-#pragma GCC unroll 8
-            for (int r = 0; r < MB; r++) {
-                const int c = chains == 2 ? v & 1 : 0;
-                p[r][c] = V_DOT(p[r][c], W[v], V_SET32(xp[(b * xr + r) * 16 + v]));
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) {
+            vint W[4];
+            if (cache == KEPT) {
+#pragma GCC unroll 4
+                for (int s = 0; s < 4; s++) W[s] = kept[b * 18 + 4 * c + s];
+            } else {
+                unpack_quarter(type, T, c, W);
+                if (cache == UNPACK_KEEP)
+#pragma GCC unroll 4
+                    for (int s = 0; s < 4; s++) kept[b * 18 + 4 * c + s] = W[s];
             }
+#pragma GCC unroll 4
+            for (int s = 0; s < 4; s++)
+#pragma GCC unroll 8
+                for (int r = 0; r < MB; r++) {
+                    const int v = 4 * c + s, k = chains == 2 ? v & 1 : 0;
+                    p[r][k] = V_DOT(p[r][k], W[s], V_SET32(xp[(b * xr + r) * 16 + v]));
+                }
+        }
         /* the block's contribution d_x (d_w P + m_w S): Q4_1's min folded in before the one multiply by d_x; the
          * other types multiply by d_w d_x, which does not wait for the products */
 #pragma GCC unroll 8
