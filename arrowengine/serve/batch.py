@@ -23,9 +23,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from arrowengine.runtime.llm.decode import step_tables
+from arrowengine.runtime.llm.decode import step_tables, torch_step
 from arrowengine.runtime.llm.kv_cache import KVCache
 
 __all__ = ["BatchedDecoder"]
@@ -146,30 +145,5 @@ class BatchedDecoder:
 
     def _batched(self, tokens: torch.Tensor, pos: torch.Tensor, write: torch.Tensor, mask: torch.Tensor,
                  end: int) -> torch.Tensor:
-        fwd = self.forward
-        s = fwd.spec
-        bsz = tokens.shape[0]
-        kv_heads, head_dim, eps = s.num_kv_heads, s.head_dim, s.rms_norm_eps
-        q_size, qk_heads, n_rep, half = s.num_heads * head_dim, s.num_heads + kv_heads, s.num_heads // kv_heads, \
-            head_dim // 2
-        norm_shape = fwd.norm.shape
-        cos = self._cos[pos].unsqueeze(1)
-        sin = self._sin_signed[pos].unsqueeze(1)
-        batch_index = torch.arange(bsz, device=tokens.device)
-        h = fwd.embed_tokens(tokens)
-        for (attn_norm, qkv_proj, o_proj, mlp_norm, gate_up_proj, down_proj), kv in zip(
-                self._layers, self.cache.layers, strict=True):
-            qkv = qkv_proj(F.rms_norm(h, norm_shape, attn_norm, eps))
-            qk = qkv[:, :q_size + kv_heads * head_dim].view(bsz, qk_heads, head_dim)
-            rolled = torch.roll(qk, half, -1).mul_(sin)
-            qk.mul_(cos).add_(rolled)
-            kv[batch_index, :, write] = qkv[:, q_size:].reshape(bsz, 2 * kv_heads, head_dim)
-            slots = kv[:bsz, :, :end] if kv.dtype == h.dtype else kv[:bsz, :, :end].to(h.dtype)  # fp16: widened
-            keys, values = slots[:, :kv_heads], slots[:, kv_heads:]
-            q = qkv[:, :q_size].view(bsz, kv_heads, n_rep, head_dim)
-            attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-            h = h + o_proj(attn.reshape(bsz, q_size))
-            gate, up = gate_up_proj(F.rms_norm(h, norm_shape, mlp_norm, eps)).chunk(2, dim=-1)
-            h = h + down_proj(F.silu(gate).mul_(up))
-        h = F.rms_norm(h, norm_shape, fwd.norm, eps)
-        return fwd.lm_head(h).float()
+        return torch_step(self.forward, self._layers, self._cos, self._sin_signed, tokens, pos, self.cache.layers,
+                          write, end, mask)

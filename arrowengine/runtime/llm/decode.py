@@ -21,7 +21,7 @@ from arrowengine.runtime.llm.kv_cache import KVCache
 from arrowengine.runtime.llm.llama import LlamaForward
 from arrowengine.runtime.llm.weights import Projection
 
-__all__ = ["DecodeStep", "concat_projections", "step_tables"]
+__all__ = ["DecodeStep", "concat_projections", "step_tables", "torch_step"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,31 +78,45 @@ class DecodeStep:
 
     def _eager(self, tokens: torch.Tensor, positions: torch.Tensor, caches: list[torch.Tensor], slot: int,
                mask: torch.Tensor | None) -> torch.Tensor:
-        fwd = self.forward
-        s = fwd.spec
         bsz = tokens.shape[0]
-        heads, kv_heads, head_dim, eps = s.num_heads, s.num_kv_heads, s.head_dim, s.rms_norm_eps
-        q_size, qk_heads, n_rep = heads * head_dim, heads + kv_heads, heads // kv_heads
-        half, end = head_dim // 2, slot + 1
-        norm_shape = fwd.norm.shape
-        pos = positions.view(bsz)
-        cos = self.cos[pos].unsqueeze(1)  # [B, 1, head_dim], broadcast over the Q and K heads
-        sin = self.sin_signed[pos].unsqueeze(1)
-        h = fwd.embed_tokens(tokens.view(bsz))
-        for (attn_norm, qkv_proj, o_proj, mlp_norm, gate_up_proj, down_proj), kv in zip(
-                self.layers, caches, strict=True):
-            qkv = qkv_proj(F.rms_norm(h, norm_shape, attn_norm, eps))
-            qk = qkv[:, :q_size + kv_heads * head_dim].view(bsz, qk_heads, head_dim)
-            rolled = torch.roll(qk, half, -1).mul_(sin)
-            qk.mul_(cos).add_(rolled)
-            kv[:, :, slot] = qkv[:, q_size:].view(bsz, 2 * kv_heads, head_dim)
-            slots = kv[:, :, :end] if kv.dtype == h.dtype else kv[:, :, :end].to(h.dtype)  # fp16: widened
-            keys, values = slots[:, :kv_heads], slots[:, kv_heads:]
-            q = qkv[:, :q_size].view(bsz, kv_heads, n_rep, head_dim)  # query heads of a KV group as its rows
-            attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-            h = h + o_proj(attn.reshape(bsz, q_size))
-            gate_up = gate_up_proj(F.rms_norm(h, norm_shape, mlp_norm, eps))
-            gate, up = gate_up.chunk(2, dim=-1)
-            h = h + down_proj(F.silu(gate).mul_(up))
-        h = F.rms_norm(h, norm_shape, fwd.norm, eps)
-        return fwd.lm_head(h).float().view(bsz, 1, -1)
+        logits = torch_step(self.forward, self.layers, self.cos, self.sin_signed, tokens.view(bsz),
+                            positions.view(bsz), caches, slot, slot + 1, mask)
+        return logits.view(bsz, 1, -1)
+
+
+def torch_step(forward: LlamaForward, layers: list[tuple[Any, ...]], cos_table: torch.Tensor,
+               sin_signed: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor, caches: list[torch.Tensor],
+               write: int | torch.Tensor, end: int, mask: torch.Tensor | None) -> torch.Tensor:
+    """One new token per row through torch ops: fp32 logits ``[B, vocab]``.
+
+    ``tokens`` / ``positions`` ``[B]``; ``caches`` the per-layer ``[rows >= B, 2 * kv_heads, max_len, head_dim]``
+    tensors (rows ``0..B`` used); ``write`` the slot every row writes (int) or each row's own slot (``[B]``, the
+    server's rows at their own lengths); attention over slots ``0..end`` under ``mask`` (bool, True = attend, or
+    None). ``layers``, ``cos_table`` and ``sin_signed`` come from :func:`step_tables`. The step of
+    :class:`DecodeStep` and of the server's batched decoder.
+    """
+    s = forward.spec
+    bsz = tokens.shape[0]
+    heads, kv_heads, head_dim, eps = s.num_heads, s.num_kv_heads, s.head_dim, s.rms_norm_eps
+    q_size, qk_heads, n_rep = heads * head_dim, heads + kv_heads, heads // kv_heads
+    half = head_dim // 2
+    norm_shape = forward.norm.shape
+    cos = cos_table[positions].unsqueeze(1)  # [B, 1, head_dim], broadcast over the Q and K heads
+    sin = sin_signed[positions].unsqueeze(1)
+    rows = torch.arange(bsz, device=tokens.device) if isinstance(write, torch.Tensor) else slice(0, bsz)
+    h = forward.embed_tokens(tokens)
+    for (attn_norm, qkv_proj, o_proj, mlp_norm, gate_up_proj, down_proj), kv in zip(layers, caches, strict=True):
+        qkv = qkv_proj(F.rms_norm(h, norm_shape, attn_norm, eps))
+        qk = qkv[:, :q_size + kv_heads * head_dim].view(bsz, qk_heads, head_dim)
+        rolled = torch.roll(qk, half, -1).mul_(sin)
+        qk.mul_(cos).add_(rolled)
+        kv[rows, :, write] = qkv[:, q_size:].reshape(bsz, 2 * kv_heads, head_dim)
+        slots = kv[:bsz, :, :end] if kv.dtype == h.dtype else kv[:bsz, :, :end].to(h.dtype)  # fp16: widened
+        keys, values = slots[:, :kv_heads], slots[:, kv_heads:]
+        q = qkv[:, :q_size].view(bsz, kv_heads, n_rep, head_dim)  # query heads of a KV group as its rows
+        attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        h = h + o_proj(attn.reshape(bsz, q_size))
+        gate, up = gate_up_proj(F.rms_norm(h, norm_shape, mlp_norm, eps)).chunk(2, dim=-1)
+        h = h + down_proj(F.silu(gate).mul_(up))
+    h = F.rms_norm(h, norm_shape, forward.norm, eps)
+    return forward.lm_head(h).float()
