@@ -315,10 +315,58 @@ static inline __attribute__((always_inline)) void strip_all_x(int type, const ui
     }
 }
 
+/* Memory a later parallel loop will read, to be brought into the cache of the core that reads it while a product
+ * runs (the decode layer: each attention item's keys and values while the QKV product computes). Item i is the
+ * byte ranges [a[i], a[i] + bytes[i]) and [b[i], b[i] + bytes[i]); thread t of a team of `team` reads the items
+ * split_range gives it. */
+typedef struct {
+    const char *const *a, *const *b;
+    const int64_t *bytes;
+    int64_t items;
+    int team;
+} ae_prefetch;
+
+/* Items [*lo, *hi) of n for thread t of a team of size team: contiguous runs, the first n % team one longer. */
+static inline void split_range(int64_t n, int t, int team, int64_t *lo, int64_t *hi) {
+    const int64_t base = n / team, extra = n % team;
+    *lo = t * base + (t < extra ? t : extra);
+    *hi = *lo + base + (t < extra);
+}
+
+/* One thread's walk through its prefetch items, `quota` cache lines at a time. */
+typedef struct {
+    const ae_prefetch *pf;
+    int64_t item, end, offset, quota;
+} pf_cursor;
+
+static inline void pf_start(pf_cursor *c, const ae_prefetch *pf, int t, int64_t steps) {
+    c->pf = pf;
+    c->item = c->end = c->offset = c->quota = 0;
+    if (!pf || t >= pf->team) return;
+    split_range(pf->items, t, pf->team, &c->item, &c->end);
+    int64_t lines = 0;
+    for (int64_t i = c->item; i < c->end; i++) lines += 2 * ((pf->bytes[i] + 63) / 64);
+    c->quota = (lines + steps - 1) / (steps > 0 ? steps : 1) + 1;
+}
+
+/* The next `quota` lines (a few per strip: all at once would stall the thread on its miss buffers). */
+static inline void pf_step(pf_cursor *c) {
+    for (int64_t left = c->quota; left > 0 && c->item < c->end; left -= 2) {
+        const ae_prefetch *pf = c->pf;
+        _mm_prefetch(pf->a[c->item] + c->offset, _MM_HINT_T0);
+        _mm_prefetch(pf->b[c->item] + c->offset, _MM_HINT_T0);
+        c->offset += 64;
+        if (c->offset >= pf->bytes[c->item]) {
+            c->item++;
+            c->offset = 0;
+        }
+    }
+}
+
 /* y[m, n] (leading dimension ldy) = x[m, k] (leading dimension ldx) times W[n, k]^T. Returns 0, or -1 when the
  * scratch allocation fails, -2 for an unknown type or k not a multiple of 32. */
-int ae_gguf_matmul(int type, const uint8_t *w, int64_t n, int64_t k, int64_t row_stride, const float *x,
-                   int64_t m, int64_t ldx, float *y, int64_t ldy, int threads) {
+static int gguf_matmul(int type, const uint8_t *w, int64_t n, int64_t k, int64_t row_stride, const float *x,
+                       int64_t m, int64_t ldx, float *y, int64_t ldy, int threads, const ae_prefetch *pf) {
     if (block_bytes(type) == 0 || k % QK) return -2;
     const int64_t nb = k / QK;
     int32_t *xp = (int32_t *)malloc(sizeof(int32_t) * (size_t)(m * nb * 16));
@@ -351,6 +399,8 @@ int ae_gguf_matmul(int type, const uint8_t *w, int64_t n, int64_t k, int64_t row
             }
             /* a prompt's strips are unpacked once per chunk into this thread's scratch (without it, once per group) */
             vint *kept = cm > GROUP ? (vint *)aligned_alloc(64, sizeof(vint) * 18 * (size_t)nb) : NULL;
+            pf_cursor cursor; /* spread over the strips this thread will run (about strips / team of them) */
+            pf_start(&cursor, c0 == 0 ? pf : NULL, omp_get_thread_num(), strips / omp_get_num_threads());
             /* guided: each thread first takes a long contiguous run of strips (half of what is left), then shorter
              * ones down to STRIP_CHUNK: long runs are what the prefetch streams; the short pieces at the end let one
              * thread finish for the other when a server's HTTP or tokenizer thread preempts it */
@@ -362,6 +412,7 @@ int ae_gguf_matmul(int type, const uint8_t *w, int64_t n, int64_t k, int64_t row
                 case AE_Q4_0: strip_all_x(AE_Q4_0, w, n, row_stride, nb, n0, cx, cd, cs, cm, cy, ldy, kept); break;
                 default: strip_all_x(AE_Q8_0, w, n, row_stride, nb, n0, cx, cd, cs, cm, cy, ldy, kept); break;
                 }
+                pf_step(&cursor);
             }
             free(kept);
         }
@@ -369,6 +420,12 @@ int ae_gguf_matmul(int type, const uint8_t *w, int64_t n, int64_t k, int64_t row
     free(xp);
     free(dx);
     return 0;
+}
+
+/* y[m, n] (leading dimension ldy) = x[m, k] (leading dimension ldx) times W[n, k]^T (see gguf_matmul). */
+int ae_gguf_matmul(int type, const uint8_t *w, int64_t n, int64_t k, int64_t row_stride, const float *x,
+                   int64_t m, int64_t ldx, float *y, int64_t ldy, int threads) {
+    return gguf_matmul(type, w, n, k, row_stride, x, m, ldx, y, ldy, threads, NULL);
 }
 
 /* Reads n bytes (n a multiple of 128) with 256-bit loads across threads and returns their 64-bit lane sum: the
