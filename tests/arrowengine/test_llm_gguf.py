@@ -86,8 +86,12 @@ def test_native_layer_matches_the_torch_step_and_the_float_reference() -> None:
     assert agree >= 0.8, agree
 
 
-@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize(("heads", "kv_heads"), [(4, 4), (4, 2), (6, 2), (8, 2), (5, 1)])
+GROUPINGS = [(4, 4), (4, 2), (6, 2), (8, 2), (5, 1)]  # 1, 2, 3, 4 and 5 query heads per KV head
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "kv_dtype"),
+                         [(h, k, torch.float32) for h, k in GROUPINGS]
+                         + [(h, k, torch.float16) for h, k in GROUPINGS if h // k <= 4])
 def test_native_layer_with_64_wide_heads_in_every_grouping(heads, kv_heads, kv_dtype) -> None:
     """64-wide heads attend a KV head's whole group of query heads at once (1 to 4 per KV head; more go head by
     head, float32 cache only): the native step stays the torch step's (SDPA) to float summation order over the
@@ -97,8 +101,6 @@ def test_native_layer_with_64_wide_heads_in_every_grouping(heads, kv_heads, kv_d
     native = DecodeStep(fwd)
     assert isinstance(native._step, NativeBlockStep)
     assert fwd.kv_dtype == (torch.float16 if heads // kv_heads <= 4 else torch.float32)  # the step's choice
-    if kv_dtype == torch.float16 and fwd.kv_dtype != torch.float16:
-        pytest.skip("more than 4 query heads per KV head keep a float32 cache")
     fwd.kv_dtype = kv_dtype
     torch_step = DecodeStep(fwd)
     torch_step._step = torch_step._eager
