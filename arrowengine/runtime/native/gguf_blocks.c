@@ -346,7 +346,8 @@ static inline void pf_start(pf_cursor *c, const ae_prefetch *pf, int t, int64_t 
     split_range(pf->items, t, pf->team, &c->item, &c->end);
     int64_t lines = 0;
     for (int64_t i = c->item; i < c->end; i++) lines += 2 * ((pf->bytes[i] + 63) / 64);
-    c->quota = (lines + steps - 1) / (steps > 0 ? steps : 1) + 1;
+    if (steps < 1) steps = 1;
+    c->quota = (lines + steps - 1) / steps + 1;
 }
 
 /* The next `quota` lines (a few per strip: all at once would stall the thread on its miss buffers). */
@@ -363,8 +364,9 @@ static inline void pf_step(pf_cursor *c) {
     }
 }
 
-/* y[m, n] (leading dimension ldy) = x[m, k] (leading dimension ldx) times W[n, k]^T. Returns 0, or -1 when the
- * scratch allocation fails, -2 for an unknown type or k not a multiple of 32. */
+/* y[m, n] (leading dimension ldy) = x[m, k] (leading dimension ldx) times W[n, k]^T, fetching pf's memory (or
+ * NULL) a few lines per strip on the way. Returns 0, or -1 when the scratch allocation fails, -2 for an unknown
+ * type or k not a multiple of 32. */
 static int gguf_matmul(int type, const uint8_t *w, int64_t n, int64_t k, int64_t row_stride, const float *x,
                        int64_t m, int64_t ldx, float *y, int64_t ldy, int threads, const ae_prefetch *pf) {
     if (block_bytes(type) == 0 || k % QK) return -2;

@@ -231,27 +231,28 @@ static inline __attribute__((always_inline)) void attend_group(const float *q, c
     }
 }
 
+/* attend_group with the group size (1..4) made a literal. */
+static inline __attribute__((always_inline)) void attend_group_of(const float *q, const void *keys,
+                                                                   const void *values, int64_t len,
+                                                                   const uint8_t *mask, float scale, float *scores,
+                                                                   float *out, int64_t rep, const int HALF) {
+    switch (rep) {
+    case 1: attend_group(q, keys, values, len, mask, scale, scores, out, 1, HALF); return;
+    case 2: attend_group(q, keys, values, len, mask, scale, scores, out, 2, HALF); return;
+    case 3: attend_group(q, keys, values, len, mask, scale, scores, out, 3, HALF); return;
+    default: attend_group(q, keys, values, len, mask, scale, scores, out, 4, HALF); return;
+    }
+}
+
 /* One KV head's group of `rep` query heads over its cache slots (keys and values each a head's slots back to back,
  * see kv_cache.py; see attend_group; other shapes head by head through attend, float32 only: the layer refuses
  * an fp16 cache for them). */
 static void attend_heads(const float *q, const void *keys, const void *values, int64_t head_dim, int64_t rep,
                          int64_t len, const uint8_t *mask, float scale, float *scores, float *out, int half) {
-    if (head_dim == 64 && half) {
-        switch (rep) {
-        case 1: attend_group(q, keys, values, len, mask, scale, scores, out, 1, 1); return;
-        case 2: attend_group(q, keys, values, len, mask, scale, scores, out, 2, 1); return;
-        case 3: attend_group(q, keys, values, len, mask, scale, scores, out, 3, 1); return;
-        default: attend_group(q, keys, values, len, mask, scale, scores, out, 4, 1); return;
-        }
-    }
-    if (head_dim == 64) {
-        switch (rep) {
-        case 1: attend_group(q, keys, values, len, mask, scale, scores, out, 1, 0); return;
-        case 2: attend_group(q, keys, values, len, mask, scale, scores, out, 2, 0); return;
-        case 3: attend_group(q, keys, values, len, mask, scale, scores, out, 3, 0); return;
-        case 4: attend_group(q, keys, values, len, mask, scale, scores, out, 4, 0); return;
-        default: break;
-        }
+    if (head_dim == 64 && rep >= 1 && rep <= 4) {
+        if (half) attend_group_of(q, keys, values, len, mask, scale, scores, out, rep, 1);
+        else attend_group_of(q, keys, values, len, mask, scale, scores, out, rep, 0);
+        return;
     }
     for (int64_t j = 0; j < rep; j++)
         attend(q + j * head_dim, (const float *)keys, (const float *)values, head_dim, head_dim, len, mask, scale,
