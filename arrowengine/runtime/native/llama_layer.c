@@ -31,7 +31,7 @@ typedef struct {
      * cache row kv_rows[b], slot slots[b], and attends slots 0..slots[b] (mask must then be NULL) */
     const int64_t *slots, *kv_rows;
     /* 1: the cache holds fp16 (IEEE half) keys and values, 0: float32. Half needs head_dim 64 and 1-4 query heads
-     * per KV head (the grouped kernel's shapes; kv_cache.py chooses the dtype accordingly) */
+     * per KV head (the grouped kernel's shapes; NativeBlockStep.half_cache chooses the dtype accordingly) */
     int kv_half;
 } ae_layer_args;
 
