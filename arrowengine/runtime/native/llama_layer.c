@@ -91,6 +91,22 @@ static inline __m256 exp8(__m256 x) {
     return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(bits)), live);
 }
 
+/* hsum256 of a[0..3] at once, each summed in hsum256's order (halves, then lanes 0 + 2 and 1 + 3, then those
+ * two): the 4 sums, bit for bit hsum256's, for a third of its shuffles and adds. */
+static inline __m128 hsum4(const __m256 a[4]) {
+    const __m256 h01 = _mm256_add_ps(_mm256_permute2f128_ps(a[0], a[1], 0x20),
+                                     _mm256_permute2f128_ps(a[0], a[1], 0x31));
+    const __m256 h23 = _mm256_add_ps(_mm256_permute2f128_ps(a[2], a[3], 0x20),
+                                     _mm256_permute2f128_ps(a[2], a[3], 0x31));
+    /* 128-bit lane 0: a0's 4 partial sums then a2's; lane 1: a1's then a3's */
+    const __m256 pairs = _mm256_add_ps(_mm256_shuffle_ps(h01, h23, _MM_SHUFFLE(1, 0, 1, 0)),
+                                       _mm256_shuffle_ps(h01, h23, _MM_SHUFFLE(3, 2, 3, 2)));
+    const __m256 sums = _mm256_add_ps(_mm256_shuffle_ps(pairs, pairs, _MM_SHUFFLE(2, 0, 2, 0)),
+                                      _mm256_shuffle_ps(pairs, pairs, _MM_SHUFFLE(3, 1, 3, 1)));
+    /* sums: lane 0 (a0, a2, a0, a2), lane 1 (a1, a3, a1, a3) */
+    return _mm_unpacklo_ps(_mm256_castps256_ps128(sums), _mm256_extractf128_ps(sums, 1));
+}
+
 /* Four keys' dot products with q, interleaved: each key's chain of FMAs is the one dot() runs (so the scores are
  * bit-identical to it), but four chains in flight hide the FMA latency a lone 64-element dot waits on. */
 static inline void dot4(const float *q, const float *k, int64_t stride, int64_t n, float *out) {
@@ -126,15 +142,29 @@ static inline __attribute__((always_inline)) void weigh_values(const float *valu
 
 /* scores[0..len) = softmax(scores * scale) in place (masked slots -inf before the exp, so exactly 0 after). */
 static void softmax_scores(float *scores, int64_t len, const uint8_t *mask, float scale) {
-    float mx = -INFINITY;
-    for (int64_t t = 0; t < len; t++) {
+    const __m256 scale8 = _mm256_set1_ps(scale), minus_inf = _mm256_set1_ps(-INFINITY);
+    __m256 top = minus_inf;
+    int64_t t = 0;
+    for (; t + 8 <= len; t += 8) {
+        __m256 s = _mm256_mul_ps(_mm256_loadu_ps(scores + t), scale8);
+        if (mask) { /* bytes 0 -> -inf */
+            const __m256i m = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(mask + t)));
+            s = _mm256_blendv_ps(minus_inf, s, _mm256_castsi256_ps(_mm256_cmpgt_epi32(m, _mm256_setzero_si256())));
+        }
+        _mm256_storeu_ps(scores + t, s);
+        top = _mm256_max_ps(top, s);
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(top), _mm256_extractf128_ps(top, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    float mx = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+    for (; t < len; t++) {
         const float s = (mask && !mask[t]) ? -INFINITY : scores[t] * scale;
         scores[t] = s;
         if (s > mx) mx = s;
     }
     __m256 sum = _mm256_setzero_ps();
     const __m256 peak = _mm256_set1_ps(mx);
-    int64_t t = 0;
+    t = 0;
     for (; t + 8 <= len; t += 8) { /* masked scores are -inf: exp8 gives 0 */
         const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(scores + t), peak));
         _mm256_storeu_ps(scores + t, e);
@@ -148,7 +178,9 @@ static void softmax_scores(float *scores, int64_t len, const uint8_t *mask, floa
         sum = _mm256_add_ps(sum, e);
     }
     const float inv = 1.0f / hsum256(sum);
-    for (int64_t t = 0; t < len; t++) scores[t] *= inv;
+    const __m256 inv8 = _mm256_set1_ps(inv);
+    for (t = 0; t + 8 <= len; t += 8) _mm256_storeu_ps(scores + t, _mm256_mul_ps(_mm256_loadu_ps(scores + t), inv8));
+    for (; t < len; t++) scores[t] *= inv;
 }
 
 /* out[head_dim] = softmax(q . K^T * scale) V over slots 0..len of one row and KV head (scores: scratch). */
@@ -202,7 +234,25 @@ static inline __attribute__((always_inline)) void attend_group(const float *q, c
                                                                 float *scores, float *out, const int REP,
                                                                 const int HALF) {
     const int64_t es = HALF ? 2 : 4; /* bytes per element */
-    for (int64_t t = 0; t < len; t++) {
+    int64_t t = 0;
+    for (; t + 4 <= len; t += 4) { /* 4 slots at a time: 4 FMA chains per head in flight, one reduction for 4 */
+        const int64_t k = t * 64;
+        for (int64_t c = 0; c < 4 * 64 * es; c += 64)
+            _mm_prefetch((const char *)keys + (k + KV_AHEAD * 64) * es + c, _MM_HINT_T0);
+        __m256 acc[4][4];
+        for (int j = 0; j < REP; j++)
+            for (int u = 0; u < 4; u++) acc[j][u] = _mm256_setzero_ps();
+        for (int i = 0; i < 64; i += 8) {
+            __m256 kv[4];
+            for (int u = 0; u < 4; u++) kv[u] = load_kv(keys, k + u * 64 + i, HALF);
+            for (int j = 0; j < REP; j++) {
+                const __m256 qv = _mm256_loadu_ps(q + j * 64 + i);
+                for (int u = 0; u < 4; u++) acc[j][u] = _mm256_fmadd_ps(qv, kv[u], acc[j][u]);
+            }
+        }
+        for (int j = 0; j < REP; j++) _mm_storeu_ps(scores + j * len + t, hsum4(acc[j]));
+    }
+    for (; t < len; t++) {
         const int64_t k = t * 64;
         for (int64_t c = 0; c < 64 * es; c += 64)
             _mm_prefetch((const char *)keys + (k + KV_AHEAD * 64) * es + c, _MM_HINT_T0);
