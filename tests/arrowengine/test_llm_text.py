@@ -45,6 +45,23 @@ def test_stream_of_multibyte_text_equals_generate(llm) -> None:
     assert "".join(pieces) == llm.generate(prompt, max_new_tokens=24)
 
 
+class _WrapperOnly:
+    """The tokenizer seen through transformers' ``decode`` alone (no ``backend_tokenizer``)."""
+
+    def __init__(self, tokenizer) -> None:
+        self.decode = tokenizer.decode
+
+
+def test_incremental_detokenizer_decodes_as_the_transformers_wrapper(real) -> None:
+    """The fast tokenizer's own decode (the detokenizer's shortcut) gives the pieces transformers' decode gives."""
+    tokenizer = real[1]
+    assert tokenizer.backend_tokenizer is not None
+    ids = tokenizer(MULTIBYTE + " <|im_end|> and\n\n  spaces , here .")["input_ids"]
+    fast, wrapped = IncrementalDetokenizer(tokenizer), IncrementalDetokenizer(_WrapperOnly(tokenizer))
+    assert [fast.push(i) for i in ids] == [wrapped.push(i) for i in ids]
+    assert fast.flush() == wrapped.flush()
+
+
 def test_chat_truncation_keeps_system_and_newest_turns(real) -> None:
     tokenizer = real[1]
     texts = chitchat_messages(12)
