@@ -137,24 +137,30 @@ def test_native_layer_rounds_keys_and_values_into_an_fp16_cache_as_torch_does() 
     assert float(new32.abs().min()) > 0 and not torch.equal(new16.float(), new32)  # rounding did happen
 
 
-def test_native_layer_respects_the_padding_mask() -> None:
+@pytest.mark.parametrize("prompt_len", [5, 12])
+def test_native_layer_respects_the_padding_mask(prompt_len) -> None:
+    """Left padding hidden from a row's attention (prompt 12: the masked slots in the softmax's vector part too,
+    prompt 5: in its scalar tail only)."""
     blocks, _ = block_and_float_models(2)
     fwd = LlamaForward(blocks, weight_quant="gguf")
     native = DecodeStep(fwd)
     torch_step = DecodeStep(fwd)
     torch_step._step = torch_step._eager
-    cache_a, cache_b = fwd.new_cache(2, 8), fwd.new_cache(2, 8)
-    prompt = torch.randint(3, 512, (2, 5), generator=torch.Generator().manual_seed(3))
-    positions = torch.arange(5)[None].expand(2, -1)
+    cache_a, cache_b = fwd.new_cache(2, prompt_len + 3), fwd.new_cache(2, prompt_len + 3)
+    prompt = torch.randint(3, 512, (2, prompt_len), generator=torch.Generator().manual_seed(3))
+    positions = torch.arange(prompt_len)[None].expand(2, -1)
     for cache in (cache_a, cache_b):
         fwd.forward(prompt, positions, cache, 0)
-    mask = torch.ones(2, 1, 1, 6, dtype=torch.bool)
+    mask = torch.ones(2, 1, 1, prompt_len + 1, dtype=torch.bool)
     mask[0, ..., :2] = False  # row 0 is left-padded by two slots
     token = torch.tensor([[7], [9]])
-    pos = torch.tensor([[3], [5]])
-    torch.testing.assert_close(native(token, pos, cache_a, 5, mask), torch_step(token, pos, cache_b, 5, mask),
-                               rtol=1e-4, atol=5e-4)
-    torch.testing.assert_close(cache_a.kv[:, :, :, 5], cache_b.kv[:, :, :, 5], rtol=1e-4, atol=2e-4)
+    pos = torch.tensor([[prompt_len - 2], [prompt_len]])
+    ours = native(token, pos, cache_a, prompt_len, mask)
+    torch.testing.assert_close(ours, torch_step(token, pos, cache_b, prompt_len, mask), rtol=1e-4, atol=5e-4)
+    torch.testing.assert_close(cache_a.kv[:, :, :, prompt_len], cache_b.kv[:, :, :, prompt_len], rtol=1e-4, atol=2e-4)
+    unmasked = native(token, pos, cache_a, prompt_len, None)
+    assert not torch.allclose(ours[0], unmasked[0], rtol=1e-4, atol=5e-4)  # the mask did hide slots
+    torch.testing.assert_close(ours[1], unmasked[1], rtol=0, atol=0)
 
 
 def test_native_rows_at_their_own_lengths_match_each_row_alone() -> None:
