@@ -118,11 +118,10 @@ class NativeBlockStep:
         count = threads()
         mask_ptr = None if mask_u8 is None else mask_u8.data_ptr()
         slots_ptr, rows_ptr = (None, None) if per_row is None else (per_row[0].data_ptr(), per_row[1].data_ptr())
-        half = caches[0].dtype == torch.float16
         for args, kv in zip(self.layers, caches, strict=True):
             if kv.dtype not in self._cache_dtypes or not kv.is_contiguous():
                 raise RuntimeError("the native decode step needs a contiguous KV cache from new_cache")
-            args.kv_half = half
+            args.kv_half = kv.dtype == torch.float16
             args.batch, args.slot, args.max_len, args.threads = bsz, slot, kv.shape[2], count
             args.h, args.cos, args.sin, args.kv = h.data_ptr(), cos.data_ptr(), sin.data_ptr(), kv.data_ptr()
             args.mask, args.slots, args.kv_rows = mask_ptr, slots_ptr, rows_ptr

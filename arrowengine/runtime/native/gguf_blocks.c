@@ -227,8 +227,8 @@ static inline __attribute__((always_inline)) void strip(int type, const uint8_t 
             m = (vflt)kept[b * 18 + 17];
         } else {
             /* the strip's rows are one contiguous run of memory read as 16 (8) interleaved streams, which the
-             * hardware prefetchers do not follow (a decode step's products ran at 6 GB/s): stream the next strip's
-             * bytes in at the pace this one is read */
+             * hardware prefetchers do not follow (a decode step's products ran at 6 GB/s): stream a later strip's
+             * bytes in at the pace this one is read (PF_NEAR or PF_FAR strips ahead) */
             const uint8_t *here = rp[0] + b * AE_LANES * bb;
             if (8 * MB <= bb) /* waits on memory (see PF_FAR) */
                 for (int o = 0; o < AE_LANES * bb; o += 64)
