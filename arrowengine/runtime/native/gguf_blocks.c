@@ -204,6 +204,29 @@ static inline __attribute__((always_inline)) void unpack_quarter(int type, const
 
 enum { UNPACK = 0, UNPACK_KEEP = 1, KEPT = 2 }; /* where a strip's unpacked blocks come from (strip's `cache`) */
 
+/* Block b's bytes of the strip that is PF_NEAR or PF_FAR strips ahead (see PF_FAR): the strip's rows are one
+ * contiguous run of memory read as 16 (8) interleaved streams, which the hardware prefetchers do not follow (a
+ * decode step's products ran at 6 GB/s), so a later strip's bytes are streamed in at the pace this one is read. */
+static inline __attribute__((always_inline)) void fetch_ahead(const uint8_t *const *rp, int64_t rs, int64_t b,
+                                                               int bb, const int MB) {
+    const uint8_t *here = rp[0] + b * AE_LANES * bb;
+    if (8 * MB <= bb) /* waits on memory (see PF_FAR) */
+        for (int o = 0; o < AE_LANES * bb; o += 64)
+            _mm_prefetch((const char *)(here + PF_FAR * AE_LANES * rs + o), _MM_HINT_T1);
+    else
+        for (int o = 0; o < AE_LANES * bb; o += 64)
+            _mm_prefetch((const char *)(here + PF_NEAR * AE_LANES * rs + o), _MM_HINT_T0);
+}
+
+/* A row's running sum after one more block with integer product f (as float), code sum qs and scale dx: d_x (d_w
+ * P + m_w S) for Q4_1, Q4_1's min folded in before the one multiply by d_x; the other types multiply by d_w d_x,
+ * which does not wait for the products. */
+static inline __attribute__((always_inline)) vflt add_block(int type, vflt d, vflt m, vflt f, float qs, float dx,
+                                                             vflt acc) {
+    if (type == AE_Q4_1) return F_FMA(F_FMA(m, F_SET(qs), F_MUL(d, f)), F_SET(dx), acc);
+    return F_FMA(f, F_MUL(d, F_SET(dx)), acc);
+}
+
 /* AE_LANES weight rows (pointers rp, clamped to the last row past the matrix's end; rs their stride) against MB
  * rows of x (MB a literal at every call site: the accumulators unroll into registers; x's codes and scales
  * block-major with xr rows a block, see quantize_row). Each output is, in its own lane, the running sum over the
@@ -226,16 +249,7 @@ static inline __attribute__((always_inline)) void strip(int type, const uint8_t 
             d = (vflt)kept[b * 18 + 16];
             m = (vflt)kept[b * 18 + 17];
         } else {
-            /* the strip's rows are one contiguous run of memory read as 16 (8) interleaved streams, which the
-             * hardware prefetchers do not follow (a decode step's products ran at 6 GB/s): stream a later strip's
-             * bytes in at the pace this one is read (PF_NEAR or PF_FAR strips ahead) */
-            const uint8_t *here = rp[0] + b * AE_LANES * bb;
-            if (8 * MB <= bb) /* waits on memory (see PF_FAR) */
-                for (int o = 0; o < AE_LANES * bb; o += 64)
-                    _mm_prefetch((const char *)(here + PF_FAR * AE_LANES * rs + o), _MM_HINT_T1);
-            else
-                for (int o = 0; o < AE_LANES * bb; o += 64)
-                    _mm_prefetch((const char *)(here + PF_NEAR * AE_LANES * rs + o), _MM_HINT_T0);
+            fetch_ahead(rp, rs, b, bb, MB);
             transpose_block(type, rp, b * bb, T);
             load_scales(rp, b * bb, &d, &m);
             if (cache == UNPACK_KEEP) {
@@ -268,20 +282,79 @@ static inline __attribute__((always_inline)) void strip(int type, const uint8_t 
                     p[r][k] = V_DOT(p[r][k], W[s], V_SET32(xp[(b * xr + r) * 16 + v]));
                 }
         }
-        /* the block's contribution d_x (d_w P + m_w S): Q4_1's min folded in before the one multiply by d_x; the
-         * other types multiply by d_w d_x, which does not wait for the products */
 #pragma GCC unroll 8
-        for (int r = 0; r < MB; r++) {
-            const vflt f = V_CVT(chains == 2 ? V_ADD32(p[r][0], p[r][1]) : p[r][0]);
-            if (type == AE_Q4_1)
-                acc[r] = F_FMA(F_FMA(m, F_SET(qs[b * xr + r]), F_MUL(d, f)), F_SET(dx[b * xr + r]), acc[r]);
-            else
-                acc[r] = F_FMA(f, F_MUL(d, F_SET(dx[b * xr + r])), acc[r]);
+        for (int r = 0; r < MB; r++)
+            acc[r] = add_block(type, d, m, V_CVT(chains == 2 ? V_ADD32(p[r][0], p[r][1]) : p[r][0]),
+                               qs[b * xr + r], dx[b * xr + r], acc[r]);
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < MB; r++) store_lanes(y + r * ldy, acc[r], lanes);
+}
+
+#if AE_LANES == 8
+/* strip for 3..8 rows of x with AVX2's 16 vector registers: the block's codes are unpacked once into `stage` (or
+ * `kept`) and read back from L1 as each is used, and the rows go through in sub-groups of 4, so that 4 integer
+ * accumulators, one code vector and a broadcast are what is live in the products. strip itself (8 rows'
+ * accumulators, the quarter's codes and the transposed block live) had gcc spill ~116 vectors a block on a Zen 3:
+ * 8 rows, one core, weights in L2, 8.6-13.9 -> 6.1-8.3 ns per block and row of x; SmolLM2's 30 layers' products
+ * on 2 threads 26-30 -> 14-17 ms. Same arithmetic per lane and block as strip: bit-identical results. */
+static inline __attribute__((always_inline)) void strip_narrow(int type, const uint8_t *const *rp, int64_t rs,
+                                                                int64_t nb, int64_t xr, const int32_t *xp,
+                                                                const float *dx, const float *qs, const int MB,
+                                                                float *y, int64_t ldy, int lanes, vint *kept,
+                                                                const int cache) {
+    vflt acc[GROUP];
+    vint stage[18] __attribute__((aligned(32)));
+#pragma GCC unroll 8
+    for (int r = 0; r < MB; r++) acc[r] = F_ZERO();
+    const int bb = block_bytes(type);
+    for (int64_t b = 0; b < nb; b++) {
+        const vint *wb = kept + b * 18;
+        if (cache != KEPT) {
+            fetch_ahead(rp, rs, b, bb, MB);
+            vint T[8];
+            vflt d, m;
+            transpose_block(type, rp, b * bb, T);
+            load_scales(rp, b * bb, &d, &m);
+            vint *out = cache == UNPACK_KEEP ? kept + b * 18 : stage;
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) unpack_quarter(type, T, c, out + 4 * c);
+            out[16] = (vint)d;
+            out[17] = (vint)m;
+            wb = out;
+        }
+        const vflt d = (vflt)wb[16], m = (vflt)wb[17];
+#pragma GCC unroll 2
+        for (int r0 = 0; r0 < MB; r0 += 4) {
+            vint p[4];
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) p[r] = V_ZERO();
+#pragma GCC unroll 16
+            for (int v = 0; v < 16; v++) {
+                const vint w = wb[v];
+#pragma GCC unroll 4
+                for (int r = 0; r < 4; r++)
+                    if (r0 + r < MB) p[r] = V_DOT(p[r], w, V_SET32(xp[(b * xr + r0 + r) * 16 + v]));
+                /* no code: keeps gcc from computing all 64 products ahead of their sums (spilled to the stack) */
+                __asm__("" : "+x"(p[0]), "+x"(p[1]), "+x"(p[2]), "+x"(p[3]));
+            }
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++)
+                if (r0 + r < MB)
+                    acc[r0 + r] = add_block(type, d, m, V_CVT(p[r]), qs[b * xr + r0 + r], dx[b * xr + r0 + r],
+                                            acc[r0 + r]);
         }
     }
 #pragma GCC unroll 8
     for (int r = 0; r < MB; r++) store_lanes(y + r * ldy, acc[r], lanes);
 }
+/* AVX2 runs 3 or more rows of x through strip_narrow */
+#define STRIP(type, rp, rs, nb, xr, xp, dx, qs, MB, y, ldy, lanes, kept, cache)                                      \
+    ((MB) > 2 ? strip_narrow(type, rp, rs, nb, xr, xp, dx, qs, MB, y, ldy, lanes, kept, cache)                    \
+              : strip(type, rp, rs, nb, xr, xp, dx, qs, MB, y, ldy, lanes, kept, cache))
+#else
+#define STRIP strip
+#endif
 
 /* One group of 1..GROUP rows of x through a strip: the row count made a literal for strip. */
 static inline __attribute__((always_inline)) void group(int type, const uint8_t *const *rp, int64_t rs,
@@ -289,14 +362,14 @@ static inline __attribute__((always_inline)) void group(int type, const uint8_t 
                                                          const float *qs, int64_t rows, float *y, int64_t ldy,
                                                          int lanes, vint *kept, const int cache) {
     switch (rows) {
-    case 8: strip(type, rp, rs, nb, xr, xp, dx, qs, 8, y, ldy, lanes, kept, cache); break;
-    case 7: strip(type, rp, rs, nb, xr, xp, dx, qs, 7, y, ldy, lanes, kept, cache); break;
-    case 6: strip(type, rp, rs, nb, xr, xp, dx, qs, 6, y, ldy, lanes, kept, cache); break;
-    case 5: strip(type, rp, rs, nb, xr, xp, dx, qs, 5, y, ldy, lanes, kept, cache); break;
-    case 4: strip(type, rp, rs, nb, xr, xp, dx, qs, 4, y, ldy, lanes, kept, cache); break;
-    case 3: strip(type, rp, rs, nb, xr, xp, dx, qs, 3, y, ldy, lanes, kept, cache); break;
-    case 2: strip(type, rp, rs, nb, xr, xp, dx, qs, 2, y, ldy, lanes, kept, cache); break;
-    default: strip(type, rp, rs, nb, xr, xp, dx, qs, 1, y, ldy, lanes, kept, cache); break;
+    case 8: STRIP(type, rp, rs, nb, xr, xp, dx, qs, 8, y, ldy, lanes, kept, cache); break;
+    case 7: STRIP(type, rp, rs, nb, xr, xp, dx, qs, 7, y, ldy, lanes, kept, cache); break;
+    case 6: STRIP(type, rp, rs, nb, xr, xp, dx, qs, 6, y, ldy, lanes, kept, cache); break;
+    case 5: STRIP(type, rp, rs, nb, xr, xp, dx, qs, 5, y, ldy, lanes, kept, cache); break;
+    case 4: STRIP(type, rp, rs, nb, xr, xp, dx, qs, 4, y, ldy, lanes, kept, cache); break;
+    case 3: STRIP(type, rp, rs, nb, xr, xp, dx, qs, 3, y, ldy, lanes, kept, cache); break;
+    case 2: STRIP(type, rp, rs, nb, xr, xp, dx, qs, 2, y, ldy, lanes, kept, cache); break;
+    default: STRIP(type, rp, rs, nb, xr, xp, dx, qs, 1, y, ldy, lanes, kept, cache); break;
     }
 }
 

@@ -95,15 +95,21 @@ static inline __attribute__((always_inline)) vint load_rows(const uint8_t *const
     return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(rp[j] + off))),
                                    _mm_loadu_si128((const __m128i *)(rp[j + 4] + off)), 1);
 }
+/* as the 16-lane load_scales: each row's 4 bytes at off inserted into a vector (the 2-byte halves stored to the
+ * stack and read back as one vector stalled on store forwarding: one row of x on a Zen 3, one core, weights in L2,
+ * 19.8-21.0 -> 16.3-16.9 ns per block) */
 static inline __attribute__((always_inline)) void load_scales(const uint8_t *const *rp, int64_t off, vflt *d,
                                                                vflt *m) {
-    uint16_t dh[8], mh[8];
-    for (int i = 0; i < 8; i++) {
-        memcpy(dh + i, rp[i] + off, 2);
-        memcpy(mh + i, rp[i] + off + 2, 2);
+    __m128i half[2];
+    for (int j = 0; j < 2; j++) {
+        int32_t v[4];
+        for (int i = 0; i < 4; i++) memcpy(v + i, rp[4 * j + i] + off, 4);
+        half[j] = _mm_insert_epi32(_mm_insert_epi32(_mm_insert_epi32(_mm_cvtsi32_si128(v[0]), v[1], 1), v[2], 2),
+                                   v[3], 3);
     }
-    *d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)dh));
-    *m = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)mh));
+    const __m128i low = _mm_set1_epi32(0xFFFF);
+    *d = _mm256_cvtph_ps(_mm_packus_epi32(_mm_and_si128(half[0], low), _mm_and_si128(half[1], low)));
+    *m = _mm256_cvtph_ps(_mm_packus_epi32(_mm_srli_epi32(half[0], 16), _mm_srli_epi32(half[1], 16)));
 }
 static inline __attribute__((always_inline)) void store_lanes(float *y, vflt v, int lanes) {
     if (lanes == AE_LANES) _mm256_storeu_ps(y, v);
