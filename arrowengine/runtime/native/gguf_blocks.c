@@ -309,8 +309,10 @@ static inline __attribute__((always_inline)) void strip_narrow(int type, const u
     for (int r = 0; r < MB; r++) acc[r] = F_ZERO();
     const int bb = block_bytes(type);
     for (int64_t b = 0; b < nb; b++) {
-        const vint *wb = kept + b * 18;
-        if (cache != KEPT) {
+        const vint *wb; /* the block's 16 code vectors, then d and m (kept is NULL for a decode group) */
+        if (cache == KEPT) {
+            wb = kept + b * 18;
+        } else {
             fetch_ahead(rp, rs, b, bb, MB);
             vint T[8];
             vflt d, m;
