@@ -105,3 +105,20 @@ def test_any_logits_give_a_valid_prefix_and_a_completed_output_matches_the_schem
     if constraint.complete:
         jsonschema.validate(json.loads(constraint.text), SCHEMA)
         assert token == eos  # complete -> the next token is the end of sequence
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 2**31), st.integers(0, 60))
+def test_first_character_memo_never_changes_a_verdict(tokenizer, seed, cut):
+    """``allows(token, first)`` rejects by a token's first character; over a whole-vocabulary sample it gives
+    exactly the verdicts of the full parse, at states inside keys, strings, arrays and after the value."""
+    eos = tokenizer.token_to_id("<|im_end|>")
+    constraint = JsonConstraint(tokenizer, SCHEMA, {eos})
+    text = '{"principles": ["Keep a journal", "Sleep eight hours"]}'
+    constraint.text = text[: min(cut, len(text))]
+    constraint.complete = check_prefix(constraint.text, SCHEMA)[1]
+    tokens = torch.randperm(tokenizer.get_vocab_size(), generator=torch.Generator().manual_seed(seed))[:400]
+    first: dict[str, bool] = {}
+    verdicts = [(constraint.allows(t, first), constraint.allows(t)) for t in tokens.tolist()]
+    assert all(memo == full for memo, full in verdicts)
+    assert first or constraint.complete  # the memo was used
