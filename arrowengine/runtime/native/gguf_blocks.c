@@ -297,12 +297,16 @@ static inline __attribute__((always_inline)) void strip(int type, const uint8_t 
 }
 
 #if AE_LANES == 8
-/* strip for 3..8 rows of x with AVX2's 16 vector registers: the block's codes are unpacked once into `stage` (or
- * `kept`) and read back from L1 as each is used, and the rows go through in sub-groups of 4, so that 4 integer
- * accumulators, one code vector and a broadcast are what is live in the products. strip itself (8 rows'
- * accumulators, the quarter's codes and the transposed block live) had gcc spill ~116 vectors a block on a Zen 3:
- * 8 rows, one core, weights in L2, 8.6-13.9 -> 6.1-8.3 ns per block and row of x; SmolLM2's 30 layers' products
- * on 2 threads 26-30 -> 14-17 ms. Same arithmetic per lane and block as strip: bit-identical results. */
+/* strip for 2..8 rows of x with AVX2's 16 vector registers: the block's codes are unpacked once into `stage` (or
+ * `kept`) and read back from L1 as each is used, so that the rows' integer accumulators, one code vector and a
+ * broadcast are what is live in the products. strip itself (8 rows' accumulators, the quarter's codes and the
+ * transposed block live) had gcc spill ~116 vectors a block on a Zen 3: 8 rows, one core, weights in L2, 8.6-13.9 ->
+ * 6.1-8.3 ns per block and row of x; SmolLM2's 30 layers' products on 2 threads 26-30 -> 14-17 ms. 2..4 rows take
+ * one pass with 4 accumulators; 5..8 rows one pass with 8 (the float sums then live on the stack, one load and store
+ * a block and row), each code vector pinned to a register: in two passes of 4 rows gcc kept the unpacked block on
+ * the stack as the memory operand of every product, two loads a product (30 layers' products on 2 threads,
+ * interleaved builds: 8 rows 20.8 -> 20.1 ms, 5 rows 10.2 -> 9.9; 2 rows, formerly through strip, 8.2 -> 6.9).
+ * Same arithmetic per lane and block as strip: bit-identical results. */
 static inline __attribute__((always_inline)) void strip_narrow(int type, const uint8_t *const *rp, int64_t rs,
                                                                 int64_t nb, int64_t xr, const int32_t *xp,
                                                                 const float *dx, const float *qs, const int MB,
@@ -331,8 +335,26 @@ static inline __attribute__((always_inline)) void strip_narrow(int type, const u
             wb = out;
         }
         const vflt d = (vflt)wb[16], m = (vflt)wb[17];
-#pragma GCC unroll 2
-        for (int r0 = 0; r0 < MB; r0 += 4) {
+        if (MB > 4) { /* all rows in one pass: each code vector is loaded once (see the comment above) */
+            vint p[8];
+#pragma GCC unroll 8
+            for (int r = 0; r < 8; r++) p[r] = V_ZERO();
+#pragma GCC unroll 16
+            for (int v = 0; v < 16; v++) {
+                vint w = wb[v];
+                /* no code: w in a register (gcc otherwise spilled each unpacked vector and read it back as a
+                 * memory operand of every product: two loads a product) */
+                __asm__("" : "+x"(w));
+#pragma GCC unroll 8
+                for (int r = 0; r < 8; r++)
+                    if (r < MB) p[r] = V_DOT(p[r], w, V_SET32(xp[(b * xr + r) * 16 + v]));
+                __asm__("" : "+x"(p[0]), "+x"(p[1]), "+x"(p[2]), "+x"(p[3]), "+x"(p[4]), "+x"(p[5]), "+x"(p[6]),
+                        "+x"(p[7]));
+            }
+#pragma GCC unroll 8
+            for (int r = 0; r < MB; r++)
+                acc[r] = add_block(type, d, m, V_CVT(p[r]), qs[b * xr + r], dx[b * xr + r], acc[r]);
+        } else {
             vint p[4];
 #pragma GCC unroll 4
             for (int r = 0; r < 4; r++) p[r] = V_ZERO();
@@ -341,23 +363,21 @@ static inline __attribute__((always_inline)) void strip_narrow(int type, const u
                 const vint w = wb[v];
 #pragma GCC unroll 4
                 for (int r = 0; r < 4; r++)
-                    if (r0 + r < MB) p[r] = V_DOT(p[r], w, V_SET32(xp[(b * xr + r0 + r) * 16 + v]));
+                    if (r < MB) p[r] = V_DOT(p[r], w, V_SET32(xp[(b * xr + r) * 16 + v]));
                 /* no code: keeps gcc from computing all 64 products ahead of their sums (spilled to the stack) */
                 __asm__("" : "+x"(p[0]), "+x"(p[1]), "+x"(p[2]), "+x"(p[3]));
             }
 #pragma GCC unroll 4
-            for (int r = 0; r < 4; r++)
-                if (r0 + r < MB)
-                    acc[r0 + r] = add_block(type, d, m, V_CVT(p[r]), qs[b * xr + r0 + r], dx[b * xr + r0 + r],
-                                            acc[r0 + r]);
+            for (int r = 0; r < MB; r++)
+                acc[r] = add_block(type, d, m, V_CVT(p[r]), qs[b * xr + r], dx[b * xr + r], acc[r]);
         }
     }
 #pragma GCC unroll 8
     for (int r = 0; r < MB; r++) store_lanes(y + r * ldy, acc[r], lanes);
 }
-/* AVX2 runs 3 or more rows of x through strip_narrow */
+/* AVX2 runs 2 or more rows of x through strip_narrow */
 #define STRIP(type, rp, rs, nb, xr, xp, dx, qs, MB, y, ldy, lanes, kept, cache)                                      \
-    ((MB) > 2 ? strip_narrow(type, rp, rs, nb, xr, xp, dx, qs, MB, y, ldy, lanes, kept, cache)                    \
+    ((MB) > 1 ? strip_narrow(type, rp, rs, nb, xr, xp, dx, qs, MB, y, ldy, lanes, kept, cache)                    \
               : strip(type, rp, rs, nb, xr, xp, dx, qs, MB, y, ldy, lanes, kept, cache))
 #else
 #define STRIP strip
