@@ -335,42 +335,30 @@ static inline __attribute__((always_inline)) void strip_narrow(int type, const u
             wb = out;
         }
         const vflt d = (vflt)wb[16], m = (vflt)wb[17];
-        if (MB > 4) { /* all rows in one pass: each code vector is loaded once (see the comment above) */
-            vint p[8];
+        /* one pass over the block for all rows: 4 accumulators for up to 4 rows, else 8 (see the comment above) */
+        const int G = MB > 4 ? 8 : 4;
+        vint p[8];
 #pragma GCC unroll 8
-            for (int r = 0; r < 8; r++) p[r] = V_ZERO();
+        for (int r = 0; r < G; r++) p[r] = V_ZERO();
 #pragma GCC unroll 16
-            for (int v = 0; v < 16; v++) {
-                vint w = wb[v];
-                /* no code: w in a register (gcc otherwise spilled each unpacked vector and read it back as a
-                 * memory operand of every product: two loads a product) */
-                __asm__("" : "+x"(w));
+        for (int v = 0; v < 16; v++) {
+            vint w = wb[v];
+            /* no code: w in a register (for 8 rows gcc spilled each unpacked vector and read it back as a memory
+             * operand of every product: two loads a product) */
+            if (G == 8) __asm__("" : "+x"(w));
 #pragma GCC unroll 8
-                for (int r = 0; r < 8; r++)
-                    if (r < MB) p[r] = V_DOT(p[r], w, V_SET32(xp[(b * xr + r) * 16 + v]));
+            for (int r = 0; r < G; r++)
+                if (r < MB) p[r] = V_DOT(p[r], w, V_SET32(xp[(b * xr + r) * 16 + v]));
+            /* no code: keeps gcc from computing all the block's products ahead of their sums (spilled) */
+            if (G == 8)
                 __asm__("" : "+x"(p[0]), "+x"(p[1]), "+x"(p[2]), "+x"(p[3]), "+x"(p[4]), "+x"(p[5]), "+x"(p[6]),
                         "+x"(p[7]));
-            }
-#pragma GCC unroll 8
-            for (int r = 0; r < MB; r++)
-                acc[r] = add_block(type, d, m, V_CVT(p[r]), qs[b * xr + r], dx[b * xr + r], acc[r]);
-        } else {
-            vint p[4];
-#pragma GCC unroll 4
-            for (int r = 0; r < 4; r++) p[r] = V_ZERO();
-#pragma GCC unroll 16
-            for (int v = 0; v < 16; v++) {
-                const vint w = wb[v];
-#pragma GCC unroll 4
-                for (int r = 0; r < 4; r++)
-                    if (r < MB) p[r] = V_DOT(p[r], w, V_SET32(xp[(b * xr + r) * 16 + v]));
-                /* no code: keeps gcc from computing all 64 products ahead of their sums (spilled to the stack) */
+            else
                 __asm__("" : "+x"(p[0]), "+x"(p[1]), "+x"(p[2]), "+x"(p[3]));
-            }
-#pragma GCC unroll 4
-            for (int r = 0; r < MB; r++)
-                acc[r] = add_block(type, d, m, V_CVT(p[r]), qs[b * xr + r], dx[b * xr + r], acc[r]);
         }
+#pragma GCC unroll 8
+        for (int r = 0; r < MB; r++)
+            acc[r] = add_block(type, d, m, V_CVT(p[r]), qs[b * xr + r], dx[b * xr + r], acc[r]);
     }
 #pragma GCC unroll 8
     for (int r = 0; r < MB; r++) store_lanes(y + r * ldy, acc[r], lanes);
