@@ -3,7 +3,9 @@
 llama.cpp (through ``llama-cpp-python``, an optional dependency: ``pip install 'arrowengine[llamacpp]'``, best
 built from source with ``CMAKE_ARGS="-DGGML_NATIVE=ON"``) runs the GGUF as shipped; arrowengine runs ``LLM(dir)``
 with its default precision on a model directory converted with the blocks kept (``models/.bench/<name>-gguf``,
-converted on first use). Both use ``torch.get_num_threads()`` threads, greedy decoding, EOS ignored. When
+converted on first use). Both use ``torch.get_num_threads()`` threads, greedy decoding, EOS ignored, and are timed
+in the same rounds, one call of each in turn (on a shared 2-core host the speed drifts by tens of percent from one
+minute to the next: timed one after the other, a slow spell landed on one side of the ratio). When
 ``llama_cpp`` is not importable the suite records a failed row that says so and how to install it.
 Batch-8 decode throughput (tokens/s summed over the rows, prefill excluded as in the single-stream decode figure;
 the with-prefill figures are kept in its params) is recorded for arrowengine against its own single stream, and
@@ -20,6 +22,7 @@ from typing import Any
 import torch
 
 from arrowengine.bench.context import BenchContext
+from arrowengine.bench.llm import Measured
 
 __all__ = ["LLAMACPP_MISSING", "blocks_model_dir", "llamacpp_generator", "run_gguf_peers"]
 
@@ -65,31 +68,34 @@ def llamacpp_generator(gguf: Path, threads: int, n_ctx: int = 1024) -> Callable[
     return generate
 
 
-def run_gguf_peers(ctx: BenchContext, model: str, measure: Callable[..., None],
+def run_gguf_peers(ctx: BenchContext, model: str, measure_together: Callable[[list[Measured]], None],
                    ours_runner: Callable[[Any], Callable[[list[int], int], list[int]]], held_out: str,
                    prompts: dict[int, list[int]], new_tokens: int, tokenizer: Any) -> None:
     """Record arrowengine's default on the GGUF blocks, llama.cpp on the GGUF, arrowengine's batch-8 decode and its
     greedy agreement with the float reference on :data:`AGREEMENT_PROMPTS` chat prompts (``tokenizer``: the model's
     ``transformers`` tokenizer).
 
-    ``measure(strategy, role, generate, weight_bytes, perplexity)`` is the suite's recorder (TTFT and decode per
-    prompt length, fidelity against the fp32 reference).
+    ``measure_together(entries)`` is the suite's recorder (TTFT and decode per prompt length, fidelity against the
+    fp32 reference): arrowengine and llama.cpp are timed in the same rounds, alternating call by call, so a slow
+    spell of this shared machine lands on both sides of their ratio.
     """
     from arrowengine.bench.datasets import chat_prompts
     from arrowengine.converters.packages import locate_source
     from arrowengine.runtime.llm import LLM, SamplingParams
 
     group = f"{model} prompt={min(prompts)}"
+    ours_name, peer_name = "arrowengine LLM(dir) default on the GGUF blocks", "llama.cpp on the GGUF"
     holder: dict[str, Any] = {}
+    entries: list[Measured] = []
 
     def ours() -> None:
         llm = LLM(blocks_model_dir(ctx.options.models_dir, model), device=ctx.options.device)
         holder["llm"] = llm
         holder["weight_bytes"] = float(llm.forward.weight_bytes_per_token)
-        measure("arrowengine LLM(dir) default on the GGUF blocks", "ours", ours_runner(llm),
-                holder["weight_bytes"], float(llm.perplexity(held_out)))
+        entries.append(Measured(ours_name, "ours", ours_runner(llm), holder["weight_bytes"],
+                                float(llm.perplexity(held_out))))
 
-    ctx.attempt("llm", group, "arrowengine LLM(dir) default on the GGUF blocks", "ours", "decode", "tokens/s", ours)
+    ctx.attempt("llm", group, ours_name, "ours", "decode", "tokens/s", ours)
 
     def peer() -> None:
         try:
@@ -98,9 +104,12 @@ def run_gguf_peers(ctx: BenchContext, model: str, measure: Callable[..., None],
             logger.warning(LLAMACPP_MISSING)
             raise RuntimeError(LLAMACPP_MISSING) from exc
         # same weights read per token as arrowengine's block model: the GGUF's own blocks
-        measure("llama.cpp on the GGUF", "peer", generate, holder.get("weight_bytes", float("nan")), None)
+        entries.append(Measured(peer_name, "peer", generate, holder.get("weight_bytes", float("nan")), None))
 
-    ctx.attempt("llm", group, "llama.cpp on the GGUF", "peer", "decode", "tokens/s", peer)
+    ctx.attempt("llm", group, peer_name, "peer", "decode", "tokens/s", peer)
+    if entries:
+        ctx.attempt("llm", group, entries[0].strategy, entries[0].role, "decode", "tokens/s",
+                    lambda: measure_together(entries))
 
     def loaded() -> Any:
         """The LLM the "ours" row loaded (the batch and agreement rows reuse it)."""
@@ -124,7 +133,7 @@ def run_gguf_peers(ctx: BenchContext, model: str, measure: Callable[..., None],
         batched = BATCH * (new_tokens - 1) / max(med["batch"] - med["batch_first"], 1e-9)
         single = (new_tokens - 1) / max(med["single"] - med["single_first"], 1e-9)
         with_prefill = (BATCH * new_tokens / med["batch"], new_tokens / med["single"])
-        ctx.record("llm", group, "arrowengine LLM(dir) default on the GGUF blocks, batch 8", "ours",
+        ctx.record("llm", group, f"{ours_name}, batch 8", "ours",
                    "batch_decode", "tokens/s", batched, higher_is_better=True, params={
                        "batch": BATCH, "new_tokens": new_tokens, "single_stream_tokens_per_s": single,
                        "vs_single_stream": batched / single, "includes_prefill": False,
@@ -132,8 +141,7 @@ def run_gguf_peers(ctx: BenchContext, model: str, measure: Callable[..., None],
                        "with_prefill_single_stream_tokens_per_s": with_prefill[1],
                        "with_prefill_vs_single_stream": with_prefill[0] / with_prefill[1]})
 
-    ctx.attempt("llm", group, "arrowengine LLM(dir) default on the GGUF blocks, batch 8", "ours", "batch_decode",
-                "tokens/s", batch)
+    ctx.attempt("llm", group, f"{ours_name}, batch 8", "ours", "batch_decode", "tokens/s", batch)
 
     def agreement() -> None:
         llm = loaded()
@@ -146,11 +154,11 @@ def run_gguf_peers(ctx: BenchContext, model: str, measure: Callable[..., None],
             ref_ids = list(reference.generate_ids([ids], params)[0].token_ids)
             same += ours_ids == ref_ids
             positions.append(sum(a == b for a, b in zip(ours_ids, ref_ids, strict=False)) / max(1, len(ref_ids)))
-        ctx.record("llm", group, "arrowengine LLM(dir) default on the GGUF blocks, greedy vs its float reference",
-                   "ours", "greedy_agreement", "prompts", float(same), higher_is_better=True, params={
+        ctx.record("llm", group, f"{ours_name}, greedy vs its float reference", "ours", "greedy_agreement", "prompts",
+                   float(same), higher_is_better=True, params={
                        "prompts": len(chats), "new_tokens": new_tokens,
                        "mean_matching_positions": sum(positions) / len(positions),
                        "reference": "LLM(dir, dtype='float32'): the blocks dequantized exactly"})
 
-    ctx.attempt("llm", group, "arrowengine LLM(dir) default on the GGUF blocks, greedy vs its float reference", "ours",
-                "greedy_agreement", "prompts", agreement)
+    ctx.attempt("llm", group, f"{ours_name}, greedy vs its float reference", "ours", "greedy_agreement", "prompts",
+                agreement)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,7 @@ from arrowengine.bench.results import Fidelity
 from arrowengine.bench.variants import float_model_dir
 from arrowengine.errors import UsageError
 
-__all__ = ["LLM_STRATEGIES", "LLMStrategy", "memory_bandwidth", "run_llm"]
+__all__ = ["LLM_STRATEGIES", "LLMStrategy", "Measured", "memory_bandwidth", "run_llm"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,18 @@ LLM_STRATEGIES = (
     LLMStrategy("arrowengine int8 weights, bf16 activations", {"weight_quant": "int8"}),
     LLMStrategy("arrowengine int4 g32 weights (RTN), bf16 activations", {"weight_quant": "int4", "group_size": 32}),
 )
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A strategy to time: ``generate(ids, n) -> n token ids``, the weight bytes it reads per token (for the
+    bandwidth bound) and its perplexity on the held-out text (None: not computed; agreement is its fidelity)."""
+
+    strategy: str
+    role: str
+    generate: Callable[[list[int], int], list[int]]
+    weight_bytes: float
+    perplexity: float | None
 
 
 def memory_bandwidth(nbytes: int = 256 << 20, repeats: int = 5) -> float:
@@ -118,37 +131,48 @@ def run_llm(ctx: BenchContext) -> None:
     # the fp32 perplexity every strategy's is compared with (arrowengine fp32: logits identical to transformers')
     reference_ppl = float(LLM(model_dir, device=ctx.options.device, dtype="float32").perplexity(held_out))
 
-    def measure(strategy: str, role: str, generate, weight_bytes: float, perplexity: float | None) -> None:
+    def measure_together(entries: list[Measured]) -> None:
+        """Time every entry's first token and full run at each prompt length in shared rounds, then record each."""
         for length, ids in prompts.items():
             group = f"{MODEL} prompt={length}"
             # decode = (full run - first token) / the tokens after it: the two timed in alternating rounds, so a
             # slow spell lands in both. Timed one after the other, at prompt 512 (prefill 1-4x the 63 decode
             # steps) a spell in the prefill-only runs read as decode speed: llama.cpp once measured 156 tokens/s
-            # at 512 against 97 at 32 in the same run.
-            timed = ctx.time_interleaved({"first": lambda ids=ids: generate(ids, 1),
-                                          "full": lambda ids=ids: generate(ids, NEW_TOKENS)})
-            (first, _), (full, tokens) = timed["first"], timed["full"]
-            if role == "baseline":
-                references[length] = tokens
-            agreement = _agreement(tokens, references.get(length, tokens))
-            if perplexity is not None:
-                # the bar: perplexity within +1% of fp32 (issue 4's INT8 target); greedy tokens diverge early
-                # under any rounding change, so agreement is reported but not the bar
-                increase = perplexity / reference_ppl - 1.0
-                fidelity = Fidelity("perplexity_increase", increase, PPL_BAR, higher_is_better=False,
-                                    extra={"perplexity": perplexity, "token_agreement": agreement})
-            else:
-                fidelity = Fidelity("token_agreement", agreement, None)
-            ctx.record("llm", group, strategy, role, "ttft", "ms", first.median * 1e3, higher_is_better=False,
-                       spread=first.scaled(1e3), fidelity=fidelity, params={"prompt_tokens": length})
-            decode_s = max(full.median - first.median, 1e-9) / (NEW_TOKENS - 1)
-            bound = bandwidth / weight_bytes
-            ctx.record("llm", group, strategy, role, "decode", "tokens/s", 1.0 / decode_s, higher_is_better=True,
-                       fidelity=fidelity, params={"prompt_tokens": length, "new_tokens": NEW_TOKENS,
-                                                  "bandwidth_bytes_per_s": bandwidth,
-                                                  "weight_bytes_per_token": weight_bytes,
-                                                  "bandwidth_bound_tokens_per_s": bound,
-                                                  "fraction_of_bound": (1.0 / decode_s) / bound})
+            # at 512 against 97 at 32 in the same run. Entries measured together (arrowengine on the GGUF blocks
+            # and llama.cpp) share the rounds as well, so their ratio does not depend on which one a spell hit
+            fns: dict[str, Any] = {}
+            for i, entry in enumerate(entries):
+                fns[f"{i} first"] = lambda ids=ids, g=entry.generate: g(ids, 1)
+                fns[f"{i} full"] = lambda ids=ids, g=entry.generate: g(ids, NEW_TOKENS)
+            timed = ctx.time_interleaved(fns)
+            for i, entry in enumerate(entries):
+                record(entry, length, group, timed[f"{i} first"][0], *timed[f"{i} full"])
+
+    def record(entry: Measured, length: int, group: str, first: Any, full: Any, tokens: list[int]) -> None:
+        if entry.role == "baseline":
+            references[length] = tokens
+        agreement = _agreement(tokens, references.get(length, tokens))
+        if entry.perplexity is not None:
+            # the bar: perplexity within +1% of fp32 (issue 4's INT8 target); greedy tokens diverge early
+            # under any rounding change, so agreement is reported but not the bar
+            increase = entry.perplexity / reference_ppl - 1.0
+            fidelity = Fidelity("perplexity_increase", increase, PPL_BAR, higher_is_better=False,
+                                extra={"perplexity": entry.perplexity, "token_agreement": agreement})
+        else:
+            fidelity = Fidelity("token_agreement", agreement, None)
+        ctx.record("llm", group, entry.strategy, entry.role, "ttft", "ms", first.median * 1e3,
+                   higher_is_better=False, spread=first.scaled(1e3), fidelity=fidelity,
+                   params={"prompt_tokens": length})
+        decode_s = max(full.median - first.median, 1e-9) / (NEW_TOKENS - 1)
+        bound = bandwidth / entry.weight_bytes
+        ctx.record("llm", group, entry.strategy, entry.role, "decode", "tokens/s", 1.0 / decode_s,
+                   higher_is_better=True, fidelity=fidelity,
+                   params={"prompt_tokens": length, "new_tokens": NEW_TOKENS, "bandwidth_bytes_per_s": bandwidth,
+                           "weight_bytes_per_token": entry.weight_bytes, "bandwidth_bound_tokens_per_s": bound,
+                           "fraction_of_bound": (1.0 / decode_s) / bound})
+
+    def measure(strategy: str, role: str, generate, weight_bytes: float, perplexity: float | None) -> None:
+        measure_together([Measured(strategy, role, generate, weight_bytes, perplexity)])
 
     from tqdm import tqdm
 
@@ -172,5 +196,5 @@ def run_llm(ctx: BenchContext) -> None:
         progress.update()
     from arrowengine.bench.llamacpp import run_gguf_peers  # GGUF blocks vs llama.cpp on the same file
 
-    run_gguf_peers(ctx, MODEL, measure, ours_runner, held_out, prompts, NEW_TOKENS, tokenizer)
+    run_gguf_peers(ctx, MODEL, measure_together, ours_runner, held_out, prompts, NEW_TOKENS, tokenizer)
     progress.close()
