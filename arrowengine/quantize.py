@@ -31,6 +31,7 @@ from arrowengine.errors import EngineError
 from arrowengine.runtime.loading import load_config_dict, load_model
 from arrowengine.runtime.text_encoder import pool_hidden
 from quant.errors import CalibrationError
+from quant.metrics import windowed_perplexity
 
 __all__ = ["AccuracyError", "AccuracyReport", "QuantizeOptions", "evaluate_accuracy", "quantize_model"]
 
@@ -184,15 +185,8 @@ def _embed(model: nn.Module, tokenizer: Any, texts: list[str]) -> torch.Tensor:
 
 
 def _perplexity(model: nn.Module, tokenizer: Any, texts: list[str]) -> float:
-    ids = tokenizer("\n".join(texts), return_tensors="pt").input_ids[:, :2048]
-    nll, count = 0.0, 0
-    with torch.inference_mode():
-        for start in range(0, ids.shape[1] - 1, 512):
-            window = ids[:, start : start + 513]
-            logits = model(window[:, :-1]).logits.float()
-            loss = nn.functional.cross_entropy(logits[0], window[0, 1:], reduction="sum")
-            nll, count = nll + float(loss), count + window.shape[1] - 1
-    return math.exp(nll / count)
+    ids = tokenizer("\n".join(texts), return_tensors="pt").input_ids[0, :2048]
+    return windowed_perplexity(model, ids, 512)
 
 
 def evaluate_accuracy(model_dir: str | os.PathLike[str], reference_dir: str | os.PathLike[str],

@@ -19,7 +19,7 @@ from quant.errors import (
 from quant.gptq import GPTQ, GPTQConfig, gptq_quantize_blocks, gptq_quantize_model
 from quant.kernels import select_backend
 from quant.linear import MODES, QuantLinear, replace_linears
-from quant.metrics import CosineStats, cosine_stats, perplexity, relative_error
+from quant.metrics import CosineStats, cosine_stats, perplexity, relative_error, windowed_perplexity
 from quant.mixed import MixedRecipe, embedding_cosine_evaluator, layer_sensitivity, mixed_precision
 from quant.packing import SUPPORTED_BITS, pack, packed_size, unpack
 from quant.rtn import SUPPORTED_GROUP_SIZES, QuantizedTensor, compute_qparams, dequantize, quantize
@@ -60,4 +60,5 @@ __all__ = [
     "replace_linears",
     "select_backend",
     "unpack",
+    "windowed_perplexity",
 ]

@@ -9,7 +9,7 @@ import torch
 
 from quant.errors import QuantShapeError
 
-__all__ = ["CosineStats", "cosine_stats", "perplexity", "relative_error"]
+__all__ = ["CosineStats", "cosine_stats", "perplexity", "relative_error", "windowed_perplexity"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,23 @@ def perplexity(logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int 
         logits.reshape(-1, logits.shape[-1]).float(), flat_labels, ignore_index=ignore_index, reduction="mean"
     )
     return math.exp(float(nll))
+
+
+def windowed_perplexity(model: torch.nn.Module, ids: torch.Tensor, window: int) -> float:
+    """Perplexity of the token stream ``ids`` ``[seq]`` under a causal LM called as ``model(ids [1, n],
+    use_cache=False).logits`` (a transformers model), in consecutive windows of ``window`` scored tokens: each
+    window starts at the last token the previous one scored, without its earlier context; every token after the
+    first is scored once (float32 logits)."""
+    if ids.dim() != 1 or ids.numel() < 2:
+        raise QuantShapeError(f"windowed_perplexity: ids {list(ids.shape)}; expected a 1-D stream of >= 2 tokens")
+    nll, count = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, ids.numel() - 1, window):
+            chunk = ids[start : start + window + 1].unsqueeze(0)
+            logits = model(chunk[:, :-1], use_cache=False).logits.float()
+            nll += float(torch.nn.functional.cross_entropy(logits[0], chunk[0, 1:], reduction="sum"))
+            count += chunk.shape[1] - 1
+    return math.exp(nll / count)
 
 
 def relative_error(approx: torch.Tensor, reference: torch.Tensor) -> float:

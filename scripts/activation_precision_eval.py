@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 
@@ -30,6 +29,7 @@ logger = logging.getLogger("activation_precision_eval")
 
 INT8, INT16 = 127.0, 32767.0
 BLOCK = 32
+WINDOW = 1024  # tokens scored per forward pass (each window without the previous one's context)
 INPUTS = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")  # fed by an RMSNorm
 LATER = ("o_proj", "down_proj", "lm_head")  # fed by attention / the gated MLP / the final norm
 CONFIGS: dict[str, dict[str, float]] = {
@@ -71,18 +71,6 @@ class Rounding:
         return hook
 
 
-def perplexity(model: torch.nn.Module, ids: torch.Tensor, window: int = 1024) -> float:
-    """exp(mean next-token NLL) over ``ids [1, T]`` in consecutive windows of ``window`` + 1 tokens."""
-    nll, count = 0.0, 0
-    with torch.inference_mode():
-        for start in range(0, ids.shape[1] - 1, window):
-            chunk = ids[:, start:start + window + 1]
-            n = chunk.shape[1] - 1
-            nll += float(model(chunk, labels=chunk).loss) * n
-            count += n
-    return math.exp(nll / count)
-
-
 def greedy(model: torch.nn.Module, prompts: list[list[int]], eos: int, new_tokens: int = 64) -> list[list[int]]:
     """``new_tokens`` greedy tokens after each prompt (EOS not stopping)."""
     out = []
@@ -111,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from arrowengine.bench.datasets import chat_prompts, held_out_text
     from arrowengine.runtime.loading import load_config_dict, load_state_dict
+    from quant.metrics import windowed_perplexity
 
     if not (args.model / "weights.parquet").is_file():
         print(f"{args.model} is missing; run python scripts/fetch_models.py", file=sys.stderr)
@@ -121,29 +110,29 @@ def main(argv: list[str] | None = None) -> int:
     model.tie_weights()
     model.eval()
     rounding = Rounding(model)
-    ids = torch.tensor([tokenizer(held_out_text(conversations=args.conversations, offset=6000))["input_ids"]])
+    ids = torch.tensor(tokenizer(held_out_text(conversations=args.conversations, offset=6000))["input_ids"])
     prompts = chat_prompts(tokenizer, 20) if args.greedy else []
-    base = perplexity(model, ids)
+    base = windowed_perplexity(model, ids, WINDOW)
     reference = greedy(model, prompts, tokenizer.eos_token_id) if args.greedy else []
     results = []
     for name in tqdm(args.configs, desc="configurations", unit="config"):
         rounding.active = CONFIGS[name]
         row = {"config": name, "int8": sorted(k for k, v in CONFIGS[name].items() if v == INT8),
-               "perplexity": perplexity(model, ids)}
+               "perplexity": windowed_perplexity(model, ids, WINDOW)}
         row["increase"] = row["perplexity"] / base - 1.0
         if args.greedy:
             tokens = greedy(model, prompts, tokenizer.eos_token_id)
             row["greedy_identical"] = sum(a == b for a, b in zip(tokens, reference, strict=True))
         results.append(row)
     rounding.active = {}
-    print(f"held-out tokens: {ids.shape[1]}; reference perplexity {base:.4f}")
+    print(f"held-out tokens: {ids.numel()}; reference perplexity {base:.4f}")
     print("| configuration | int8 inputs | perplexity | vs reference | greedy identical of 20 |")
     print("| --- | --- | ---: | ---: | ---: |")
     for row in results:
         print(f"| {row['config']} | {', '.join(row['int8']) or '-'} | {row['perplexity']:.4f} | "
               f"{100 * row['increase']:+.3f}% | {row.get('greedy_identical', '-')} |")
     if args.out:
-        args.out.write_text(json.dumps({"tokens": int(ids.shape[1]), "reference_perplexity": base,
+        args.out.write_text(json.dumps({"tokens": ids.numel(), "reference_perplexity": base,
                                         "results": results}, indent=2))
     return 0
 

@@ -57,6 +57,7 @@ from quant import (
     gptq_quantize_blocks,
     mixed_precision,
     quantize,
+    windowed_perplexity,
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -205,16 +206,7 @@ class LMBench:
 
     def perplexity(self, ids: torch.Tensor, window: int = 512) -> float:
         """Perplexity of the stream ``ids`` in consecutive windows of ``window`` tokens (float32 logits)."""
-        nll, count = 0.0, 0
-        with torch.inference_mode():
-            for start in range(0, ids.numel() - 1, window):
-                chunk = ids[start : start + window + 1].unsqueeze(0)
-                if chunk.shape[1] < 2:
-                    break
-                logits = self.model(chunk[:, :-1], use_cache=False).logits.float()
-                nll += float(nn.functional.cross_entropy(logits[0], chunk[0, 1:], reduction="sum"))
-                count += chunk.shape[1] - 1
-        return math.exp(nll / count)
+        return windowed_perplexity(self.model, ids, window)
 
     def quantize(self, spec: Spec, errors: dict[str, float]) -> dict[str, QuantizedTensor]:
         """Quantized weights of every decoder Linear under ``spec`` (GPTQ fills ``errors``)."""

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from quant import QuantShapeError, cosine_stats, perplexity, relative_error
+from quant import QuantShapeError, cosine_stats, perplexity, relative_error, windowed_perplexity
 
 
 def test_cosine_stats_match_numpy() -> None:
@@ -57,3 +57,35 @@ def test_relative_error() -> None:
     with pytest.raises(QuantShapeError) as info:
         relative_error(torch.ones(2), torch.zeros(2))
     assert str(info.value) == "relative_error: the reference is all zeros, so a relative error is undefined"
+
+
+def _tiny_llama() -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return LlamaForCausalLM(config).eval()
+
+
+def test_windowed_perplexity_scores_each_token_once_per_window() -> None:
+    model = _tiny_llama()
+    ids = torch.randint(0, 64, (23,), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        whole = perplexity(model(ids[None]).logits, ids[None])
+        # windows of 5 scored tokens: [0..5] scores 1..5, [5..10] scores 6..10, ..., [20..22] scores 21..22
+        nll, count = 0.0, 0
+        for start in range(0, 22, 5):
+            chunk = ids[start:start + 6]
+            logits = model(chunk[None, :-1]).logits[0]
+            nll += float(torch.nn.functional.cross_entropy(logits, chunk[1:], reduction="sum"))
+            count += chunk.numel() - 1
+    assert count == 22
+    assert windowed_perplexity(model, ids, 64) == pytest.approx(whole, rel=1e-6)  # one window: the whole stream
+    assert windowed_perplexity(model, ids, 5) == pytest.approx(math.exp(nll / count), rel=1e-6)
+
+
+def test_windowed_perplexity_needs_a_stream_of_two_tokens() -> None:
+    with pytest.raises(QuantShapeError) as err:
+        windowed_perplexity(_tiny_llama(), torch.tensor([3]), 8)
+    assert str(err.value) == "windowed_perplexity: ids [1]; expected a 1-D stream of >= 2 tokens"
