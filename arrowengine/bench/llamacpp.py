@@ -5,8 +5,9 @@ built from source with ``CMAKE_ARGS="-DGGML_NATIVE=ON"``) runs the GGUF as shipp
 with its default precision on a model directory converted with the blocks kept (``models/.bench/<name>-gguf``,
 converted on first use). Both use ``torch.get_num_threads()`` threads, greedy decoding, EOS ignored, and are timed
 in the same rounds, one call of each in turn (on a shared 2-core host the speed drifts by tens of percent from one
-minute to the next: timed one after the other, a slow spell landed on one side of the ratio). When
-``llama_cpp`` is not importable the suite records a failed row that says so and how to install it.
+minute to the next: timed one after the other, a slow spell landed on one side of the ratio); one that raises
+in the shared rounds is timed again alone and gets its own failed row (``arrowengine.bench.llm.time_together``).
+When ``llama_cpp`` is not importable the suite records a failed row that says so and how to install it.
 Batch-8 decode throughput (tokens/s summed over the rows, prefill excluded as in the single-stream decode figure;
 the with-prefill figures are kept in its params) is recorded for arrowengine against its own single stream, and
 its greedy tokens are compared with the float reference's (the blocks dequantized) on 20 real chat prompts.

@@ -21,11 +21,12 @@ import torch
 
 from arrowengine.bench.context import BenchContext
 from arrowengine.bench.datasets import held_out_text
+from arrowengine.bench.measure import Spread
 from arrowengine.bench.results import Fidelity
 from arrowengine.bench.variants import float_model_dir
 from arrowengine.errors import UsageError
 
-__all__ = ["LLM_STRATEGIES", "LLMStrategy", "Measured", "memory_bandwidth", "run_llm"]
+__all__ = ["LLM_STRATEGIES", "LLMStrategy", "Measured", "memory_bandwidth", "run_llm", "time_together"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,34 @@ def weights_read_per_token(model: Any) -> int:
     """Weight elements one decode step reads: every Linear weight plus the LM head (embeddings gather one row)."""
     total = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
     return int(total)
+
+
+def time_together(ctx: BenchContext, group: str, entries: list[Measured], ids: list[int],
+                  new_tokens: int) -> list[tuple[Measured, Spread, Spread, list[int]]]:
+    """Each entry's (first-token spread, full-run spread, full-run tokens) at prompt ``ids``, every entry's first
+    token and full run timed in shared rounds (see ``run_llm``).
+
+    When the shared rounds raise and there is more than one entry, each entry is timed again alone under
+    ``ctx.attempt``: one strategy failing mid-run (llama.cpp out of context, a kernel error) gets its own failed
+    row, and the others still get their figures. A lone entry's exception propagates to the caller's attempt.
+    """
+    fns: dict[str, Callable[[], Any]] = {}
+    for i, entry in enumerate(entries):
+        fns[f"{i} first"] = lambda g=entry.generate: g(ids, 1)
+        fns[f"{i} full"] = lambda g=entry.generate: g(ids, new_tokens)
+    try:
+        timed = ctx.time_interleaved(fns)
+    except Exception as exc:
+        if len(entries) == 1:
+            raise
+        logger.warning("llm | %s | shared timing rounds failed (%s: %s); timing each strategy alone", group,
+                       type(exc).__name__, exc)
+        alone: list[tuple[Measured, Spread, Spread, list[int]]] = []
+        for entry in entries:
+            ctx.attempt("llm", group, entry.strategy, entry.role, "decode", "tokens/s",
+                        lambda e=entry: alone.extend(time_together(ctx, group, [e], ids, new_tokens)))
+        return alone
+    return [(entry, timed[f"{i} first"][0], *timed[f"{i} full"]) for i, entry in enumerate(entries)]
 
 
 def _prompts(tokenizer: Any) -> dict[int, list[int]]:
@@ -140,15 +169,10 @@ def run_llm(ctx: BenchContext) -> None:
             # steps) a spell in the prefill-only runs read as decode speed: llama.cpp once measured 156 tokens/s
             # at 512 against 97 at 32 in the same run. Entries measured together (arrowengine on the GGUF blocks
             # and llama.cpp) share the rounds as well, so their ratio does not depend on which one a spell hit
-            fns: dict[str, Any] = {}
-            for i, entry in enumerate(entries):
-                fns[f"{i} first"] = lambda ids=ids, g=entry.generate: g(ids, 1)
-                fns[f"{i} full"] = lambda ids=ids, g=entry.generate: g(ids, NEW_TOKENS)
-            timed = ctx.time_interleaved(fns)
-            for i, entry in enumerate(entries):
-                record(entry, length, group, timed[f"{i} first"][0], *timed[f"{i} full"])
+            for entry, first, full, tokens in time_together(ctx, group, entries, ids, NEW_TOKENS):
+                record(entry, length, group, first, full, tokens)
 
-    def record(entry: Measured, length: int, group: str, first: Any, full: Any, tokens: list[int]) -> None:
+    def record(entry: Measured, length: int, group: str, first: Spread, full: Spread, tokens: list[int]) -> None:
         if entry.role == "baseline":
             references[length] = tokens
         agreement = _agreement(tokens, references.get(length, tokens))
