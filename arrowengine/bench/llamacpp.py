@@ -25,7 +25,7 @@ import torch
 from arrowengine.bench.context import BenchContext
 from arrowengine.bench.llm import Measured
 
-__all__ = ["LLAMACPP_MISSING", "blocks_model_dir", "llamacpp_generator", "run_gguf_peers"]
+__all__ = ["LLAMACPP_MISSING", "OURS", "PEER", "blocks_model_dir", "llamacpp_generator", "run_gguf_peers"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ LLAMACPP_MISSING = ("llama.cpp peer missing: llama_cpp is not importable; instal
                     "2 cores)")
 BATCH = 8
 AGREEMENT_PROMPTS = 20  # real chat prompts whose greedy tokens are compared with the float reference's
+# the two strategies' row names (arrowengine.bench.targets reads their rows by these)
+OURS, PEER = "arrowengine LLM(dir) default on the GGUF blocks", "llama.cpp on the GGUF"
 
 
 def blocks_model_dir(models_dir: Path, name: str) -> Path:
@@ -85,7 +87,7 @@ def run_gguf_peers(ctx: BenchContext, model: str, measure_together: Callable[[li
     from arrowengine.runtime.llm import LLM, SamplingParams
 
     group = f"{model} prompt={min(prompts)}"
-    ours_name, peer_name = "arrowengine LLM(dir) default on the GGUF blocks", "llama.cpp on the GGUF"
+    ours_name, peer_name = OURS, PEER
     holder: dict[str, Any] = {}
     entries: list[Measured] = []
 

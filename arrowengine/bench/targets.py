@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from arrowengine.bench.context import BenchContext
+from arrowengine.bench.llamacpp import OURS, PEER
 from arrowengine.bench.results import Target
 
 __all__ = ["evaluate_targets"]
@@ -67,7 +68,7 @@ def _llm_targets(ctx: BenchContext) -> list[Target]:
 def _gguf_targets(ctx: BenchContext) -> list[Target]:
     """Issue 19's targets: arrowengine's default on the GGUF blocks against llama.cpp on the same file."""
     rs = ctx.results
-    ours_name, peer_name = "arrowengine LLM(dir) default on the GGUF blocks", "llama.cpp on the GGUF"
+    ours_name, peer_name = OURS, PEER
 
     def value(strategy: str, metric: str, length: int) -> Any:
         rows = [r for r in rs.find(suite="llm", group=f"prompt={length}", strategy=strategy, metric=metric)
