@@ -73,14 +73,9 @@ class Rounding:
 
 def greedy(model: torch.nn.Module, prompts: list[list[int]], eos: int, new_tokens: int = 64) -> list[list[int]]:
     """``new_tokens`` greedy tokens after each prompt (EOS not stopping)."""
-    out = []
-    with torch.inference_mode():
-        for ids in prompts:
-            tokens = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                    max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                    pad_token_id=eos)
-            out.append(tokens[0, len(ids):].tolist())
-    return out
+    from arrowengine.bench.llm import hf_greedy
+
+    return [hf_greedy(model, ids, new_tokens, eos) for ids in prompts]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,20 +90,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     from tqdm import tqdm
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     from arrowengine.bench.datasets import chat_prompts, held_out_text
-    from arrowengine.runtime.loading import load_config_dict, load_state_dict
+    from arrowengine.bench.llm import transformers_llama
     from quant.metrics import windowed_perplexity
 
     if not (args.model / "weights.parquet").is_file():
         print(f"{args.model} is missing; run python scripts/fetch_models.py", file=sys.stderr)
         return 2
     tokenizer = AutoTokenizer.from_pretrained(str(args.model))
-    model = LlamaForCausalLM(LlamaConfig.from_dict(load_config_dict(args.model)))
-    model.load_state_dict({k: v.clone() for k, v in load_state_dict(args.model).items()}, strict=False)
-    model.tie_weights()
-    model.eval()
+    model = transformers_llama(args.model)
     rounding = Rounding(model)
     ids = torch.tensor(tokenizer(held_out_text(conversations=args.conversations, offset=6000))["input_ids"])
     prompts = chat_prompts(tokenizer, 20) if args.greedy else []

@@ -25,7 +25,8 @@ import torch
 from arrowengine.bench.context import BenchContext
 from arrowengine.bench.llm import Measured
 
-__all__ = ["LLAMACPP_MISSING", "OURS", "PEER", "blocks_model_dir", "llamacpp_generator", "run_gguf_peers"]
+__all__ = ["AGREEMENT_ROW", "BATCH_ROW", "LLAMACPP_MISSING", "OURS", "PEER", "blocks_model_dir", "llamacpp_generator",
+           "run_gguf_peers"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +35,9 @@ LLAMACPP_MISSING = ("llama.cpp peer missing: llama_cpp is not importable; instal
                     "2 cores)")
 BATCH = 8
 AGREEMENT_PROMPTS = 20  # real chat prompts whose greedy tokens are compared with the float reference's
-# the two strategies' row names (arrowengine.bench.targets reads their rows by these)
+# the rows' strategy names (arrowengine.bench.targets reads the rows by these)
 OURS, PEER = "arrowengine LLM(dir) default on the GGUF blocks", "llama.cpp on the GGUF"
+BATCH_ROW, AGREEMENT_ROW = f"{OURS}, batch 8", f"{OURS}, greedy vs its float reference"
 
 
 def blocks_model_dir(models_dir: Path, name: str) -> Path:
@@ -87,7 +89,6 @@ def run_gguf_peers(ctx: BenchContext, model: str, measure_together: Callable[[li
     from arrowengine.runtime.llm import LLM, SamplingParams
 
     group = f"{model} prompt={min(prompts)}"
-    ours_name, peer_name = OURS, PEER
     holder: dict[str, Any] = {}
     entries: list[Measured] = []
 
@@ -95,10 +96,10 @@ def run_gguf_peers(ctx: BenchContext, model: str, measure_together: Callable[[li
         llm = LLM(blocks_model_dir(ctx.options.models_dir, model), device=ctx.options.device)
         holder["llm"] = llm
         holder["weight_bytes"] = float(llm.forward.weight_bytes_per_token)
-        entries.append(Measured(ours_name, "ours", ours_runner(llm), holder["weight_bytes"],
+        entries.append(Measured(OURS, "ours", ours_runner(llm), holder["weight_bytes"],
                                 float(llm.perplexity(held_out))))
 
-    ctx.attempt("llm", group, ours_name, "ours", "decode", "tokens/s", ours)
+    ctx.attempt("llm", group, OURS, "ours", "decode", "tokens/s", ours)
 
     def peer() -> None:
         try:
@@ -107,9 +108,9 @@ def run_gguf_peers(ctx: BenchContext, model: str, measure_together: Callable[[li
             logger.warning(LLAMACPP_MISSING)
             raise RuntimeError(LLAMACPP_MISSING) from exc
         # same weights read per token as arrowengine's block model: the GGUF's own blocks
-        entries.append(Measured(peer_name, "peer", generate, holder.get("weight_bytes", float("nan")), None))
+        entries.append(Measured(PEER, "peer", generate, holder.get("weight_bytes", float("nan")), None))
 
-    ctx.attempt("llm", group, peer_name, "peer", "decode", "tokens/s", peer)
+    ctx.attempt("llm", group, PEER, "peer", "decode", "tokens/s", peer)
     if entries:
         ctx.attempt("llm", group, entries[0].strategy, entries[0].role, "decode", "tokens/s",
                     lambda: measure_together(entries))
@@ -136,7 +137,7 @@ def run_gguf_peers(ctx: BenchContext, model: str, measure_together: Callable[[li
         batched = BATCH * (new_tokens - 1) / max(med["batch"] - med["batch_first"], 1e-9)
         single = (new_tokens - 1) / max(med["single"] - med["single_first"], 1e-9)
         with_prefill = (BATCH * new_tokens / med["batch"], new_tokens / med["single"])
-        ctx.record("llm", group, f"{ours_name}, batch 8", "ours",
+        ctx.record("llm", group, BATCH_ROW, "ours",
                    "batch_decode", "tokens/s", batched, higher_is_better=True, params={
                        "batch": BATCH, "new_tokens": new_tokens, "single_stream_tokens_per_s": single,
                        "vs_single_stream": batched / single, "includes_prefill": False,
@@ -144,7 +145,7 @@ def run_gguf_peers(ctx: BenchContext, model: str, measure_together: Callable[[li
                        "with_prefill_single_stream_tokens_per_s": with_prefill[1],
                        "with_prefill_vs_single_stream": with_prefill[0] / with_prefill[1]})
 
-    ctx.attempt("llm", group, f"{ours_name}, batch 8", "ours", "batch_decode", "tokens/s", batch)
+    ctx.attempt("llm", group, BATCH_ROW, "ours", "batch_decode", "tokens/s", batch)
 
     def agreement() -> None:
         llm = loaded()
@@ -157,11 +158,11 @@ def run_gguf_peers(ctx: BenchContext, model: str, measure_together: Callable[[li
             ref_ids = list(reference.generate_ids([ids], params)[0].token_ids)
             same += ours_ids == ref_ids
             positions.append(sum(a == b for a, b in zip(ours_ids, ref_ids, strict=False)) / max(1, len(ref_ids)))
-        ctx.record("llm", group, f"{ours_name}, greedy vs its float reference", "ours", "greedy_agreement", "prompts",
+        ctx.record("llm", group, AGREEMENT_ROW, "ours", "greedy_agreement", "prompts",
                    float(same), higher_is_better=True, params={
                        "prompts": len(chats), "new_tokens": new_tokens,
                        "mean_matching_positions": sum(positions) / len(positions),
                        "reference": "LLM(dir, dtype='float32'): the blocks dequantized exactly"})
 
-    ctx.attempt("llm", group, f"{ours_name}, greedy vs its float reference", "ours", "greedy_agreement", "prompts",
+    ctx.attempt("llm", group, AGREEMENT_ROW, "ours", "greedy_agreement", "prompts",
                 agreement)

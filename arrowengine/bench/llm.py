@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,7 +27,8 @@ from arrowengine.bench.results import Fidelity
 from arrowengine.bench.variants import float_model_dir
 from arrowengine.errors import UsageError
 
-__all__ = ["LLM_STRATEGIES", "LLMStrategy", "Measured", "memory_bandwidth", "run_llm", "time_together"]
+__all__ = ["LLM_STRATEGIES", "LLMStrategy", "Measured", "hf_greedy", "memory_bandwidth", "run_llm", "time_together",
+           "transformers_llama"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,27 @@ class Measured:
     generate: Callable[[list[int], int], list[int]]
     weight_bytes: float
     perplexity: float | None
+
+
+def transformers_llama(model_dir: Path) -> Any:
+    """transformers' ``LlamaForCausalLM`` holding the weights of the arrowengine model directory ``model_dir``
+    (tied embedding, eval mode): the float reference the LLM suite times and scores against."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from arrowengine.runtime.loading import load_config_dict, load_state_dict
+
+    model = LlamaForCausalLM(LlamaConfig.from_dict(load_config_dict(model_dir)))
+    model.load_state_dict({k: v.clone() for k, v in load_state_dict(model_dir).items()}, strict=False)
+    model.tie_weights()
+    return model.eval()
+
+
+def hf_greedy(model: Any, ids: list[int], n: int, pad_token_id: int) -> list[int]:
+    """``n`` greedy tokens after the prompt ``ids`` from a transformers causal LM (EOS does not stop it)."""
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=pad_token_id)
+    return out[0, len(ids):].tolist()
 
 
 def memory_bandwidth(nbytes: int = 256 << 20, repeats: int = 5) -> float:
@@ -125,31 +148,21 @@ def _agreement(tokens: list[int], reference: list[int]) -> float:
 
 def run_llm(ctx: BenchContext) -> None:
     """TTFT and decode tokens/s per prompt length for transformers (fp32, bf16) and every arrowengine strategy."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
     from arrowengine.runtime.llm import LLM, SamplingParams
-    from arrowengine.runtime.loading import load_config_dict, load_state_dict
 
     model_dir = float_model_dir(ctx.options.models_dir, MODEL)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     prompts = _prompts(tokenizer)
     bandwidth = memory_bandwidth()
-    reference = LlamaForCausalLM(LlamaConfig.from_dict(load_config_dict(model_dir)))
-    reference.load_state_dict({k: v.clone() for k, v in load_state_dict(model_dir).items()}, strict=False)
-    reference.tie_weights()
-    reference.eval()
+    reference = transformers_llama(model_dir)
     params_read = weights_read_per_token(reference)
     held_out = held_out_text(conversations=6, offset=7000)
     references: dict[int, list[int]] = {}
 
     def hf_runner(model: Any):
-        def generate(ids: list[int], n: int) -> list[int]:
-            with torch.inference_mode():
-                out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                     max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                     pad_token_id=tokenizer.eos_token_id)
-            return out[0, len(ids):].tolist()
-        return generate
+        return lambda ids, n: hf_greedy(model, ids, n, tokenizer.eos_token_id)
 
     def ours_runner(llm: Any):
         def generate(ids: list[int], n: int) -> list[int]:

@@ -104,14 +104,9 @@ def _save_pretrained(model_dir: Path, out: Path) -> None:
     """The same SmolLM2 weights as a transformers checkpoint (config + tokenizer + model.safetensors)."""
     import shutil
 
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from arrowengine.bench.llm import transformers_llama
 
-    from arrowengine.runtime.loading import load_config_dict, load_state_dict
-
-    model = LlamaForCausalLM(LlamaConfig.from_dict(load_config_dict(model_dir)))
-    model.load_state_dict({k: v.clone() for k, v in load_state_dict(model_dir).items()}, strict=False)
-    model.tie_weights()
-    model.save_pretrained(out)
+    transformers_llama(model_dir).save_pretrained(out)
     for f in model_dir.iterdir():
         if f.name.startswith(("tokenizer", "special_tokens", "generation_config")) or f.suffix == ".jinja":
             shutil.copy(f, out / f.name)

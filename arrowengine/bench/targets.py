@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from arrowengine.bench.context import BenchContext
-from arrowengine.bench.llamacpp import OURS, PEER
+from arrowengine.bench.llamacpp import AGREEMENT_ROW, BATCH_ROW, OURS, PEER
 from arrowengine.bench.results import Target
 
 __all__ = ["evaluate_targets"]
@@ -68,7 +68,6 @@ def _llm_targets(ctx: BenchContext) -> list[Target]:
 def _gguf_targets(ctx: BenchContext) -> list[Target]:
     """Issue 19's targets: arrowengine's default on the GGUF blocks against llama.cpp on the same file."""
     rs = ctx.results
-    ours_name, peer_name = OURS, PEER
 
     def value(strategy: str, metric: str, length: int) -> Any:
         rows = [r for r in rs.find(suite="llm", group=f"prompt={length}", strategy=strategy, metric=metric)
@@ -76,7 +75,7 @@ def _gguf_targets(ctx: BenchContext) -> list[Target]:
         return rows[0] if rows else None
 
     out = []
-    decode = {length: (value(ours_name, "decode", length), value(peer_name, "decode", length)) for length in (32, 512)}
+    decode = {length: (value(OURS, "decode", length), value(PEER, "decode", length)) for length in (32, 512)}
     ratios = [ours.value / peer.value for ours, peer in decode.values() if ours and peer]
     evidence = [f"prompt {length}: {ours.value:.1f} vs {peer.value:.1f} tokens/s"
                 for length, (ours, peer) in decode.items() if ours and peer]
@@ -87,17 +86,17 @@ def _gguf_targets(ctx: BenchContext) -> list[Target]:
                       "the same GGUF and threads (goal 1.5x), at prompt 32 and 512 (the lower ratio)",
                       min(ratios) if len(ratios) == 2 else None, 1.0, ">=",
                       "; ".join(evidence) + ppl if evidence else "llama.cpp or arrowengine not measured"))
-    ours, peer = value(ours_name, "ttft", 512), value(peer_name, "ttft", 512)
+    ours, peer = value(OURS, "ttft", 512), value(PEER, "ttft", 512)
     out.append(Target("llm_gguf_prefill_vs_llamacpp", "Prefill of a 512-token prompt >= 1.0x llama.cpp's (TTFT)",
                       peer.value / ours.value if ours and peer else None, 1.0, ">=",
                       f"TTFT {ours.value:.0f} vs {peer.value:.0f} ms" if ours and peer else "not measured"))
-    batch = value(f"{ours_name}, batch 8", "batch_decode", 32)
+    batch = value(BATCH_ROW, "batch_decode", 32)
     out.append(Target("llm_gguf_batch8_4x", "Batch-8 decode tokens/s (summed over the rows) >= 4x single stream",
                       batch.params["vs_single_stream"] if batch else None, 4.0, ">=",
                       f"{batch.value:.0f} vs {batch.params['single_stream_tokens_per_s']:.0f} tokens/s, prefill "
                       f"excluded; with prefill {batch.params['with_prefill_vs_single_stream']:.2f}x" if batch
                       else "not measured"))
-    agree = value(f"{ours_name}, greedy vs its float reference", "greedy_agreement", 32)
+    agree = value(AGREEMENT_ROW, "greedy_agreement", 32)
     out.append(Target("llm_gguf_greedy_agreement", "Greedy tokens identical to the float reference on >= 18 of 20 "
                       "real chat prompts x 64 tokens", agree.value if agree else None, 18.0, ">=",
                       f"{agree.value:.0f} of {agree.params['prompts']} prompts identical, "
